@@ -1,0 +1,18 @@
+"""Directional ablation (Arditi et al. 2024): h <- h - u u^T h."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from steerkit.interventions.base import INTERVENTIONS, Intervention, project
+
+
+@INTERVENTIONS.register("ablate")
+@dataclass
+class Ablate(Intervention):
+    """Removes the component along the unit direction (strength 1 removes all of it)."""
+
+    def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
+        return hidden - strength * project(hidden, unit) * unit

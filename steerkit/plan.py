@@ -1,0 +1,251 @@
+"""A fitted steering plan: what to add where, and the hooks that apply it.
+
+A `Plan` is a list of `SteeringStep`s plus provenance.  `plan.apply(model)`
+installs one forward hook per touched decoder layer (and the embedding, for
+ablation there) and returns a handle that is also a context manager: leaving
+the `with` block, also through an exception or KeyboardInterrupt, removes every
+hook.  Plans save as `plan.json` + `plan.safetensors` and load without running
+any code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerkit.activations import check_direction
+from steerkit.architectures import ModelLayout, decoder_layers, get_module, resolve_layout, unwrap_model
+from steerkit.errors import AdapterError, ShapeError
+from steerkit.interventions import INTERVENTIONS, Intervention
+from steerkit.io import atomic_folder, read_json, read_tensors, write_json, write_tensors
+from steerkit.positions import Positions, parse_positions
+from steerkit.recording import layer_output
+from steerkit.scalers import SCALERS, Scaler
+from steerkit.session import ForwardContext, acquire_session, active_session, release_session
+
+EMBEDDING = -1
+"""Key of a step's direction applied at the token-embedding output (before layer 0)."""
+
+PLAN_FORMAT = "steerkit-plan/1"
+
+
+@dataclass
+class SteeringStep:
+    """One intervention with its directions, strength and positions.
+
+    `directions[layer]` is the raw float32 direction steered at that layer's
+    output (`EMBEDDING` for the embedding output).  The same direction may be
+    repeated over many layers (ablation everywhere).
+    """
+
+    directions: dict[int, torch.Tensor]
+    intervention: Intervention
+    scaler: Scaler
+    positions: Positions
+    name: str = "step"
+    _cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        self.positions = parse_positions(self.positions)
+        if not self.directions:
+            raise ShapeError(f"step {self.name!r} has no directions: give at least one layer.")
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.directions)
+
+    def tensors(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, unit) on `like`'s device and dtype, converted once and cached."""
+        key = (layer, like.device, like.dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            raw = self.directions[layer].float()
+            unit = raw / raw.norm()
+            cached = (raw.to(like.device, like.dtype), unit.to(like.device, like.dtype))
+            self._cache[key] = cached
+        return cached
+
+    def steer(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
+        """`hidden` with this step applied at the chosen positions of `layer`."""
+        mask = fc.mask_for(self.positions)
+        if mask is None:
+            return hidden
+        raw, unit = self.tensors(layer, hidden)
+        strength = self.scaler.strength(hidden, layer, fc)
+        base = hidden
+        shift = self.scaler.shift(hidden, layer, fc)
+        if shift is not None:
+            base = hidden - shift
+        steered = self.intervention.apply(base, raw, unit, strength, layer).to(hidden.dtype)
+        return torch.where(mask.unsqueeze(-1), steered, hidden)
+
+    def check_against(self, layout: ModelLayout) -> None:
+        for layer, vector in self.directions.items():
+            if layer != EMBEDDING:
+                layout.layer_path(layer)
+            check_direction(vector, layout.hidden_size, f"step {self.name!r}, layer {layer}")
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "layers": self.layers,
+            "positions": self.positions.to_config(),
+            "intervention": self.intervention.to_config(),
+            "scaler": self.scaler.to_config(),
+        }
+
+    def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
+        tensors = {f"{prefix}.direction.{layer}": v.float().cpu() for layer, v in self.directions.items()}
+        tensors.update({f"{prefix}.scaler.{k}": v for k, v in self.scaler.state_dict().items()})
+        return tensors
+
+
+class SteeringHandle:
+    """Active steering on one model; a context manager that removes its hooks on exit."""
+
+    def __init__(self, plan: Plan, model: nn.Module) -> None:
+        self.plan = plan
+        self.model = unwrap_model(model)
+        self.layout = plan.layout_for(self.model)
+        self._handles: list[Any] = []
+        self._active = False
+        self._install()
+
+    def _install(self) -> None:
+        layout = self.layout
+        acquire_session(self.model, layout.image_token_id, layout.video_token_id)
+        self._active = True
+        try:
+            modules = decoder_layers(self.model, layout)
+            for layer in self.plan.touched_layers():
+                module = get_module(self.model, layout.embedding_path) if layer == EMBEDDING else modules[layer]
+                self._handles.append(module.register_forward_hook(self._hook(layer)))
+        except BaseException:
+            self.remove()
+            raise
+
+    def _hook(self, layer: int) -> Any:
+        observers = [s for s in self.plan.steps if layer in s.scaler.observed_layers()]
+        steps = [s for s in self.plan.steps if layer in s.directions]
+        model = self.model
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            session = active_session(model)
+            fc = session.context if session is not None else None
+            if fc is None:
+                return None
+            hidden = layer_output(output)
+            for step in observers:
+                step.scaler.observe(layer, hidden, fc)
+            for step in steps:
+                hidden = step.steer(hidden, layer, fc)
+            if isinstance(output, tuple):
+                return (hidden, *output[1:])
+            return hidden
+
+        return hook
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._active:
+            self._active = False
+            release_session(self.model)
+
+    def __enter__(self) -> SteeringHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+@dataclass
+class Plan:
+    """Fitted steering: steps in the order they apply, plus where they came from.
+
+    `model_info` records the base model (id, hidden size, layer count, layout
+    paths) so applying to a different model fails clearly.  `metadata` holds
+    the recipe, scores and anything a report or model card shows.
+    """
+
+    steps: list[SteeringStep]
+    model_info: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def touched_layers(self) -> list[int]:
+        layers: set[int] = set()
+        for step in self.steps:
+            layers.update(step.directions)
+            layers.update(step.scaler.observed_layers())
+        return sorted(layers)
+
+    def layout_for(self, model: nn.Module, *, force: bool = False) -> ModelLayout:
+        """The model's layout, checked against the plan's recorded base model."""
+        info = self.model_info
+        layout = resolve_layout(model, info.get("layers_path"), info.get("embedding_path"))
+        expected = {"hidden_size": layout.hidden_size, "num_layers": layout.num_layers}
+        for key, actual in expected.items():
+            if key in info and int(info[key]) != actual and not force:
+                raise ShapeError(
+                    f"This plan was made for a model with {key}={info[key]}, but the model has {key}={actual}. "
+                    f"It was fitted on {info.get('model_id', 'another model')!r}: fit it again on this model."
+                )
+        for step in self.steps:
+            step.check_against(layout)
+        return layout
+
+    def apply(self, model: nn.Module) -> SteeringHandle:
+        """Start steering `model`; use as `with plan.apply(model): ...`."""
+        return SteeringHandle(self, model)
+
+    # -- persistence -----------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `plan.json` and `plan.safetensors` atomically into folder `path`."""
+        tensors: dict[str, torch.Tensor] = {}
+        for index, step in enumerate(self.steps):
+            tensors.update(step.state_dict(f"steps.{index}"))
+        config = {
+            "format": PLAN_FORMAT,
+            "model": self.model_info,
+            "steps": [step.to_config() for step in self.steps],
+            "metadata": self.metadata,
+        }
+        with atomic_folder(path) as staging:
+            write_tensors(staging / "plan.safetensors", tensors, {"format": PLAN_FORMAT})
+            write_json(staging / "plan.json", config)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read a saved plan: JSON and safetensors only, components by registered name."""
+        folder = Path(path)
+        config = read_json(folder / "plan.json")
+        if not isinstance(config, dict) or config.get("format") != PLAN_FORMAT:
+            raise AdapterError(f"{folder / 'plan.json'} is not a steerkit plan (format {PLAN_FORMAT!r} expected).")
+        tensors = read_tensors(folder / "plan.safetensors")
+        steps = [_load_step(index, spec, tensors) for index, spec in enumerate(config.get("steps", []))]
+        if not steps:
+            raise AdapterError(f"{folder} holds a plan with no steps.")
+        return cls(steps, dict(config.get("model", {})), dict(config.get("metadata", {})))
+
+
+def _load_step(index: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SteeringStep:
+    prefix = f"steps.{index}"
+    try:
+        directions = {int(layer): tensors[f"{prefix}.direction.{layer}"] for layer in spec["layers"]}
+        intervention = INTERVENTIONS.build(spec["intervention"]["name"], spec["intervention"].get("params"))
+        scaler = SCALERS.build(spec["scaler"]["name"], spec["scaler"].get("params"))
+    except KeyError as exc:
+        raise AdapterError(f"plan step {index} is incomplete: missing {exc}. The plan file is corrupt.") from exc
+    scaler_prefix = f"{prefix}.scaler."
+    scaler.load_state_dict({k[len(scaler_prefix):]: v for k, v in tensors.items() if k.startswith(scaler_prefix)})
+    return SteeringStep(directions, intervention, scaler, parse_positions(spec["positions"]), spec.get("name", "step"))

@@ -1,0 +1,199 @@
+"""Per-model tracking of where each forward pass sits in a sequence.
+
+One `SteeringSession` is attached to a model while any plan or recorder is
+active on it.  A forward pre-hook on the top-level model reads the attention
+mask and the KV cache length and publishes a `ForwardContext`: for every row,
+which absolute columns the current chunk covers, which are real tokens, where
+the prompt ends.  Layer hooks read that context, so positions stay exact for
+left or right padding and for decoding with or without a cache.
+
+`generate` is wrapped while the session lives so a cache-less decoding step
+(which re-feeds the whole sequence) is known to continue the prompt instead
+of starting a new one.  Nothing is global: the session lives on the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+_SESSION_ATTR = "_steerkit_session"
+_LOCK = threading.Lock()
+
+
+@dataclass
+class ForwardContext:
+    """What the layer hooks need to know about the forward pass in flight.
+
+    Shapes: `columns` [seq] (absolute column of each position of this chunk),
+    `real_tokens` [batch, seq] bool, `last_prompt_column` [batch] long,
+    `modality` [batch] long (0 text, 1 image, 2 video) or None.
+    """
+
+    columns: torch.Tensor
+    real_tokens: torch.Tensor
+    last_prompt_column: torch.Tensor
+    prompt_width: int
+    first_column: int
+    is_continuation: bool
+    modality: torch.Tensor | None = None
+    prompt_real_tokens: torch.Tensor | None = None
+    row_state: dict[Any, torch.Tensor] = field(default_factory=dict)
+    _mask_cache: dict[Any, torch.Tensor | None] = field(default_factory=dict)
+
+    @property
+    def last_column(self) -> int:
+        return self.first_column + int(self.columns.shape[0]) - 1
+
+    def mask_for(self, positions: Any) -> torch.Tensor | None:
+        """The position mask of a spec, computed once per forward pass."""
+        if positions not in self._mask_cache:
+            self._mask_cache[positions] = positions.mask(self)
+        return self._mask_cache[positions]
+
+
+class SteeringSession:
+    """Tracks prompts and decoding steps of one model for its active steering."""
+
+    def __init__(self, model: nn.Module, image_token_id: int | None, video_token_id: int | None) -> None:
+        self.model = model
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+        self.users = 0
+        self.context: ForwardContext | None = None
+        self._generating = 0
+        self._prompt_seen = False
+        self._prompt: ForwardContext | None = None
+        self._handle: Any = None
+        self._had_own_generate = False
+        self._own_generate: Callable[..., Any] | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    def _install(self) -> None:
+        self._handle = self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        if hasattr(self.model, "generate"):
+            self._had_own_generate = "generate" in self.model.__dict__
+            self._own_generate = self.model.__dict__.get("generate")
+            original = self.model.generate
+
+            @functools.wraps(original)
+            def generate(*args: Any, **kwargs: Any) -> Any:
+                self._generating += 1
+                self._prompt_seen = False
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._generating -= 1
+                    self._prompt_seen = False
+
+            self.model.generate = generate  # type: ignore[method-assign]
+
+    def _uninstall(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if "generate" in self.model.__dict__:
+            if self._had_own_generate:
+                self.model.generate = self._own_generate  # type: ignore[method-assign]
+            else:
+                del self.model.generate
+        self.context = None
+        self._prompt = None
+
+    # -- per forward -----------------------------------------------------
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
+        embeds = kwargs.get("inputs_embeds")
+        reference = input_ids if input_ids is not None else embeds
+        if reference is None:
+            return
+        batch, seq = int(reference.shape[0]), int(reference.shape[1])
+        device = reference.device
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            mask = mask.to(device=device).bool()
+            past = int(mask.shape[1]) - seq
+        else:
+            cache = kwargs.get("past_key_values")
+            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+            mask = torch.ones(batch, past + seq, dtype=torch.bool, device=device)
+        columns = torch.arange(past, past + seq, device=device)
+        chunk_mask = mask[:, past:]
+        continuing = past > 0 or (self._generating > 0 and self._prompt_seen)
+        prompt = self._prompt
+        if continuing and prompt is not None and prompt.last_prompt_column.shape[0] == batch:
+            self.context = ForwardContext(
+                columns=columns,
+                real_tokens=chunk_mask,
+                last_prompt_column=prompt.last_prompt_column.to(device),
+                prompt_width=prompt.prompt_width,
+                first_column=past,
+                is_continuation=True,
+                modality=prompt.modality,
+                prompt_real_tokens=chunk_mask & (columns < prompt.prompt_width),
+                row_state=prompt.row_state,
+            )
+            return
+        # A new prompt: the whole chunk is prompt; its last real token is the decision position.
+        arange = torch.arange(seq, device=device).expand(batch, seq)
+        last = torch.where(chunk_mask, arange, torch.full_like(arange, -1)).amax(dim=1)
+        self.context = ForwardContext(
+            columns=columns,
+            real_tokens=chunk_mask,
+            last_prompt_column=last + past,
+            prompt_width=past + seq,
+            first_column=past,
+            is_continuation=False,
+            modality=self._modality(input_ids),
+            prompt_real_tokens=chunk_mask,
+        )
+        self._prompt = self.context
+        if self._generating:
+            self._prompt_seen = True
+
+    def _modality(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """Per row: 2 if it holds video tokens, else 1 if image tokens, else 0."""
+        if input_ids is None or (self.image_token_id is None and self.video_token_id is None):
+            return None
+        modality = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        if self.image_token_id is not None:
+            modality = torch.where((input_ids == self.image_token_id).any(dim=1), 1, modality)
+        if self.video_token_id is not None:
+            modality = torch.where((input_ids == self.video_token_id).any(dim=1), 2, modality)
+        return modality
+
+
+def acquire_session(model: nn.Module, image_token_id: int | None = None, video_token_id: int | None = None) -> SteeringSession:
+    """The model's session, created and installed on first use."""
+    with _LOCK:
+        session: SteeringSession | None = model.__dict__.get(_SESSION_ATTR)
+        if session is None:
+            session = SteeringSession(model, image_token_id, video_token_id)
+            session._install()
+            model.__dict__[_SESSION_ATTR] = session
+        else:
+            session.image_token_id = session.image_token_id if image_token_id is None else image_token_id
+            session.video_token_id = session.video_token_id if video_token_id is None else video_token_id
+        session.users += 1
+        return session
+
+
+def release_session(model: nn.Module) -> None:
+    """Drop one user; the last one removes the pre-hook and the generate wrapper."""
+    with _LOCK:
+        session: SteeringSession | None = model.__dict__.get(_SESSION_ATTR)
+        if session is None:
+            return
+        session.users -= 1
+        if session.users <= 0:
+            session._uninstall()
+            del model.__dict__[_SESSION_ATTR]
+
+
+def active_session(model: nn.Module) -> SteeringSession | None:
+    return model.__dict__.get(_SESSION_ATTR)

@@ -1,0 +1,235 @@
+"""The runner: fit (record -> extract -> select -> calibrate) and apply.
+
+`Steerer` owns one steering step's lifecycle, as Lightning's Trainer owns a
+training loop: components plug in, callbacks watch.  `fit` returns a `Plan`;
+`apply` is a context manager around `plan.apply` that also tells callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from steerkit.activations import Activations
+from steerkit.architectures import ModelLayout, resolve_layout, unwrap_model
+from steerkit.callbacks import Callback
+from steerkit.errors import DataError
+from steerkit.extractors import DiffMeans, Extractor
+from steerkit.fitting import FitData
+from steerkit.interventions import AddDirection, Intervention
+from steerkit.plan import EMBEDDING, Plan, SteeringHandle, SteeringStep
+from steerkit.positions import Positions, parse_positions
+from steerkit.prompting import batched, context_length, encode_prompts
+from steerkit.recording import ActivationRecorder
+from steerkit.scalers import ConstantScaler, Scaler
+from steerkit.selectors import LayerSelector, SweepSelector
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where inputs go: the device of the first parameter (the embedding, under device_map)."""
+    return next(model.parameters()).device
+
+
+def as_prompt_list(prompts: Sequence[str] | Any, what: str) -> list[str]:
+    items = list(getattr(prompts, "prompts", prompts))
+    if not items:
+        raise DataError(f"The {what} prompt set is empty: give at least one prompt.")
+    if not all(isinstance(p, str) and p.strip() for p in items):
+        raise DataError(f"The {what} prompt set holds empty or non-text entries; every prompt must be a non-empty string.")
+    return items
+
+
+class Steerer:
+    """Fits and applies one steering step.
+
+    `apply_layers`: "selected" steers the chosen layer(s) with their own
+    directions; "all" steers every layer with the chosen layer's direction
+    (Arditi-style ablation).  `embedding=True` also steers the embedding output.
+    `fit_positions` are where activations are recorded (the decision position
+    by default); `positions` are where the plan steers.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor | None = None,
+        selector: LayerSelector | None = None,
+        scaler: Scaler | None = None,
+        intervention: Intervention | None = None,
+        *,
+        positions: Positions | str = "all",
+        fit_positions: Positions | str = "decision",
+        apply_layers: str | list[int] = "selected",
+        embedding: bool = False,
+        callbacks: Sequence[Callback] = (),
+        batch_size: int = 16,
+        validation_fraction: float = 0.25,
+        seed: int = 0,
+        name: str = "step",
+        layers_path: str | None = None,
+        embedding_path: str | None = None,
+    ) -> None:
+        self.extractor = extractor or DiffMeans()
+        self.selector = selector or SweepSelector()
+        self.scaler = scaler or ConstantScaler()
+        self.intervention = intervention or AddDirection()
+        self.positions = parse_positions(positions)
+        self.fit_positions = parse_positions(fit_positions)
+        if apply_layers not in ("selected", "all") and not isinstance(apply_layers, (list, tuple)):
+            from steerkit.errors import ConfigError
+
+            raise ConfigError(f"apply_layers must be 'selected', 'all' or a list of layers, got {apply_layers!r}.")
+        self.apply_layers = apply_layers
+        self.embedding = embedding
+        self.callbacks = list(callbacks)
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.seed = seed
+        self.name = name
+        self.layers_path, self.embedding_path = layers_path, embedding_path
+
+    # -- callbacks ---------------------------------------------------------
+    def call(self, hook: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, **kwargs)
+
+    # -- recording -----------------------------------------------------------
+    def record(
+        self,
+        model: torch.nn.Module,
+        layout: ModelLayout,
+        batches: Iterable[dict[str, torch.Tensor]],
+        total: int,
+        layers: list[int],
+        split: str,
+        positions: Positions | None = None,
+        keep_per_prompt: bool = True,
+    ) -> Activations:
+        """Record activations of pre-built batches, reporting progress to callbacks."""
+        recorder = ActivationRecorder(model, layout, layers, positions or self.fit_positions, keep_per_prompt=keep_per_prompt)
+        self.call("on_record_start", split=split, total=total)
+        activations = recorder.record(batches, on_batch=lambda rows: self.call("on_batch_end", split=split, rows=rows))
+        self.call("on_record_end", split=split, activations=activations)
+        return activations
+
+    def text_batches(self, model: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+        device, limit = model_device(model), context_length(model)
+        for chunk in batched(prompts, self.batch_size):
+            yield encode_prompts(tokenizer, chunk, max_length=limit, device=device)
+
+    def record_prompts(
+        self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: list[str], layers: list[int], split: str,
+        positions: Positions | None = None,
+    ) -> Activations:
+        return self.record(model, layout, self.text_batches(model, tokenizer, prompts), len(prompts), layers, split, positions)
+
+    # -- fit -------------------------------------------------------------------
+    def fit(self, model: torch.nn.Module, tokenizer: Any, positive: Sequence[str] | Any, negative: Sequence[str] | Any) -> Plan:
+        """Record both prompt sets, extract directions, select layers, calibrate the scaler."""
+        model = unwrap_model(model)
+        positive_prompts = as_prompt_list(positive, "positive")
+        negative_prompts = as_prompt_list(negative, "negative")
+        layout = resolve_layout(model, self.layers_path, self.embedding_path)
+        self.call("on_fit_start", model=model)
+        layers = sorted(set(self.selector.candidate_layers(layout.num_layers)) | self._extra_layers(layout))
+        pos_train, pos_val = self._split(positive_prompts)
+        neg_train, neg_val = self._split(negative_prompts)
+        with torch.no_grad():
+            positive_acts = self.record_prompts(model, tokenizer, layout, pos_train, layers, "positive")
+            negative_acts = self.record_prompts(model, tokenizer, layout, neg_train, layers, "negative")
+            positive_val = self.record_prompts(model, tokenizer, layout, pos_val, layers, "positive_validation") if pos_val else None
+            negative_val = self.record_prompts(model, tokenizer, layout, neg_val, layers, "negative_validation") if neg_val else None
+        directions = self.extractor.fit(positive_acts, negative_acts)
+        self.call("on_directions_computed", directions=directions)
+        from steerkit.data import PromptSet
+
+        prompt_sets = {
+            name: PromptSet(name, tuple(items))
+            for name, items in (("positive", pos_train), ("negative", neg_train), ("positive_validation", pos_val),
+                                ("negative_validation", neg_val)) if items
+        }
+        data = FitData(model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
+                       prompt_sets, self)
+        selection = self.selector.select(data)
+        self.call("on_layer_selected", selection=selection)
+        step_directions = self._step_directions(directions, selection.layers, layout)
+        chosen = selection.layers[0]
+        p_plus, p_minus = directions.projections(chosen)
+        for layer in step_directions:
+            self.intervention.resolve(layer, p_plus, p_minus)
+        self.scaler.calibrate(data, selection.layers)
+        self.call("on_scaler_calibrated", scaler=self.scaler)
+        step = SteeringStep(step_directions, self.intervention, self.scaler, self.positions, self.name)
+        plan = Plan(
+            [step],
+            model_info=model_info(model, layout),
+            metadata={
+                "steps": {
+                    self.name: {
+                        "selected_layers": selection.layers,
+                        "layer_scores": selection.table,
+                        "extractor": self.extractor.to_config(),
+                        "selector": self.selector.to_config(),
+                        "fit_positions": self.fit_positions.to_config(),
+                        "prompts": {name: len(s) for name, s in prompt_sets.items()},
+                        "centroid_projections": {"positive": p_plus, "negative": p_minus},
+                    }
+                }
+            },
+        )
+        self.last_fit = data
+        self.call("on_fit_end", plan=plan)
+        return plan
+
+    def _extra_layers(self, layout: ModelLayout) -> set[int]:
+        condition = getattr(self.scaler, "condition_layer", None)
+        return {condition} if isinstance(condition, int) else set()
+
+    def _split(self, prompts: list[str]) -> tuple[list[str], list[str]]:
+        if self.validation_fraction <= 0 or len(prompts) < 4:
+            return prompts, []
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(prompts), generator=generator).tolist()
+        n_val = max(1, int(round(len(prompts) * self.validation_fraction)))
+        val_index = set(order[:n_val])
+        return [p for i, p in enumerate(prompts) if i not in val_index], [p for i, p in enumerate(prompts) if i in val_index]
+
+    def _step_directions(self, directions: Any, selected: list[int], layout: ModelLayout) -> dict[int, torch.Tensor]:
+        if self.apply_layers == "selected":
+            chosen = {layer: directions.vectors[layer] for layer in selected}
+        else:
+            source = directions.vectors[selected[0]]
+            targets = range(layout.num_layers) if self.apply_layers == "all" else self.apply_layers
+            chosen = {}
+            for layer in targets:
+                layout.layer_path(layer)
+                chosen[int(layer)] = source
+        if self.embedding:
+            chosen[EMBEDDING] = directions.vectors[selected[0]]
+        return chosen
+
+    # -- apply -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def apply(self, plan: Plan, model: torch.nn.Module) -> Iterator[SteeringHandle]:
+        """`plan.apply(model)` with apply start/end callbacks."""
+        self.call("on_apply_start", plan=plan, model=model)
+        try:
+            with plan.apply(model) as handle:
+                yield handle
+        finally:
+            self.call("on_apply_end", plan=plan, model=model)
+
+
+def model_info(model: torch.nn.Module, layout: ModelLayout) -> dict[str, Any]:
+    """Provenance recorded in plans and adapters, checked when they are applied."""
+    config = getattr(model, "config", None)
+    return {
+        "model_id": getattr(config, "_name_or_path", "") or getattr(model, "_steerkit_model_id", ""),
+        "model_type": layout.family,
+        "hidden_size": layout.hidden_size,
+        "num_layers": layout.num_layers,
+        "layers_path": layout.layers_path,
+        "embedding_path": layout.embedding_path,
+    }
