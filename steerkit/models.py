@@ -122,7 +122,9 @@ SMOLVLM_VIDEO_FRAMES = 8
 def cache_dir() -> pathlib.Path:
     """Where steerkit caches converted models: `$STEERKIT_CACHE`, else `~/.cache/steerkit`."""
     configured = os.environ.get("STEERKIT_CACHE")
-    return pathlib.Path(configured).expanduser() if configured else pathlib.Path.home() / ".cache" / "steerkit"
+    return (
+        pathlib.Path(configured).expanduser() if configured else pathlib.Path.home() / ".cache" / "steerkit"
+    )
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
@@ -131,7 +133,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
         return dtype
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    raise ConfigError(f"Unknown dtype {dtype!r}.{suggest(str(dtype), list(DTYPES))} Known: {', '.join(DTYPES)}.")
+    raise ConfigError(
+        f"Unknown dtype {dtype!r}.{suggest(str(dtype), list(DTYPES))} Known: {', '.join(DTYPES)}."
+    )
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -362,6 +366,7 @@ def load_smollm2(
     The tokenizer keeps SmolLM2's ChatML chat template, pads with `<|im_end|>` on the left.
     A cached folder that fails to load is rebuilt once.
     """
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
@@ -369,7 +374,7 @@ def load_smollm2(
     try:
         model = LlamaForCausalLM.from_pretrained(folder, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    except Exception as exc:  # a damaged file in a marked folder: convert again
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a damaged file: convert again
         logger.warning("The cached %s could not be loaded (%s); converting again.", folder, exc)
         folder = _smollm2_folder(force=True)
         model = LlamaForCausalLM.from_pretrained(folder, dtype=torch_dtype)
@@ -386,9 +391,9 @@ def load_smollm2(
 def _not_found(name: str, exc: BaseException) -> SteerkitError:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return SteerkitError(
-        f"Could not load model {name!r}: it was found neither as a local folder nor on the Hugging Face "
-        f"Hub ({detail}). Check the name and your network; offline runs (no network, HF_HUB_OFFLINE=1) "
-        f"need a local folder path or the embedded default {DEFAULT_MODEL!r}."
+        f"Model {name!r} could not be found locally or on the Hugging Face Hub ({detail}). Check the "
+        "name and the network; offline runs (no network, HF_HUB_OFFLINE=1) need a local folder path "
+        f"or the embedded default {DEFAULT_MODEL!r}."
     )
 
 
@@ -428,7 +433,7 @@ def _load_pretrained(
 
 
 def load_model(
-    name: str | None = None,
+    name: str | os.PathLike[str] | None = None,
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
@@ -438,7 +443,7 @@ def load_model(
     """(model, tokenizer_or_processor) in eval mode.
 
     `name`: None or `DEFAULT_MODEL` (or `EMBEDDED_MODEL_ID`) for the embedded SmolLM2 default;
-    otherwise a Hub id or a local folder, loaded with `from_pretrained`.  A config with a
+    otherwise a Hub id or a local folder (a str or a path), loaded with `from_pretrained`.  A config with a
     `vision_config` loads with `AutoModelForImageTextToText` and `AutoProcessor`, anything
     else with `AutoModelForCausalLM` and `AutoTokenizer`.  Tokenizers pad on the left and fall
     back to the eos token as pad token.
@@ -449,6 +454,8 @@ def load_model(
     has neither: asking for a revision of it is an error).
     """
     torch_dtype = resolve_dtype(dtype)
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if name is None or name in (DEFAULT_MODEL, EMBEDDED_MODEL_ID):
         if revision is not None:
             raise ConfigError(
@@ -478,7 +485,9 @@ def _smolvlm_tokenizer(folder: pathlib.Path) -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(_smollm2_folder())
     new_tokens = [*SMOLVLM_NAMED_TOKENS.values(), *SMOLVLM_GRID_TOKENS]
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new_tokens], special_tokens=True)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in new_tokens], special_tokens=True
+    )
     tokenizer.pad_token = "<|im_end|>"
     tokenizer.padding_side = "left"
     tokenizer.chat_template = SMOLVLM_CHAT_TEMPLATE
@@ -531,12 +540,16 @@ def _build_smolvlm(folder: pathlib.Path, seed: int, video: bool) -> None:
         from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMVisionConfig
 
         config = SmolVLMConfig(
-            text_config=LlamaConfig(**text_settings), vision_config=SmolVLMVisionConfig(**vision_settings), **top
+            text_config=LlamaConfig(**text_settings),
+            vision_config=SmolVLMVisionConfig(**vision_settings),
+            **top,
         )
         model_class: Any = SmolVLMForConditionalGeneration
     else:
         config = Idefics3Config(
-            text_config=LlamaConfig(**text_settings), vision_config=Idefics3VisionConfig(**vision_settings), **top
+            text_config=LlamaConfig(**text_settings),
+            vision_config=Idefics3VisionConfig(**vision_settings),
+            **top,
         )
         model_class = Idefics3ForConditionalGeneration
 
@@ -581,7 +594,10 @@ def _build_smolvlm(folder: pathlib.Path, seed: int, video: bool) -> None:
         )
     else:
         processor = Idefics3Processor(
-            image_processor, tokenizer, image_seq_len=SMOLVLM_IMAGE_SEQ_LEN, chat_template=SMOLVLM_CHAT_TEMPLATE
+            image_processor,
+            tokenizer,
+            image_seq_len=SMOLVLM_IMAGE_SEQ_LEN,
+            chat_template=SMOLVLM_CHAT_TEMPLATE,
         )
     processor.save_pretrained(folder)
 

@@ -105,6 +105,7 @@ class Recipe:
                     name=str(step.get("name") or f"step{index}"),
                     layers_path=model.get("layers_path"),
                     embedding_path=model.get("embedding_path"),
+                    extra={"media": dict(self.config.get("media") or {})},
                 )
             )
         return steerers

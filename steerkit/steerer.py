@@ -70,6 +70,7 @@ class Steerer:
         name: str = "step",
         layers_path: str | None = None,
         embedding_path: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.extractor = extractor or DiffMeans()
         self.selector = selector or SweepSelector()
@@ -89,6 +90,7 @@ class Steerer:
         self.seed = seed
         self.name = name
         self.layers_path, self.embedding_path = layers_path, embedding_path
+        self.extra = dict(extra or {})
 
     # -- callbacks ---------------------------------------------------------
     def call(self, hook: str, **kwargs: Any) -> None:
@@ -151,7 +153,7 @@ class Steerer:
                                 ("negative_validation", neg_val)) if items
         }
         data = FitData(model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
-                       prompt_sets, self)
+                       prompt_sets, self, extra=dict(self.extra))
         selection = self.selector.select(data)
         self.call("on_layer_selected", selection=selection)
         step_directions = self._step_directions(directions, selection.layers, layout)

@@ -206,6 +206,75 @@ def test_manual_paths_override_and_are_validated() -> None:
         resolve_layout(model, embedding_path="model.vision_tower.embeddings.position_embedding")
 
 
+def test_smolvlm_table_entry() -> None:
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    config = SmolVLMConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        text_config={
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 100,
+        },
+        image_token_id=99,
+    )
+    model = SmolVLMForConditionalGeneration(config)
+    layout = resolve_layout(model)
+    assert (layout.layers_path, layout.embedding_path) == (
+        "model.text_model.layers",
+        "model.text_model.embed_tokens",
+    )
+    assert decoder_layers(model, layout) is model.model.text_model.layers
+    assert layout.image_token_id == 99 and layout.video_token_id is None
+
+
+def test_families_outside_the_table_are_probed_at_exact_paths() -> None:
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    config = Olmo2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        pad_token_id=0,
+    )
+    model = Olmo2ForCausalLM(config)
+    layout = resolve_layout(model)
+    assert (layout.family, layout.layers_path, layout.embedding_path) == (
+        "olmo2",
+        "model.layers",
+        "model.embed_tokens",
+    )
+    assert layout.post_norm  # OLMo2 normalises sub-layer outputs, like Gemma2/3
+    assert layout.residual_writer_paths(2) == [
+        "model.layers.2.self_attn.o_proj",
+        "model.layers.2.mlp.down_proj",
+    ]
+
+
+def test_a_moved_table_path_falls_back_to_probing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steerkit import architectures
+
+    model, _ = _model("llama")
+    expected = resolve_layout(model)
+    stale = architectures._KnownPaths("decoder.layers", "decoder.embed_tokens")
+    monkeypatch.setitem(architectures.KNOWN_ARCHITECTURES, "llama", stale)
+    assert resolve_layout(model) == expected
+
+
 def test_layer_count_must_match_the_text_config() -> None:
     model, _ = tiny_text_model("qwen2", num_layers=2)
     model.model.layers.append(nn.Identity())
@@ -320,6 +389,37 @@ def test_vlm_smoke_text_image_video(family: str) -> None:
             assert torch.isfinite(logits).all()
         generated = model.generate(**cases["image"], max_new_tokens=2, do_sample=False)
         assert generated.shape[1] == cases["image"]["input_ids"].shape[1] + 2
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_vlm_batched_mixed_modalities(family: str) -> None:
+    model, processor = tiny_vlm(family)  # fresh: padding_side is changed below
+    processor.tokenizer.padding_side = "left"
+    conversations = [
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": tiny_image()}, {"type": "text", "text": "Hm?"}],
+            }
+        ],
+        [{"role": "user", "content": "Hi"}],
+    ]
+    if supports_video(family):
+        video = [{"type": "video", "video": tiny_video(2)}, {"type": "text", "text": "And this?"}]
+        conversations.append([{"role": "user", "content": video}])
+    inputs = processor.apply_chat_template(
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )
+    assert inputs["input_ids"].shape[0] == len(conversations)
+    assert (inputs["attention_mask"][:, -1] == 1).all()  # left padding
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    assert generated.shape == (len(conversations), inputs["input_ids"].shape[1] + 1)
 
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)

@@ -160,9 +160,10 @@ def test_kl_matches_hand_computation() -> None:
     steered = torch.tensor([[0.25, 0.25, 0.5]]).log()
     # 0.5 log(0.5/0.25) + 0.25 log(1) + 0.25 log(0.25/0.5) = 0.25 log 2; KL is asymmetric in general.
     assert first_token_kl(ref, steered).item() == pytest.approx(0.25 * math.log(2.0), abs=1e-6)
-    # Tokens the reference rules out contribute nothing (no NaN from 0 * inf).
+    # Tokens the reference rules out contribute nothing (no NaN from 0 * inf):
+    # P_ref = (1/2, 0, 1/2) vs uniform -> 2 * 1/2 * log(3/2).
     ref = torch.tensor([[0.0, float("-inf"), 0.0]])
-    assert first_token_kl(ref, torch.tensor([[0.0, 0.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert first_token_kl(ref, torch.zeros(1, 3)).item() == pytest.approx(math.log(1.5), abs=1e-6)
 
 
 def test_kl_is_non_negative_and_checks_shapes() -> None:
@@ -222,7 +223,9 @@ def test_decision_logits_need_a_mask() -> None:
     with pytest.raises(DataError):
         decision_logits(model, {"input_ids": torch.tensor([[1, 2, 3]])})
     with pytest.raises(DataError):
-        decision_logits(model, {"input_ids": torch.tensor([[1, 2]]), "attention_mask": torch.tensor([[0, 0]])})
+        decision_logits(
+            model, {"input_ids": torch.tensor([[1, 2]]), "attention_mask": torch.tensor([[0, 0]])}
+        )
 
 
 class ForceText:
@@ -248,12 +251,11 @@ class ForceText:
         output[torch.arange(output.shape[0]), -1, targets] += self.bonus
         return output
 
-    def __enter__(self) -> ForceText:
+    def __enter__(self) -> None:
         self.handles = [
             self.model.register_forward_pre_hook(self._remember, with_kwargs=True),
             self.model.lm_head.register_forward_hook(self._boost),
         ]
-        return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
@@ -266,9 +268,8 @@ class Identity:
     def __init__(self, model: LlamaForCausalLM) -> None:
         self.model = model
 
-    def __enter__(self) -> Identity:
+    def __enter__(self) -> None:
         self.handle = self.model.lm_head.register_forward_hook(lambda m, a, out: out)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.handle.remove()
@@ -292,7 +293,9 @@ def test_generate_texts_returns_only_new_text(chat_model, tokenizer) -> None:
     plain = generate_texts(chat_model, SimpleNamespace(tokenizer=tokenizer), batch, max_new_tokens=3)
     assert plain == generate_texts(chat_model, tokenizer, batch, max_new_tokens=3)
     with pytest.raises(DataError):
-        generate_texts(chat_model, tokenizer, encode_prompts(tokenizer, ["a", "longer one"], padding_side="right"))
+        generate_texts(
+            chat_model, tokenizer, encode_prompts(tokenizer, ["a", "longer one"], padding_side="right")
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -313,7 +316,10 @@ def prompt_sets(tokenizer) -> dict[str, list[dict[str, torch.Tensor]]]:
 @pytest.fixture(scope="module")
 def report(chat_model, tokenizer, prompt_sets):
     cycle = tokenizer.encode(REFUSAL_TEXT, add_special_tokens=False)
-    conditions = {"forced refusal": lambda: ForceText(chat_model, cycle), "identity": lambda: Identity(chat_model)}
+    conditions = {
+        "forced refusal": lambda: ForceText(chat_model, cycle),
+        "identity": lambda: Identity(chat_model),
+    }
     return evaluate(chat_model, tokenizer, prompt_sets, conditions, max_new_tokens=8, progress=False)
 
 

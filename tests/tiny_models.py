@@ -12,6 +12,10 @@ Text models::
                                   return_tensors="pt", return_dict=True)
     model.generate(**ids, max_new_tokens=3)
 
+The tokenizer keeps SmolLM2's own ChatML template (string content only; it adds SmolLM2's default
+system prompt when none is given) and its default ``padding_side="right"``: set left padding
+yourself for batched generation.
+
 VLMs: ``model, processor = tiny_vlm(family)``. The processor's chat template is ChatML
 (``<|im_start|>role\\n...<|im_end|>\\n``) and accepts message content either as a string or as a
 list of parts ``{"type": "text", "text": ...}``, ``{"type": "image", "image": PIL.Image}``,
@@ -25,6 +29,10 @@ every family and modality::
                                            return_dict=True, return_tensors="pt")
     model(**inputs); model.generate(**inputs, max_new_tokens=3)
 
+A batch is a list of conversations (mixing text-only, image and video ones is fine); pass
+``processor_kwargs={"padding": True}`` (a bare ``padding=True`` works but warns) and set
+``processor.tokenizer.padding_side = "left"`` before batched generation.
+
 The equivalent two-step call also works: ``text = processor.apply_chat_template(messages,
 add_generation_prompt=True)`` (a string) then ``processor(text=[text], images=[img],
 videos=[frames], return_tensors="pt")`` (pass ``images``/``videos`` only when the prompt has them).
@@ -36,22 +44,27 @@ Per family (placeholder written by the template -> what the processor makes of i
 - ``llava``: ``<image>`` -> 16 ``<image>`` tokens (32x32 image, CLIP patch 8, CLS dropped);
   ``pixel_values``. Images only.
 - ``llava_onevision``: ``<image>`` -> 36 ``<image>`` tokens (16 base + 16 anyres + 4 newlines,
-  ``image_grid_pinpoints=[[32, 32]]``); ``pixel_values``, ``image_sizes``. ``<video>`` -> 4 tokens
+  ``image_grid_pinpoints=[[32, 32]]``); ``pixel_values``, ``image_sizes``, ``batch_num_images``.
+  ``<video>`` -> 4 tokens
   per frame + 1 newline; ``pixel_values_videos``.
 - ``qwen2_vl`` / ``qwen2_5_vl``: ``<|vision_start|><|image_pad|><|vision_end|>`` -> 16
-  ``<|image_pad|>`` for a 32x32 image; ``pixel_values``, ``image_grid_thw``. Video:
+  ``<|image_pad|>`` for a 32x32 image; ``pixel_values`` (flattened patches, (64, 96)),
+  ``image_grid_thw``, and ``mm_token_type_ids`` on every call (text-only too). Video:
   ``<|vision_start|><|video_pad|><|vision_end|>`` -> 16 ``<|video_pad|>`` per 2 frames
-  (temporal patch 2: pass an even number of frames); ``pixel_values_videos``,
+  (temporal patch 2; an odd count is padded by repeating the last frame); ``pixel_values_videos``,
   ``video_grid_thw`` (and ``second_per_grid_ts`` for 2.5).
 - ``idefics3`` (the classes SmolVLM-256M/500M use): ``<image>`` -> a 32x32 image is upscaled to
   64x64 and split like a real SmolVLM input: 4 tiles ``<fake_token_around_image><row_i_col_j>``
-  + 4 ``<image>`` each (a newline after each row), then ``\n<fake_token_around_image><global-img>``
+  + 4 ``<image>`` each (a newline after each row), then ``\\n<fake_token_around_image><global-img>``
   + 4 ``<image>`` + ``<fake_token_around_image>``: 20 ``<image>`` tokens in 5 runs, 33 tokens in
   all; ``pixel_values`` (1, 5, 3, 32, 32), ``pixel_attention_mask``.
   Images only: ``Idefics3Processor`` has no video path (SmolVLM2's video support is the
   separate ``smolvlm`` model type and ``SmolVLMProcessor``, which also needs ``num2words``).
 - ``gemma3``: ``<start_of_image>`` -> ``\\n\\n<start_of_image>`` + 4 ``<image_soft_token>`` +
-  ``<end_of_image>\\n\\n``; ``pixel_values``, ``token_type_ids``. Images only.
+  ``<end_of_image>\\n\\n``; ``pixel_values``, ``token_type_ids`` (on every call). Images only.
+  Careful: ``Gemma3Processor.image_token_id`` is ``<start_of_image>`` (the placeholder), while the
+  token the model fills with image features is ``config.image_token_id`` ==
+  ``processor.tokenizer.image_token_id`` (``<image_soft_token>``). Use the config's id.
 
 Videos are given as a list of PIL frames (all the same size) or a ``uint8`` numpy array of shape
 ``(T, H, W, 3)``; both are accepted by every video processor here. Frames are not resampled
@@ -131,6 +144,7 @@ def smollm2_tokenizer_dir() -> Path:
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
     _CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".smollm2-tokenizer-", dir=_CACHE_ROOT)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
     try:
         tok.save_pretrained(tmp)
         os.replace(tmp, _TOKENIZER_DIR)

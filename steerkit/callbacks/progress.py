@@ -38,7 +38,9 @@ class ProgressBar(Callback):
             bar.close()
 
     def on_layer_scored(self, steerer: Any, layer: int, scores: dict[str, Any]) -> None:
-        bar = self._bars.get("sweep") or self._bar("sweep", None, "scoring layers")
+        bar = self._bars.get("sweep")
+        if bar is None:
+            bar = self._bar("sweep", None, "scoring layers")
         bar.update(1)
         bar.set_postfix({k: round(v, 3) for k, v in scores.items() if isinstance(v, float)}, refresh=False)
 

@@ -33,4 +33,5 @@ __all__ = [
     "is_refusal",
     "last_token_index",
     "refusal_rate",
+    "refusal_token_ids",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -152,7 +152,9 @@ def evaluate(
     rows: dict[str, dict[str, SetResult]] = {}
 
     total = len(ordered) * sum(len(b) for b in sets.values())
-    bar = tqdm(total=total, desc="evaluate", unit="batch", file=sys.stderr, disable=None if progress else True)
+    bar = tqdm(
+        total=total, desc="evaluate", unit="batch", file=sys.stderr, disable=None if progress else True
+    )
     try:
         for condition, factory in ordered:
             bar.set_postfix_str(condition)

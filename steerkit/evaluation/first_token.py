@@ -71,7 +71,9 @@ def first_token_refusal_score(logits: torch.Tensor, token_ids: Sequence[int] | t
     clamped to +-`MAX_LOG_ODDS` so p = 0 or 1 stays finite.
     """
     if logits.dim() < 1 or logits.shape[-1] == 0:
-        raise ShapeError(f"logits must be [..., vocab] with a non-empty vocab, got shape {tuple(logits.shape)}.")
+        raise ShapeError(
+            f"logits must be [..., vocab] with a non-empty vocab, got shape {tuple(logits.shape)}."
+        )
     vocab = logits.shape[-1]
     ids = torch.as_tensor(token_ids, dtype=torch.long, device=logits.device).flatten().unique()
     if ids.numel() == 0:

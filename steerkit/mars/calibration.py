@@ -1,0 +1,104 @@
+"""Neutral-media statistics shared by the MARS selector and scaler (MARS.md steps 3-5).
+
+Harmless prompts are recorded once text-only and once per media modality with
+neutral (solid random colour) images or videos.  The difference of means is
+the modality offset delta^m_l; the re-centred gate values t of the neutral-
+media prompts calibrate tau (calibration split) and measure the false-trigger
+rate (validation split).  Results are memoised in `FitData.extra`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from steerkit.activations import Activations
+from steerkit.fitting import FitData
+from steerkit.positions import DecisionPosition
+from steerkit.scalers.trust_region import LayerRegion
+
+MODALITY_INDEX = {"text": 0, "image": 1, "video": 2}
+_CACHE_KEY = "mars_neutral_statistics"
+
+
+@dataclass
+class NeutralStatistics:
+    """Offsets per layer ([3, hidden]) and harmless activations per modality and split."""
+
+    offsets: dict[int, torch.Tensor]
+    calibration: dict[str, Activations]
+    validation: dict[str, Activations | None]
+    media_modalities: list[str] = field(default_factory=list)
+
+    def gate_values(self, region: LayerRegion, layer: int, split: str = "calibration", recenter: bool = True,
+                    modalities: list[str] | None = None) -> torch.Tensor:
+        """t of every harmless prompt of `split`, pooled over the media modalities (text if none)."""
+        source = self.calibration if split == "calibration" else self.validation
+        modalities = modalities or self.media_modalities or ["text"]
+        values = []
+        for modality in modalities:
+            acts = source.get(modality)
+            if acts is None:
+                continue
+            states = acts.prompts(layer)
+            if recenter:
+                states = states - region.offsets[MODALITY_INDEX[modality]]
+            values.append(gate_value(states @ region.unit, region))
+        return torch.cat(values) if values else torch.empty(0)
+
+    def tau(self, region: LayerRegion, layer: int, quantile: float) -> float:
+        """The `quantile` of calibration t values, floored at 0 (MARS.md step 4)."""
+        values = self.gate_values(region, layer, "calibration")
+        return max(0.0, float(torch.quantile(values.double(), quantile)))
+
+
+def gate_value(projection: torch.Tensor, region: LayerRegion) -> torch.Tensor:
+    return (projection - region.p_minus) / (region.p_plus - region.p_minus)
+
+
+def layer_region(data: FitData, stats: NeutralStatistics, layer: int) -> LayerRegion:
+    p_plus, p_minus = data.directions.projections(layer)
+    raw = data.directions.vectors[layer].float()
+    return LayerRegion(data.directions.unit(layer), p_plus, p_minus, float(raw.norm()), stats.offsets[layer].clone())
+
+
+def neutral_statistics(data: FitData) -> NeutralStatistics:
+    """Record harmless prompts with neutral media (once per fit) and derive offsets."""
+    cached = data.extra.get(_CACHE_KEY)
+    if cached is not None:
+        return cached
+    from steerkit.mars.inputs import available_modalities, modality_batches
+    from steerkit.steerer import model_device
+
+    options: dict[str, Any] = dict(data.extra.get("media") or {})
+    layers = data.negative.layers
+    hidden = data.layout.hidden_size
+    media = [m for m in available_modalities(data.model, data.tokenizer) if m != "text"]
+    wanted = options.get("modalities")
+    if wanted:
+        media = [m for m in media if m in wanted]
+    calibration: dict[str, Activations] = {"text": data.negative}
+    validation: dict[str, Activations | None] = {"text": data.negative_validation}
+    offsets = {layer: torch.zeros(3, hidden) for layer in layers}
+    steerer, device = data.steerer, model_device(data.model)
+    splits = {"calibration": data.prompts.get("negative"), "validation": data.prompts.get("negative_validation")}
+    for modality in media:
+        for split, prompt_set in splits.items():
+            if prompt_set is None:
+                continue
+            prompts = list(prompt_set.prompts)
+            batches = modality_batches(
+                data.tokenizer, prompts, modality, batch_size=steerer.batch_size,
+                seed=int(options.get("seed") or 0) + (0 if split == "calibration" else 1000),
+                video_frames=int(options.get("video_frames") or 4), device=device,
+            )
+            acts = steerer.record(data.model, data.layout, batches, len(prompts), layers,
+                                  f"harmless_{modality}_{split}", positions=DecisionPosition())
+            (calibration if split == "calibration" else validation)[modality] = acts
+        for layer in layers:
+            offsets[layer][MODALITY_INDEX[modality]] = calibration[modality].mean(layer) - data.negative.mean(layer)
+    stats = NeutralStatistics(offsets, calibration, validation, media)
+    data.extra[_CACHE_KEY] = stats
+    return stats
