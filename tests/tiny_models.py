@@ -298,6 +298,12 @@ def tiny_vlm(family: str, seed: int = 0) -> tuple[PreTrainedModel, Any]:
     model_class = _vlm_model_class(family)
     torch.manual_seed(seed)
     model = model_class._from_config(config, attn_implementation="eager", dtype=torch.float32)
+    if family == "gemma3":
+        # transformers starts Gemma3's image projection at zeros, which would make every image
+        # identical to the language model; give it seeded random values so colours matter.
+        weight = model.model.multi_modal_projector.mm_input_projection_weight
+        with torch.no_grad():
+            weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
     return model.eval(), processor
 
 

@@ -69,7 +69,11 @@ def available_modalities(model: Any, processor: Any) -> list[str]:
     Models that put video frames into image tokens (SmolVLM2) report no ``"video"``.
     """
     layout = resolve_layout(model)
-    model_side = {"text": True, "image": layout.image_token_id is not None, "video": layout.video_token_id is not None}
+    model_side = {
+        "text": True,
+        "image": layout.image_token_id is not None,
+        "video": layout.video_token_id is not None,
+    }
     supported = processor_modalities(processor)
     return [m for m in MODALITIES if model_side[m] and m in supported]
 

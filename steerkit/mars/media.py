@@ -201,7 +201,10 @@ def neutral_colours(count: int, seed: int = 0) -> np.ndarray:
 def neutral_images(count: int, size: tuple[int, int], seed: int = 0) -> list[Image.Image]:
     """``count`` solid RGB images of ``size`` = ``(height, width)``, one random colour each."""
     height, width = _check_size(size)
-    return [Image.new("RGB", (width, height), tuple(int(c) for c in colour)) for colour in neutral_colours(count, seed)]
+    return [
+        Image.new("RGB", (width, height), tuple(int(c) for c in colour))
+        for colour in neutral_colours(count, seed)
+    ]
 
 
 def neutral_videos(count: int, frames: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:

@@ -63,8 +63,8 @@ class TrustRegionScaler(Scaler):
             raise ConfigError(f"trust_region recenter must be one of {RECENTER_MODES}, got {self.recenter!r}.")
         if not 0.0 < self.tau_quantile < 1.0:
             raise ConfigError(f"tau_quantile must be in (0, 1), got {self.tau_quantile}.")
-        if self.tau is not None and not (math.isfinite(self.tau) and self.tau < 1.0):
-            raise ConfigError(f"tau must be a finite number below 1 (1 is the harmful centroid), got {self.tau}.")
+        if self.tau is not None and not math.isfinite(self.tau):
+            raise ConfigError(f"tau must be a finite number (0 = harmless centroid, 1 = harmful), got {self.tau}.")
 
     # -- fit -----------------------------------------------------------------
     def calibrate(self, data: FitData, layers: list[int]) -> None:
@@ -110,7 +110,9 @@ class TrustRegionScaler(Scaler):
         tau = float(self.tau)  # type: ignore[arg-type]
         t, projection = self.gate_position(hidden, layer, fc)
         if self.form == "traversal":
-            gate = ((t - tau) / (1.0 - tau)).clamp(0.0, 1.0)
+            # tau >= 1 means harmless inputs already sit past the harmful centroid: the gate may
+            # open, but ReLU(p+ - <h~,u>) is 0 there, so nothing moves.
+            gate = ((t - tau) / max(1.0 - tau, 1e-6)).clamp(0.0, 1.0)
             value = gate * torch.relu(region.p_plus - projection)
         else:
             value = torch.clamp(self.beta * torch.relu(t - tau), max=self.rho) * region.raw_norm
