@@ -76,6 +76,8 @@ def check_direction(vector: torch.Tensor, hidden_size: int, where: str) -> torch
     """A float32 copy of `vector`, refused if it has the wrong size, NaN/inf or zero norm."""
     if not isinstance(vector, torch.Tensor):
         vector = torch.as_tensor(vector)
+    if vector.is_meta:
+        raise ShapeError(f"{where}: direction is on the 'meta' device and holds no values; load or extract it for real.")
     if vector.dim() != 1 or vector.shape[0] != hidden_size:
         raise ShapeError(
             f"{where}: direction has shape {tuple(vector.shape)} but the model's hidden size is {hidden_size}. "

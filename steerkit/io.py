@@ -23,27 +23,37 @@ from safetensors.torch import load_file, save_file
 from steerkit.errors import AdapterError, ConfigError
 
 
+def _default_mode(path: Path, folder: bool) -> None:
+    """Give a mkdtemp/mkstemp entry (private: 0700/0600) the mode a plain mkdir/open would, per the umask."""
+    mask = os.umask(0o077)  # the umask can only be read by setting it; 077 errs on the private side meanwhile
+    os.umask(mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `target`, on error it is deleted."""
+    """Yield a temporary folder; on success it replaces `target`, on any error it is deleted.
+
+    The previous `target` is moved aside and restored if the final rename
+    fails, so an exception at any point leaves the previous version in place
+    and no temporary folder behind.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     backup = None
-    if target.exists():
-        backup = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(target, backup)
     try:
+        _default_mode(staging, folder=True)
+        yield staging
+        if target.exists():
+            backup = target.parent / f".{target.name}.old-{os.getpid()}"
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(target, backup)
         os.replace(staging, target)
     except BaseException:
-        if backup is not None:
+        if backup is not None and backup.exists() and not target.exists():
             os.replace(backup, target)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
@@ -57,6 +67,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        _default_mode(Path(temporary), folder=False)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

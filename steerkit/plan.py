@@ -62,11 +62,15 @@ class SteeringStep:
         return sorted(self.directions)
 
     def tensors(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw, unit) on `like`'s device and dtype, converted once and cached."""
+        """(raw, unit) on `like`'s device and dtype, converted once per apply and cached.
+
+        The unit vector is normalised in float32 before the cast, whatever the
+        direction's own dtype (float64, bfloat16) or device.
+        """
         key = (layer, like.device, like.dtype)
         cached = self._cache.get(key)
         if cached is None:
-            raw = self.directions[layer].float()
+            raw = torch.as_tensor(self.directions[layer]).detach().float()
             unit = raw / raw.norm()
             cached = (raw.to(like.device, like.dtype), unit.to(like.device, like.dtype))
             self._cache[key] = cached
@@ -87,6 +91,8 @@ class SteeringStep:
         return torch.where(mask.unsqueeze(-1), steered, hidden)
 
     def check_against(self, layout: ModelLayout) -> None:
+        """Refuse directions that do not fit `layout`; run at apply time, so edits since the last apply count."""
+        self._cache.clear()
         for layer, vector in self.directions.items():
             if layer != EMBEDDING:
                 layout.layer_path(layer)

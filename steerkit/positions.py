@@ -8,6 +8,7 @@ with or without a KV cache (no "index -1 of every step").
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -119,13 +120,12 @@ def parse_positions(spec: Positions | str | dict[str, Any] | None) -> Positions:
     if spec is None:
         raise ConfigError(f"positions must be given: one of {', '.join(POSITION_KINDS)}.")
     if isinstance(spec, str):
-        kind, _, arg = spec.partition(":")
+        kind, colon, arg = spec.partition(":")
         params: dict[str, Any] = {}
-        if arg:
-            try:
-                params["n"] = int(arg)
-            except ValueError:
-                raise ConfigError(f"positions {spec!r}: the part after ':' must be a whole number.") from None
+        if colon:
+            if not re.fullmatch(r"[0-9]+", arg):
+                raise ConfigError(f"positions {spec!r}: the part after ':' must be a whole number, as in 'first_generated:3'.")
+            params["n"] = int(arg)
     elif isinstance(spec, dict) or hasattr(spec, "items"):
         params = dict(spec)
         kind = str(params.pop("kind", ""))

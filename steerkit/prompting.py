@@ -60,6 +60,21 @@ def encode_prompts(
     return dict(batch)
 
 
+def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], max_length: int | None, what: str,
+                         system: str | None = None) -> None:
+    """Refuse a prompt longer than the context before any batch runs, naming it by its index in the set."""
+    if max_length is None:
+        return
+    tokenizer = text_tokenizer(tokenizer)
+    for index, prompt in enumerate(prompts):
+        length = len(tokenizer(render_chat(tokenizer, prompt, system), add_special_tokens=False)["input_ids"])
+        if length > max_length:
+            raise DataError(
+                f"{what.capitalize()} prompt {index} ({prompt[:60]!r}...) is {length} tokens with the chat template, "
+                f"longer than the model's context of {max_length}. Shorten or drop it."
+            )
+
+
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     if size < 1:
         raise DataError(f"batch size must be >= 1, got {size}.")

@@ -66,17 +66,24 @@ class Recipe:
         return OmegaConf.to_yaml(OmegaConf.create(self.config))
 
     def with_overrides(self, overrides: Sequence[str]) -> Recipe:
-        """Apply `key.path=value` overrides (as on the CLI); unknown keys are refused."""
+        """Apply `key.path=value` overrides (as on the CLI); unknown keys are refused.
+
+        Values are parsed as YAML (`fit.seed=1` is an int, `model.name=null` is None,
+        `steps.0.selector={name: sweep}` a mapping).  List items are addressed by index:
+        `steps.0.selector.limits.kl=0.2` or `steps[0].selector.limits.kl=0.2`.
+        """
         if not overrides:
             return self
+        config = OmegaConf.create(self.config)
         for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"Override {item!r} must look like key.path=value (e.g. model.name=gpt2).")
-        try:
-            merged = OmegaConf.merge(OmegaConf.create(self.config), OmegaConf.from_dotlist(list(overrides)))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"Bad override: {exc}") from exc
-        return Recipe(validate(_plain(merged), self.source), self.source, self.allow_import)
+            apply_override(config, item)
+        return Recipe(validate(_plain(config), self.source), self.source, self.allow_import).checked()
+
+    def checked(self) -> Recipe:
+        """Build every step's components once, so a bad name, option or position spec fails now, not after
+        the model has loaded.  Layer indices are checked when the model is known (at the start of fit)."""
+        self.steerers()
+        return self
 
     # -- building ------------------------------------------------------------
     def steerers(self, callbacks: Sequence[Callback] = ()) -> list[Any]:
@@ -121,6 +128,22 @@ class Recipe:
         kwargs = {"column": data.get("column"), "limit": int(limit) if limit else None}
         return load_prompts(data["positive"], **kwargs), load_prompts(data["negative"], **kwargs)
 
+    def split_prompts(self, step_index: int = 0) -> dict[str, list[str]]:
+        """The prompts step `step_index` fits on, split exactly as its fit splits them.
+
+        Keys "positive", "negative" (training) and "positive_validation",
+        "negative_validation" (empty when the recipe makes no validation split).
+        Deterministic: the same recipe (data, seed, validation_fraction) gives the same split.
+        """
+        from steerkit.steerer import as_prompt_list
+
+        steerer = self.steerers()[step_index]
+        positive, negative = self.prompts(step_index)
+        pos_train, pos_val = steerer.split(as_prompt_list(positive, "positive"))
+        neg_train, neg_val = steerer.split(as_prompt_list(negative, "negative"))
+        return {"positive": pos_train, "negative": neg_train, "positive_validation": pos_val,
+                "negative_validation": neg_val}
+
     def fit(self, model: Any, tokenizer: Any, callbacks: Sequence[Callback] = ()) -> Plan:
         """Fit every step in order and chain them into one plan (steps apply in recipe order)."""
         plans = []
@@ -131,6 +154,47 @@ class Recipe:
         plan.metadata["recipe"] = self.config
         plan.metadata["recipe_name"] = self.name
         return plan
+
+
+def apply_override(config: DictConfig, item: str) -> None:
+    """Set one `key.path=value` override in place, with a clear error for impossible paths."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"Override {item!r} must look like key.path=value (e.g. model.dtype=bfloat16).")
+    try:
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]  # type: ignore[index]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Override {item!r}: cannot parse the value {raw!r} ({exc}).") from exc
+    parts = key.replace("[", ".").replace("]", "").split(".")
+    if any(not part for part in parts):
+        raise ConfigError(f"Override {item!r}: {key!r} is not a valid key path (empty part).")
+    node: Any = config
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"Override {item!r}: {'.'.join(parts[:depth]) or 'the recipe'} is a list of "
+                                  f"{len(node)} item(s); address one by index 0..{len(node) - 1}, e.g. "
+                                  f"{'.'.join(parts[:depth])}.0.{'.'.join(parts[depth + 1:])}=...")
+            node = node[int(part)]
+        elif isinstance(node, DictConfig):
+            if part not in node or node[part] is None:
+                break  # a new subtree: validate() judges the keys
+            node = node[part]
+        else:
+            raise ConfigError(f"Override {item!r}: {'.'.join(parts[:depth])} is the value {node!r}, not a "
+                              f"mapping, so it has no key {part!r} ({where}).")
+    if isinstance(node, ListConfig):
+        last = parts[-1]
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"Override {item!r}: index {last!r} is out of range for a list of {len(node)} item(s).")
+    elif not isinstance(node, (DictConfig, ListConfig)):
+        raise ConfigError(f"Override {item!r}: {'.'.join(parts[:-1])} is the value {node!r}, not a mapping.")
+    try:
+        OmegaConf.update(config, ".".join(parts), value, merge=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Bad override {item!r}: {exc}") from exc
 
 
 def chain_plans(plans: Sequence[Plan]) -> Plan:
@@ -150,7 +214,7 @@ def chain_plans(plans: Sequence[Plan]) -> Plan:
 def build(registry: Registry[Any], spec: Any, where: str, allow_import: bool) -> Any:
     """A component from `"name"` or `{name: ..., option: value}`."""
     if isinstance(spec, str):
-        return registry.build(spec, {}, allow_import=allow_import)
+        spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(f"{where} must be a name or a mapping with a 'name' key, got {spec!r}.")
     params = {k: v for k, v in spec.items() if k != "name"}
@@ -201,7 +265,7 @@ def _check_mapping(config: dict[str, Any], schema: dict[str, Any], where: str) -
 def load_recipe(source: str | os.PathLike | dict[str, Any], overrides: Sequence[str] = ()) -> Recipe:
     """A recipe from a YAML path, a built-in name (`mars`, `actadd`, ...) or a dict."""
     if isinstance(source, dict):
-        return Recipe(validate(dict(source), "<dict>"), "<dict>", allow_import=True).with_overrides(overrides)
+        return Recipe(validate(dict(source), "<dict>"), "<dict>", allow_import=True).with_overrides(overrides).checked()
     path = Path(source)
     if not path.suffix and not path.exists():
         path = RECIPES_DIR / f"{source}.yaml"
@@ -216,4 +280,4 @@ def load_recipe(source: str | os.PathLike | dict[str, Any], overrides: Sequence[
     except (OmegaConfBaseException, Exception) as exc:  # yaml errors carry their own classes
         raise ConfigError(f"{path} is not a valid recipe YAML ({type(exc).__name__}: {exc}). "
                           "Only plain YAML is accepted: no !!python tags.") from exc
-    return Recipe(validate(_plain(loaded), str(path)), str(path), allow_import=True).with_overrides(overrides)
+    return Recipe(validate(_plain(loaded), str(path)), str(path), allow_import=True).with_overrides(overrides).checked()

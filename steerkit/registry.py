@@ -28,8 +28,9 @@ def suggest(name: str, choices: list[str]) -> str:
 class Registry(Generic[T]):
     """Maps a short name to a component class of one family."""
 
-    def __init__(self, family: str) -> None:
+    def __init__(self, family: str, base: type | None = None) -> None:
         self.family = family
+        self.base = base
         self._classes: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -63,11 +64,18 @@ class Registry(Generic[T]):
                 cls = getattr(importlib.import_module(module_name), class_name)
             except (ImportError, AttributeError) as exc:
                 raise ConfigError(f"Cannot import {self.family} class {name!r}: {exc}") from exc
+            # Only a subclass of the family's base may be built: never `os:system` or `subprocess:Popen`.
+            if self.base is None or not (isinstance(cls, type) and issubclass(cls, self.base)):
+                expected = self.base.__name__ if self.base is not None else "a registered class"
+                raise ConfigError(
+                    f"{self.family} {name!r} is not a subclass of {expected}; an import path must name a "
+                    f"steerkit {self.family} class."
+                )
             return cls
         raise ConfigError(
             f"Unknown {self.family} {name!r}.{suggest(name, self.names())} "
             f"Known: {', '.join(self.names())}; or register your own class with "
-            f"@{self.family.upper()}.register('name')."
+            f"@{self.family.upper()}S.register('name')."
         )
 
     def build(self, name: str, params: dict[str, Any] | None = None, *, allow_import: bool = False) -> T:

@@ -13,16 +13,17 @@ from typing import Any
 
 import torch
 
-from steerkit.activations import Activations
+from steerkit import distributed
+from steerkit.activations import Activations, check_direction
 from steerkit.architectures import ModelLayout, resolve_layout, unwrap_model
 from steerkit.callbacks import Callback
-from steerkit.errors import DataError
+from steerkit.errors import ConfigError, DataError
 from steerkit.extractors import DiffMeans, Extractor
 from steerkit.fitting import FitData
 from steerkit.interventions import AddDirection, Intervention
 from steerkit.plan import EMBEDDING, Plan, SteeringHandle, SteeringStep
 from steerkit.positions import Positions, parse_positions
-from steerkit.prompting import batched, context_length, encode_prompts
+from steerkit.prompting import batched, check_prompt_lengths, context_length, encode_prompts
 from steerkit.recording import ActivationRecorder
 from steerkit.scalers import ConstantScaler, Scaler
 from steerkit.selectors import LayerSelector, SweepSelector
@@ -50,6 +51,9 @@ class Steerer:
     (Arditi-style ablation).  `embedding=True` also steers the embedding output.
     `fit_positions` are where activations are recorded (the decision position
     by default); `positions` are where the plan steers.
+    `accelerator` (an accelerate `Accelerator` or `PartialState`) spreads
+    recording over processes: each records its shard of every prompt set and
+    all get the combined activations (see `steerkit.distributed`).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class Steerer:
         layers_path: str | None = None,
         embedding_path: str | None = None,
         extra: dict[str, Any] | None = None,
+        accelerator: Any | None = None,
     ) -> None:
         self.extractor = extractor or DiffMeans()
         self.selector = selector or SweepSelector()
@@ -78,10 +83,14 @@ class Steerer:
         self.intervention = intervention or AddDirection()
         self.positions = parse_positions(positions)
         self.fit_positions = parse_positions(fit_positions)
-        if apply_layers not in ("selected", "all") and not isinstance(apply_layers, (list, tuple)):
-            from steerkit.errors import ConfigError
-
-            raise ConfigError(f"apply_layers must be 'selected', 'all' or a list of layers, got {apply_layers!r}.")
+        if apply_layers not in ("selected", "all") and not (
+            isinstance(apply_layers, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in apply_layers)
+        ):
+            raise ConfigError(f"apply_layers must be 'selected', 'all' or a list of layer indices, got {apply_layers!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        if not 0.0 <= float(validation_fraction) < 1.0:
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}; 0 disables the split.")
         self.apply_layers = apply_layers
         self.embedding = embedding
         self.callbacks = list(callbacks)
@@ -91,6 +100,7 @@ class Steerer:
         self.name = name
         self.layers_path, self.embedding_path = layers_path, embedding_path
         self.extra = dict(extra or {})
+        self.accelerator = accelerator
 
     # -- callbacks ---------------------------------------------------------
     def call(self, hook: str, **kwargs: Any) -> None:
@@ -108,11 +118,25 @@ class Steerer:
         split: str,
         positions: Positions | None = None,
         keep_per_prompt: bool = True,
+        sharded: bool = False,
     ) -> Activations:
-        """Record activations of pre-built batches, reporting progress to callbacks."""
+        """Record activations of pre-built batches, reporting progress to callbacks.
+
+        `sharded`: the batches hold only this process's shard of the prompts
+        (see `record_prompts`); the shards are combined across processes.
+        """
         recorder = ActivationRecorder(model, layout, layers, positions or self.fit_positions, keep_per_prompt=keep_per_prompt)
         self.call("on_record_start", split=split, total=total)
-        activations = recorder.record(batches, on_batch=lambda rows: self.call("on_batch_end", split=split, rows=rows))
+        gather = sharded and distributed.num_processes(self.accelerator) > 1
+        try:
+            activations = recorder.record(batches, on_batch=lambda rows: self.call("on_batch_end", split=split, rows=rows))
+        except BaseException:
+            if gather:
+                distributed.announce_failure(self.accelerator)
+            raise
+        if gather:
+            activations = distributed.gather_activations(self.accelerator, activations, recorder.layers,
+                                                         layout.hidden_size, keep_per_prompt)
         self.call("on_record_end", split=split, activations=activations)
         return activations
 
@@ -125,7 +149,11 @@ class Steerer:
         self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: list[str], layers: list[int], split: str,
         positions: Positions | None = None,
     ) -> Activations:
-        return self.record(model, layout, self.text_batches(model, tokenizer, prompts), len(prompts), layers, split, positions)
+        """Record `prompts`; with an accelerator, this process records only its shard."""
+        if distributed.num_processes(self.accelerator) > 1:
+            prompts = distributed.local_shard(self.accelerator, prompts)
+        return self.record(model, layout, self.text_batches(model, tokenizer, prompts), len(prompts), layers, split,
+                           positions, sharded=True)
 
     # -- fit -------------------------------------------------------------------
     def fit(self, model: torch.nn.Module, tokenizer: Any, positive: Sequence[str] | Any, negative: Sequence[str] | Any) -> Plan:
@@ -136,14 +164,18 @@ class Steerer:
         layout = resolve_layout(model, self.layers_path, self.embedding_path)
         self.call("on_fit_start", model=model)
         layers = sorted(set(self.selector.candidate_layers(layout.num_layers)) | self._extra_layers(layout))
-        pos_train, pos_val = self._split(positive_prompts)
-        neg_train, neg_val = self._split(negative_prompts)
+        pos_train, pos_val = self.split(positive_prompts)
+        neg_train, neg_val = self.split(negative_prompts)
+        self._check_before_recording(model, tokenizer, layout, {"positive": positive_prompts, "negative": negative_prompts},
+                                     {"positive": pos_train, "negative": neg_train})
         with torch.no_grad():
             positive_acts = self.record_prompts(model, tokenizer, layout, pos_train, layers, "positive")
             negative_acts = self.record_prompts(model, tokenizer, layout, neg_train, layers, "negative")
             positive_val = self.record_prompts(model, tokenizer, layout, pos_val, layers, "positive_validation") if pos_val else None
             negative_val = self.record_prompts(model, tokenizer, layout, neg_val, layers, "negative_validation") if neg_val else None
         directions = self.extractor.fit(positive_acts, negative_acts)
+        for layer, vector in directions.vectors.items():
+            check_direction(vector, layout.hidden_size, f"step {self.name!r}: {type(self.extractor).__name__} at layer {layer}")
         self.call("on_directions_computed", directions=directions)
         from steerkit.data import PromptSet
 
@@ -185,11 +217,35 @@ class Steerer:
         self.call("on_fit_end", plan=plan)
         return plan
 
+    def _check_before_recording(
+        self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: dict[str, list[str]],
+        train: dict[str, list[str]],
+    ) -> None:
+        """Refuse what would otherwise fail only after recording: layers, prompt counts and lengths."""
+        if isinstance(self.apply_layers, (list, tuple)):
+            for layer in self.apply_layers:
+                layout.layer_path(layer)
+        needed = getattr(self.extractor, "min_prompts_per_class", 1)
+        for name, items in train.items():
+            if len(items) < needed:
+                held_out = len(prompts[name]) - len(items)
+                split = (f" after holding out {held_out} for validation (validation_fraction={self.validation_fraction}); "
+                         "add prompts or lower validation_fraction" if held_out else "; add prompts")
+                raise DataError(
+                    f"{type(self.extractor).__name__} needs at least {needed} {name} prompts to fit on, got "
+                    f"{len(items)}{split}{'' if needed <= 1 else ', or use the diff_means extractor'}."
+                )
+        for name, items in prompts.items():
+            check_prompt_lengths(tokenizer, items, context_length(model), name)
+
     def _extra_layers(self, layout: ModelLayout) -> set[int]:
         condition = getattr(self.scaler, "condition_layer", None)
         return {condition} if isinstance(condition, int) else set()
 
-    def _split(self, prompts: list[str]) -> tuple[list[str], list[str]]:
+    def split(self, prompts: list[str]) -> tuple[list[str], list[str]]:
+        """(train, validation) as `fit` splits them: a `seed`-ed permutation picks
+        round(len * validation_fraction) validation prompts; each part keeps the input order.
+        No split (all train) when validation_fraction <= 0 or fewer than 4 prompts."""
         if self.validation_fraction <= 0 or len(prompts) < 4:
             return prompts, []
         generator = torch.Generator().manual_seed(self.seed)
@@ -197,6 +253,8 @@ class Steerer:
         n_val = max(1, int(round(len(prompts) * self.validation_fraction)))
         val_index = set(order[:n_val])
         return [p for i, p in enumerate(prompts) if i not in val_index], [p for i, p in enumerate(prompts) if i in val_index]
+
+    _split = split  # the name used before `split` was public
 
     def _step_directions(self, directions: Any, selected: list[int], layout: ModelLayout) -> dict[int, torch.Tensor]:
         if self.apply_layers == "selected":

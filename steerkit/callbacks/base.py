@@ -56,4 +56,4 @@ class Callback:
     def on_apply_end(self, steerer: Steerer, plan: Plan, model: Any) -> None: ...
 
 
-CALLBACKS: Registry[Callback] = Registry("callback")
+CALLBACKS: Registry[Callback] = Registry("callback", base=Callback)

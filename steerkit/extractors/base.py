@@ -35,4 +35,4 @@ class Extractor(Component):
                 )
 
 
-EXTRACTORS: Registry[Extractor] = Registry("extractor")
+EXTRACTORS: Registry[Extractor] = Registry("extractor", base=Extractor)

@@ -25,7 +25,7 @@ class Intervention(Component):
         """Turn fit-time statistics into parameters (used by `Clamp` targets)."""
 
 
-INTERVENTIONS: Registry[Intervention] = Registry("intervention")
+INTERVENTIONS: Registry[Intervention] = Registry("intervention", base=Intervention)
 
 
 def project(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:

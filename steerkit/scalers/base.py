@@ -45,7 +45,7 @@ class Scaler(Component):
         return self.to_config()["params"]
 
 
-SCALERS: Registry[Scaler] = Registry("scaler")
+SCALERS: Registry[Scaler] = Registry("scaler", base=Scaler)
 
 
 def decision_states(hidden: torch.Tensor, fc: ForwardContext) -> torch.Tensor:

@@ -130,7 +130,7 @@ class TrustRegionScaler(Scaler):
         for layer, region in self.regions.items():
             state[f"{layer}.unit"] = region.unit.float().cpu()
             state[f"{layer}.offsets"] = region.offsets.float().cpu()
-            state[f"{layer}.centroids"] = torch.tensor([region.p_plus, region.p_minus, region.raw_norm])
+            state[f"{layer}.centroids"] = torch.tensor([region.p_plus, region.p_minus, region.raw_norm], dtype=torch.float64)
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

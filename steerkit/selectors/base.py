@@ -31,24 +31,26 @@ class LayerSelector(Component):
         raise NotImplementedError
 
 
-SELECTORS: Registry[LayerSelector] = Registry("selector")
+SELECTORS: Registry[LayerSelector] = Registry("selector", base=LayerSelector)
 
 
 def layer_range(spec: Any, num_layers: int) -> list[int]:
     """Candidate layers from a list of indices or `{start, stop}` fractions/indices of depth."""
     if spec is None or spec == "all":
         return list(range(num_layers))
-    if isinstance(spec, int):
-        return [spec]
-    if hasattr(spec, "items"):
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        layers = [spec]
+    elif hasattr(spec, "items"):
         unknown = set(spec) - {"start", "stop"}
         if unknown:
             raise ConfigError(f"candidate range takes 'start' and 'stop', not {sorted(unknown)}.")
         start, stop = spec.get("start", 0.0), spec.get("stop", 1.0)
         as_index = lambda v: int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 1 else int(round(float(v) * num_layers))  # noqa: E731
         layers = list(range(as_index(start), as_index(stop)))
+    elif isinstance(spec, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+        layers = list(spec)
     else:
-        layers = [int(v) for v in spec]
+        raise ConfigError(f"candidate layers must be 'all', a layer index, a list of indices or {{start, stop}}, got {spec!r}.")
     if not layers:
         raise ConfigError(f"candidate layers {spec!r} select no layer of a {num_layers}-layer model.")
     for layer in layers:

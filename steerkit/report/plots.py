@@ -1,0 +1,273 @@
+"""The run report's plots, drawn from a metrics dict with matplotlib's Agg canvas.
+
+- `plot_layers`: per-layer scores (separation, induce, KL, false-trigger; accuracy for
+  sweeps), one panel each, limits dashed, the chosen layer marked in every panel;
+- `plot_gate`: the gate value t per input set (harmful, harmless, neutral-media), tau
+  marked, media sets also shown without re-centering;
+- `plot_refusal`: refusal rate per set and condition (before / after / ablations).
+
+Figures are built on `matplotlib.figure.Figure` with a `FigureCanvasAgg`, never through
+pyplot: no global backend switch, no GUI, safe in threads.  PNGs are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import PercentFormatter
+
+CHOSEN_COLOUR = "#d62728"
+TAU_COLOUR = "#d62728"
+DPI = 120
+
+# (key, panel label, limit key, limit reading, is a rate)
+LAYER_PANELS: list[tuple[str, str, str | None, str, bool]] = [
+    ("separation", "separation\nAUROC harmful vs harmless (higher better)", None, "", False),
+    ("accuracy", "accuracy\nheld-out, midpoint rule (higher better)", None, "", True),
+    ("induce", "induce\nrefusal log-odds rise when pushed (> limit)", "induce", "min", False),
+    ("kl", "KL on harmless\nnats, first token (lower better)", "kl", "max", False),
+    ("false_trigger", "false-trigger rate\nneutral harmless inputs (lower better)", "false_trigger", "max", True),
+]
+
+SET_COLOURS = {"harmful": "#c0392b", "harmless": "#2471a3"}
+CONDITION_COLOURS = ["#7f7f7f", "#1f4e79", "#6fa8dc", "#f6b26b", "#93c47d", "#c27ba0", "#8e7cc3"]
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    """Render `figure` to PNG and move it into place atomically."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(buffer.getvalue())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def set_label(name: str) -> str:
+    """"harmless/image" -> "harmless + neutral image"; "harmful/text" -> "harmful, text only"."""
+    label, _, modality = name.partition("/")
+    if modality in ("", "text"):
+        return f"{label}, text only"
+    return f"{label} + neutral {modality}"
+
+
+# ---------------------------------------------------------------------------
+# layers.png
+
+
+def plot_layers(table: Sequence[Mapping[str, Any]], chosen: int | None, path: str | os.PathLike, *,
+                limits: Mapping[str, float] | None = None, title: str = "Per-layer scores") -> Path:
+    """One panel per score present in `table`, shared layer axis, chosen layer marked."""
+    rows = sorted(table, key=lambda r: r["layer"])
+    panels = [p for p in LAYER_PANELS if any(isinstance(r.get(p[0]), (int, float)) for r in rows)]
+    if not rows or not panels:
+        raise ValueError("plot_layers needs a per-layer table with at least one score column.")
+    layers = [int(r["layer"]) for r in rows]
+    gated = any("within_limits" in r for r in rows)
+    figure = Figure(figsize=(9.0, 1.9 * len(panels) + 1.2))
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (key, label, limit_key, reading, is_rate) in zip(axes, panels):
+        values = [r.get(key) for r in rows]
+        xs = [x for x, v in zip(layers, values) if v is not None]
+        ys = [v for v in values if v is not None]
+        ax.plot(xs, ys, color="#555555", linewidth=1.2, zorder=2)
+        inside = [bool(r.get("within_limits", True)) for r, v in zip(rows, values) if v is not None]
+        ax.scatter([x for x, ok in zip(xs, inside) if ok], [y for y, ok in zip(ys, inside) if ok],
+                   s=34, color="#1f4e79", zorder=3)
+        ax.scatter([x for x, ok in zip(xs, inside) if not ok], [y for y, ok in zip(ys, inside) if not ok],
+                   s=34, facecolors="white", edgecolors="#888888", linewidths=1.2, zorder=3)
+        if limits and limit_key in limits:
+            limit = float(limits[limit_key])
+            ax.axhline(limit, color="#888888", linestyle="--", linewidth=1.0, zorder=1)
+            ax.annotate(f"limit {'>' if reading == 'min' else '<='} {limit * 100:g}%" if is_rate
+                        else f"limit {'>' if reading == 'min' else '<='} {limit:g}",
+                        xy=(1.0, limit), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", ha="left", fontsize=8, color="#555555")
+        if chosen is not None and chosen in xs:
+            ax.axvline(chosen, color=CHOSEN_COLOUR, linewidth=1.6, alpha=0.85, zorder=1)
+            y = ys[xs.index(chosen)]
+            ax.scatter([chosen], [y], s=120, marker="*", color=CHOSEN_COLOUR, zorder=4)
+        if is_rate:
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        if key == "separation":
+            low = min([0.5, *ys])
+            ax.set_ylim(low - 0.05, 1.04)
+        ax.set_ylabel(label, fontsize=8.5, rotation=0, ha="right", va="center", labelpad=8)
+        ax.grid(axis="y", color="#e5e5e5", linewidth=0.8)
+        ax.tick_params(labelsize=8)
+    axes[-1].set_xlabel("decoder layer", fontsize=9)
+    axes[-1].set_xticks(layers if len(layers) <= 40 else layers[:: max(1, len(layers) // 20)])
+    if chosen is not None:
+        axes[0].annotate(f"chosen: layer {chosen}", xy=(chosen, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(0, 6), textcoords="offset points", ha="center", va="bottom", fontsize=9,
+                         color=CHOSEN_COLOUR, fontweight="bold")
+    handles = [Line2D([], [], marker="o", linestyle="", color="#1f4e79", label="within all limits" if gated else "layer"),
+               Line2D([], [], color=CHOSEN_COLOUR, marker="*", markersize=10, label="chosen layer")]
+    if gated:
+        handles.insert(1, Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#888888",
+                                 label="outside a limit"))
+    if limits:
+        handles.append(Line2D([], [], color="#888888", linestyle="--", label="limit"))
+    figure.suptitle(title, fontsize=11, y=0.995)
+    figure.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8.5, frameon=False,
+                  bbox_to_anchor=(0.5, 0.975))
+    figure.tight_layout(rect=(0, 0, 1, 0.95 - 0.15 / len(panels)))
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------
+# gate.png
+
+
+def plot_gate(gate: Mapping[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """t per input, one row per set (media sets also without re-centering), tau marked.
+
+    `gate` is the metrics' gate section: {"layer", "tau", "sets": {name: {"recentered": summary,
+    "raw": summary or None}}}, each summary holding the `values`.
+    """
+    import random
+
+    tau = float(gate["tau"])
+    entries: list[tuple[str, list[float], str, bool]] = []  # label, values, colour, faded
+    for name, both in gate["sets"].items():
+        kind = name.split("/", 1)[0]
+        colour = SET_COLOURS.get(kind, "#444444")
+        entries.append((set_label(name), list(both["recentered"]["values"]), colour, False))
+        raw = both.get("raw")
+        if raw is not None:
+            entries.append((f"{set_label(name)}\n(no re-centering)", list(raw["values"]), colour, True))
+    if not entries:
+        raise ValueError("plot_gate needs at least one set of gate values.")
+    figure = Figure(figsize=(9.0, 0.62 * len(entries) + 1.9))
+    ax = figure.subplots()
+    rng = random.Random(0)
+    every = [v for _, values, _, _ in entries for v in values] + [0.0, 1.0, tau]
+    low, high = min(every), max(every)
+    pad = 0.06 * (high - low or 1.0)
+    ax.axvspan(tau, high + pad, color="#f4cccc", alpha=0.45, zorder=0, linewidth=0)
+    for row, (label, values, colour, faded) in enumerate(entries):
+        y = len(entries) - 1 - row
+        jitter = [y + rng.uniform(-0.22, 0.22) for _ in values]
+        if faded:
+            ax.scatter(values, jitter, s=22, facecolors="white", edgecolors=colour, linewidths=1.0, alpha=0.8, zorder=3)
+        else:
+            ax.scatter(values, jitter, s=22, color=colour, alpha=0.75, linewidths=0, zorder=3)
+        if values:
+            mean = sum(values) / len(values)
+            above = sum(v > tau for v in values) / len(values)
+            ax.plot([mean, mean], [y - 0.32, y + 0.32], color="black", linewidth=2.0, zorder=4)
+            ax.annotate(f"mean {mean:.2f}\n{above:.0%} > \u03c4", xy=(1.0, y), xycoords=("axes fraction", "data"),
+                        xytext=(6, 0), textcoords="offset points", va="center", ha="left", fontsize=8)
+    ax.axvline(tau, color=TAU_COLOUR, linewidth=1.8, zorder=2)
+    ax.axvline(0.0, color="#2471a3", linestyle=":", linewidth=1.2, zorder=1)
+    ax.axvline(1.0, color="#c0392b", linestyle=":", linewidth=1.2, zorder=1)
+    ax.annotate(f"\u03c4 = {tau:.3f}", xy=(tau, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                textcoords="offset points", ha="center", va="bottom", color=TAU_COLOUR, fontsize=9, fontweight="bold")
+    ax.set_yticks(range(len(entries)), [e[0] for e in reversed(entries)], fontsize=8.5)
+    ax.set_ylim(-0.6, len(entries) - 0.4)
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_xlabel("gate value t  (0 = harmless centroid, 1 = harmful centroid; steering only where t > \u03c4)",
+                  fontsize=9)
+    ax.grid(axis="x", color="#e5e5e5", linewidth=0.8)
+    ax.tick_params(axis="x", labelsize=8)
+    handles = [
+        Line2D([], [], color=TAU_COLOUR, linewidth=1.8, label="\u03c4 (gate threshold)"),
+        Line2D([], [], color="#2471a3", linestyle=":", label="harmless centroid (t = 0)"),
+        Line2D([], [], color="#c0392b", linestyle=":", label="harmful centroid (t = 1)"),
+        Line2D([], [], color="black", linewidth=2.0, label="mean"),
+    ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16 - 0.5 / len(entries)), ncol=4,
+              fontsize=8, frameon=False)
+    layer = gate.get("layer")
+    figure.suptitle(title or f"Gate value t at layer {layer}, per input (decision position)", fontsize=11)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------
+# refusal.png
+
+
+def plot_refusal(evaluation: Mapping[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Grouped bars: per set, one bar per condition (unsteered first), value on each bar."""
+    rows: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for row in evaluation["table"]:
+        rows.setdefault(row["condition"], {})[row["set"]] = row
+    conditions = list(evaluation["conditions"])
+    sets = list(evaluation["sets"])
+    generated = bool(evaluation.get("generate", True))
+    key = "refusal_rate" if generated else "first_token_score"
+    width = 0.8 / len(conditions)
+    figure = Figure(figsize=(max(7.0, 1.1 * len(sets) * max(2, len(conditions)) * 0.55 + 2.5), 4.8))
+    ax = figure.subplots()
+    for index, condition in enumerate(conditions):
+        xs = [s + (index - (len(conditions) - 1) / 2) * width for s in range(len(sets))]
+        values = [rows[condition][name][key] for name in sets]
+        heights = [0.0 if v is None else v for v in values]
+        colour = CONDITION_COLOURS[index % len(CONDITION_COLOURS)]
+        bars = ax.bar(xs, heights, width=width * 0.92, color=colour, label=condition, zorder=2)
+        for bar, value in zip(bars, values):
+            text = "n/a" if value is None else (f"{value:.0%}" if generated else f"{value:.1f}")
+            ax.annotate(text, xy=(bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=7.5)
+    labels = []
+    for name in sets:
+        hint = "higher = safer" if name.startswith("harmful") else "over-refusal, lower = better"
+        labels.append(f"{set_label(name)}\n({hint})")
+    ax.set_xticks(range(len(sets)), labels, fontsize=8.5)
+    if generated:
+        ax.set_ylim(0, 1.1)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_ylabel("refusal rate (keyword judge)", fontsize=9)
+    else:
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("first-token refusal log-odds", fontsize=9)
+    ax.grid(axis="y", color="#e5e5e5", linewidth=0.8, zorder=0)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(3, len(conditions)), fontsize=8.5, frameon=False)
+    n = rows[conditions[0]][sets[0]]["n"]
+    what = "Refusal rate" if generated else "First-token refusal score"
+    figure.suptitle(title or f"{what} before and after steering ({n} prompts per set)", fontsize=11)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------
+# All of them
+
+
+def render_plots(metrics: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
+    """Draw every plot the metrics support into `out_dir`; returns {name: file name}."""
+    out = Path(out_dir)
+    made: dict[str, str] = {}
+    plan = metrics.get("plan") or {}
+    main = next((s for s in plan.get("steps", []) if s.get("name") == plan.get("main_step")), None)
+    if main and main.get("layer_scores"):
+        plot_layers(main["layer_scores"], plan.get("chosen_layer"), out / "layers.png", limits=plan.get("limits"),
+                    title=f"Per-layer scores of step {main['name']!r} on validation prompts")
+        made["layers"] = "layers.png"
+    gate = metrics.get("gate")
+    if gate and gate.get("sets"):
+        plot_gate(gate, out / "gate.png")
+        made["gate"] = "gate.png"
+    evaluation = metrics.get("eval")
+    if evaluation and evaluation.get("table"):
+        plot_refusal(evaluation, out / "refusal.png")
+        made["refusal"] = "refusal.png"
+    return made

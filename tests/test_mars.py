@@ -1,0 +1,191 @@
+"""MARS mechanics on tiny VLMs: gate math, modality per row, first-token exactness, benign rows untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import VLM_FAMILIES, supports_video, tiny_image, tiny_vlm
+
+from steerkit import Plan, load_recipe
+from steerkit.architectures import decoder_layers, resolve_layout
+from steerkit.interventions import AddDirection
+from steerkit.mars.calibration import MODALITY_INDEX
+from steerkit.mars.inputs import available_modalities, build_batch, media_for
+from steerkit.plan import SteeringStep
+from steerkit.scalers.trust_region import LayerRegion, TrustRegionScaler
+from steerkit.session import acquire_session, release_session
+from steerkit.steerer import model_info
+
+PROMPTS = ["Describe this.", "What colour is shown here, and why might it matter?", "Hi"]
+LAYER = 1
+
+
+def _hand_plan(model, tau: float, form: str = "traversal", recenter: str = "measure", seed: int = 3) -> Plan:
+    layout = resolve_layout(model)
+    generator = torch.Generator().manual_seed(seed)
+    raw = torch.randn(layout.hidden_size, generator=generator)
+    unit = raw / raw.norm()
+    offsets = torch.randn(3, layout.hidden_size, generator=generator) * 0.5
+    offsets[0] = 0
+    region = LayerRegion(unit, p_plus=1.0, p_minus=-1.0, raw_norm=float(raw.norm()), offsets=offsets)
+    scaler = TrustRegionScaler(form=form, tau=tau, recenter=recenter)
+    scaler.regions[LAYER] = region
+    step = SteeringStep({LAYER: raw}, AddDirection(normalize=True), scaler, "decision", "mars")
+    return Plan([step], model_info(model, layout))
+
+
+def _layer_output(model, batch, plan=None) -> torch.Tensor:
+    captured = {}
+    layers = decoder_layers(model, resolve_layout(model))
+
+    def grab(module, args, output):
+        captured["h"] = (output[0] if isinstance(output, tuple) else output).clone()
+
+    with torch.no_grad():
+        if plan is None:
+            handle = layers[LAYER].register_forward_hook(grab)
+            model(**batch)
+        else:
+            with plan.apply(model):
+                handle = layers[LAYER].register_forward_hook(grab)  # runs after steerkit's hook
+                model(**batch)
+        handle.remove()
+    return captured["h"]
+
+
+def _reference(h: torch.Tensor, attention_mask: torch.Tensor, region: LayerRegion, tau: float, form: str,
+               modality: int, recenter: str) -> torch.Tensor:
+    """MARS.md step 4 written out for each row's last real token."""
+    out = h.clone()
+    for row in range(h.shape[0]):
+        pos = int(attention_mask[row].nonzero().max())
+        state = h[row, pos]
+        tilde = state - region.offsets[modality] if recenter != "none" else state
+        proj = float(tilde @ region.unit)
+        t = (proj - region.p_minus) / (region.p_plus - region.p_minus)
+        if form == "traversal":
+            gate = min(max((t - tau) / (1 - tau), 0.0), 1.0)
+            update = gate * max(region.p_plus - proj, 0.0) * region.unit
+        else:
+            update = min(2.0 * max(t - tau, 0.0), 1.5) * region.raw_norm * region.unit
+        base = state - region.offsets[modality] if recenter == "shift" else state
+        out[row, pos] = base + update
+    return out
+
+
+@pytest.mark.parametrize("form", ["traversal", "beta"])
+@pytest.mark.parametrize("recenter", ["measure", "shift", "none"])
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_gate_math_matches_reference(form, recenter, modality):
+    model, processor = tiny_vlm("qwen2_vl")
+    media = media_for(modality, len(PROMPTS), processor)
+    batch = build_batch(processor, PROMPTS, modality, media)
+    plain = _layer_output(model, batch)
+    plan = _hand_plan(model, tau=0.0, form=form, recenter=recenter)
+    region = plan.steps[0].scaler.regions[LAYER]
+    # put the rows across the gate: shift the projections so some open and some stay closed
+    steered = _layer_output(model, batch, plan)
+    expected = _reference(plain, batch["attention_mask"], region, 0.0, form, MODALITY_INDEX[modality], recenter)
+    assert (steered - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if supports_video(f)][:1] + ["llava"])
+def test_modality_detected_per_row(family):
+    model, processor = tiny_vlm(family)
+    layout = resolve_layout(model)
+    session = acquire_session(model, layout.image_token_id, layout.video_token_id)
+    try:
+        for modality in available_modalities(model, processor):
+            batch = build_batch(processor, PROMPTS, modality, media_for(modality, len(PROMPTS), processor))
+            with torch.no_grad():
+                model(**batch)
+            assert session.context.modality.tolist() == [MODALITY_INDEX[modality]] * len(PROMPTS)
+        # a mixed batch: one image conversation and one text conversation
+        tok = processor.tokenizer
+        tok.padding_side = "left"
+        conversations = [
+            [{"role": "user", "content": [{"type": "image", "image": tiny_image()}, {"type": "text", "text": "hi"}]}],
+            [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
+        ]
+        mixed = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            model(**mixed)
+        assert session.context.modality.tolist() == [1, 0]
+    finally:
+        release_session(model)
+
+
+def test_closed_gate_rows_are_bit_identical():
+    model, processor = tiny_vlm("qwen2_vl")
+    batch = build_batch(processor, PROMPTS, "image", media_for("image", len(PROMPTS), processor))
+    with torch.no_grad():
+        plain = model(**batch).logits
+    plan = _hand_plan(model, tau=0.0)
+    scaler = plan.steps[0].scaler
+    plain_h = _layer_output(model, batch)
+    region = scaler.regions[LAYER]
+    last = plain_h[:, -1] - region.offsets[1]
+    t = ((last @ region.unit) - region.p_minus) / (region.p_plus - region.p_minus)
+    scaler.tau = float(t.median())  # half the rows open, half stay closed
+    with torch.no_grad(), plan.apply(model):
+        steered = model(**batch).logits
+    closed = t <= scaler.tau
+    assert closed.any() and (~closed).any()
+    for row in range(len(PROMPTS)):
+        if closed[row]:
+            assert torch.equal(steered[row], plain[row])
+        else:
+            assert not torch.equal(steered[row], plain[row])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "idefics3"])
+def test_first_token_steering_same_with_and_without_cache(family):
+    model, processor = tiny_vlm(family)
+    batch = build_batch(processor, PROMPTS[:2], "image", media_for("image", 2, processor))
+    plan = _hand_plan(model, tau=-5.0)  # gate open for every row
+    with torch.no_grad():
+        plain = model.generate(**batch, max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        with plan.apply(model):
+            runs = [model.generate(**batch, max_new_tokens=3, do_sample=False, use_cache=cache, output_scores=True,
+                                   return_dict_in_generate=True) for cache in (True, False)]
+    cached, uncached = (torch.stack(r.scores) for r in runs)
+    assert (cached - uncached).abs().max() < 1e-4
+    assert (cached[0] - torch.stack(plain.scores)[0]).abs().max() > 1e-4
+
+
+def test_batched_equals_unbatched_with_images():
+    model, processor = tiny_vlm("qwen2_vl")
+    media = media_for("image", len(PROMPTS), processor)
+    plan = _hand_plan(model, tau=-5.0)
+    batch = build_batch(processor, PROMPTS, "image", media)
+    with torch.no_grad(), plan.apply(model):
+        batched = model(**batch).logits[:, -1]
+        for row in range(len(PROMPTS)):
+            alone = model(**build_batch(processor, [PROMPTS[row]], "image", [media[row]])).logits[0, -1]
+            assert (batched[row] - alone).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "gemma3"])
+def test_mars_recipe_fits_on_tiny_vlm(family, tmp_path):
+    model, processor = tiny_vlm(family)
+    recipe = load_recipe("mars", ["data.limit=12", "fit.batch_size=6"])
+    plan = recipe.fit(model, processor)
+    step = plan.steps[0]
+    layer = step.layers[0]
+    table = plan.metadata["steps"]["mars"]["layer_scores"]
+    assert {"separation", "induce", "kl", "false_trigger", "tau", "chosen"} <= set(table[0])
+    assert sum(row["chosen"] for row in table) == 1
+    region = step.scaler.regions[layer]
+    assert float(region.offsets[1].norm()) > 0  # image offset measured
+    if supports_video(family):
+        assert float(region.offsets[2].norm()) > 0
+    batch = build_batch(processor, PROMPTS, "image", media_for("image", len(PROMPTS), processor))
+    plan.save(tmp_path / "plan")
+    loaded = Plan.load(tmp_path / "plan")
+    with torch.no_grad():
+        with plan.apply(model):
+            a = model(**batch).logits
+        with loaded.apply(model):
+            b = model(**batch).logits
+    assert (a - b).abs().max() < 1e-5
