@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,19 @@ MERGED_NOISE = 0.02
 
 
 class Row:
-    """One configuration: which model object runs, and the plan applied on it (if any)."""
+    """One configuration: which model object runs, and what steers it while it runs.
 
-    def __init__(self, name: str, model: torch.nn.Module, plan: Plan | None, note: str = "") -> None:
-        self.name, self.model, self.plan, self.note = name, model, plan, note
+    `plan` is a steerkit plan applied around each run; `context` (for other libraries) is a
+    callable returning a context manager that steers `model` while it is open.
+    """
+
+    def __init__(self, name: str, model: torch.nn.Module, plan: Plan | None, note: str = "",
+                 context: Callable[[], Any] | None = None) -> None:
+        self.name, self.model, self.plan, self.note, self.context = name, model, plan, note, context
 
     def applied(self) -> Any:
+        if self.context is not None:
+            return self.context()
         return self.plan.apply(self.model) if self.plan is not None else None
 
 
@@ -60,9 +67,12 @@ def generate(model: torch.nn.Module, batch: dict[str, torch.Tensor], new_tokens:
 def check_rows(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_tokens: int) -> dict[str, dict[str, Any]]:
     """Per row: max abs diff of last-position logits and share of generated tokens changed, vs unsteered."""
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    # Explicit position ids, as generate computes them (repeng's layer wrapper needs them at batch > 1).
+    mask = batch["attention_mask"].long()
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     for row in rows:
         with B.maybe(row.applied()):
-            logits = row.model(**batch, use_cache=False).logits[:, -1, :].float()
+            logits = row.model(**batch, position_ids=positions, use_cache=False).logits[:, -1, :].float()
             tokens = generate(row.model, batch, new_tokens)[:, batch["input_ids"].shape[1]:]
         outputs[row.name] = (logits, tokens)
     base_logits, base_tokens = outputs["unsteered"]
@@ -225,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", default="unsteered,actadd,mars,ablate_hooks,ablate_merged")
     parser.add_argument("--compile", action="store_true", help="also check torch.compile on the steered model")
     parser.add_argument("--compile-batch", type=int, default=1, help="batch size of the compile check")
+    parser.add_argument("--compile-only", action="store_true", help="skip the eager timing (only the compile check)")
     args = B.finish_args(parser.parse_args(argv), {"batch_sizes": "1,3", "new_tokens": 4, "prompt_len": 8})
     device = args.device
     B.log(f"building {args.model} ({args.dtype}) on {device}")
@@ -274,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "layer_statistics": stats,
         "batches": {},
     }
-    for batch_size in args.batch_list:
+    for batch_size in [] if args.compile_only else args.batch_list:
         batch = B.generation_batch(loaded, batch_size, args.prompt_len, args.seed + batch_size)
         prompt_tokens = int(batch["attention_mask"].sum())
         B.log(f"batch {batch_size}: checking that steered rows steer")
@@ -291,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for name, entry in table.items():
             B.log(f"  {name:14s} total {entry['total_tok_s']:9.1f} tok/s  decode {entry['decode_tok_s']:9.1f} tok/s  "
                   f"prefill {entry['prefill_tok_s']:10.1f} tok/s  ratio {entry['ratio_total_tok_s']:.3f}")
-    if args.compile:
+    if args.compile or args.compile_only:
         batch = B.generation_batch(loaded, args.compile_batch, args.prompt_len, args.seed + 99)
         B.log(f"compile check at batch {args.compile_batch}")
         results["compile"] = compile_check(rows, batch, args.new_tokens, max(1, args.repeats), device)

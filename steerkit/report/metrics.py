@@ -196,7 +196,7 @@ def gate_summary(values: torch.Tensor | Sequence[float], tau: float) -> dict[str
 def build_metrics(
     *,
     recipe: Mapping[str, Any] | None,
-    plan: Plan,
+    plan: Plan | None,
     model: Mapping[str, Any],
     evaluation: Mapping[str, Any] | None,
     gate: Mapping[str, Any] | None,
@@ -213,7 +213,7 @@ def build_metrics(
         "recipe": dict(recipe) if recipe is not None else None,
         "model": dict(model),
         "versions": versions(),
-        "plan": plan_section(plan),
+        "plan": plan_section(plan) if plan is not None else None,
         "eval": dict(evaluation) if evaluation is not None else None,
         "gate": dict(gate) if gate is not None else None,
         "adapter": dict(adapter),

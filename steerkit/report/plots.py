@@ -30,11 +30,13 @@ DPI = 120
 
 # (key, panel label, limit key, limit reading, is a rate)
 LAYER_PANELS: list[tuple[str, str, str | None, str, bool]] = [
-    ("separation", "separation\nAUROC harmful vs harmless (higher better)", None, "", False),
-    ("accuracy", "accuracy\nheld-out, midpoint rule (higher better)", None, "", True),
-    ("induce", "induce\nrefusal log-odds rise when pushed (> limit)", "induce", "min", False),
-    ("kl", "KL on harmless\nnats, first token (lower better)", "kl", "max", False),
-    ("false_trigger", "false-trigger rate\nneutral harmless inputs (lower better)", "false_trigger", "max", True),
+    ("separation", "separation: AUROC of t, harmful vs harmless (higher is better)", None, "", False),
+    ("accuracy", "accuracy: held-out, midpoint rule (higher is better)", None, "", True),
+    ("induce", "induce: rise of the refusal log-odds when pushed to the harmful centroid (must exceed the limit)",
+     "induce", "min", False),
+    ("kl", "KL on harmless prompts: nats, first token, gated steering (lower is better)", "kl", "max", False),
+    ("false_trigger", "false-trigger rate: neutral harmless inputs whose gate opens (lower is better)",
+     "false_trigger", "max", True),
 ]
 
 SET_COLOURS = {"harmful": "#c0392b", "harmless": "#2471a3"}
@@ -52,6 +54,9 @@ def _save(figure: Figure, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(buffer.getvalue())
+        umask = os.umask(0o077)  # mkstemp makes the file private; give it the mode a plain open would
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -80,7 +85,7 @@ def plot_layers(table: Sequence[Mapping[str, Any]], chosen: int | None, path: st
         raise ValueError("plot_layers needs a per-layer table with at least one score column.")
     layers = [int(r["layer"]) for r in rows]
     gated = any("within_limits" in r for r in rows)
-    figure = Figure(figsize=(9.0, 1.9 * len(panels) + 1.2))
+    figure = Figure(figsize=(9.0, 1.75 * len(panels) + 1.0), layout="constrained")
     axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (key, label, limit_key, reading, is_rate) in zip(axes, panels):
         values = [r.get(key) for r in rows]
@@ -105,29 +110,28 @@ def plot_layers(table: Sequence[Mapping[str, Any]], chosen: int | None, path: st
             ax.scatter([chosen], [y], s=120, marker="*", color=CHOSEN_COLOUR, zorder=4)
         if is_rate:
             ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        else:
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
         if key == "separation":
             low = min([0.5, *ys])
             ax.set_ylim(low - 0.05, 1.04)
-        ax.set_ylabel(label, fontsize=8.5, rotation=0, ha="right", va="center", labelpad=8)
+        ax.set_title(label, loc="left", fontsize=9)
         ax.grid(axis="y", color="#e5e5e5", linewidth=0.8)
         ax.tick_params(labelsize=8)
     axes[-1].set_xlabel("decoder layer", fontsize=9)
     axes[-1].set_xticks(layers if len(layers) <= 40 else layers[:: max(1, len(layers) // 20)])
-    if chosen is not None:
-        axes[0].annotate(f"chosen: layer {chosen}", xy=(chosen, 1.0), xycoords=("data", "axes fraction"),
-                         xytext=(0, 6), textcoords="offset points", ha="center", va="bottom", fontsize=9,
-                         color=CHOSEN_COLOUR, fontweight="bold")
     handles = [Line2D([], [], marker="o", linestyle="", color="#1f4e79", label="within all limits" if gated else "layer"),
-               Line2D([], [], color=CHOSEN_COLOUR, marker="*", markersize=10, label="chosen layer")]
+               Line2D([], [], color=CHOSEN_COLOUR, marker="*", markersize=10,
+                      label="chosen layer" if chosen is None else f"chosen layer ({chosen})")]
     if gated:
         handles.insert(1, Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#888888",
                                  label="outside a limit"))
     if limits:
         handles.append(Line2D([], [], color="#888888", linestyle="--", label="limit"))
-    figure.suptitle(title, fontsize=11, y=0.995)
-    figure.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8.5, frameon=False,
-                  bbox_to_anchor=(0.5, 0.975))
-    figure.tight_layout(rect=(0, 0, 1, 0.95 - 0.15 / len(panels)))
+    if chosen is not None:
+        title = f"{title}: chosen layer {chosen}"
+    figure.suptitle(title, fontsize=11)
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8.5, frameon=False)
     return _save(figure, path)
 
 

@@ -45,14 +45,18 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     plan = metrics.get("plan") or {}
     model = metrics.get("model") or {}
     recipe = (metrics.get("recipe") or {}).get("name", "?")
-    lines = [f"steerkit: {recipe} on {model.get('id', '?')}"]
+    lines = [f"steerkit: {recipe} on {model.get('id') or '?'}"]
     layer = plan.get("chosen_layer")
     total = plan.get("num_layers")
-    facts = [("chosen layer", f"{layer}" + (f" of {total}" if total else ""))]
+    facts = [("chosen layer", f"{layer}" + (f" of {total} (0-based)" if total else ""))] if layer is not None else []
     if plan.get("tau") is not None:
         facts.append(("tau", f"{plan['tau']:.3f}"))
     lines += [f"  {k:<13} {v}" for k, v in facts]
-    lines.append(f"  {'why':<13} {plan.get('reason', '')}")
+    if plan.get("reason"):
+        import textwrap
+
+        lines.append(textwrap.fill(plan["reason"], width=100, initial_indent=f"  {'why':<13} ",
+                                   subsequent_indent=" " * 16))
     evaluation = metrics.get("eval")
     if evaluation:
         rows = result_rows(metrics)

@@ -1,0 +1,229 @@
+"""Turn benchmark JSON results into the markdown tables of RESULTS.md.
+
+    python benchmarks/summarize.py RESULTS_DIR [MORE_DIRS_OR_FILES ...] [--out benchmarks/RESULTS.md]
+
+Each folder (or file) becomes one section headed by its machine (device name, versions) and
+the exact command of every run in it.  Ratios are steered / unsteered (or steerkit / peer)
+measured in the same process; the target columns are the lead's acceptance targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+INTRO = """# steerkit benchmarks
+
+Scripts in `benchmarks/` (see `benchmarks/run_all.sh`).  Every number below comes from one
+process per table: steered and unsteered rows share the model, prompts and process, are timed
+round-robin (row order rotated every repeat, device synchronised around each run), and the
+medians of the repeats are reported.  Ratios are steered / unsteered throughput (or steerkit /
+peer), so >= 1.0 means no slower.  *total* = generated tokens / wall time of
+`generate(max_new_tokens=N, min_new_tokens=N)`; *prefill* = `generate(max_new_tokens=1)`;
+*decode* = batch x (N - 1) / (total - prefill).  Each steered row's `check` is the max abs
+difference of its last-position logits from the unsteered model (> 0: it really steered).
+"""
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def load(paths: Sequence[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    groups = []
+    for given in paths:
+        path = Path(given)
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        results = []
+        for file in files:
+            try:
+                data = json.loads(file.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and "benchmark" in data:
+                data["_file"] = file.name
+                results.append(data)
+        if results:
+            groups.append((str(path), results))
+    return groups
+
+
+def environment_lines(results: list[dict[str, Any]]) -> list[str]:
+    env = results[0]["environment"]
+    lines = [
+        f"- Device: **{env.get('device_name', env.get('device'))}**"
+        + (f" (CUDA {env['cuda']})" if env.get("cuda") else "")
+        + (f"; CPU threads: {env.get('cpu_threads')}" if env.get("device", "").startswith("cpu") else ""),
+        f"- CPU: {env.get('cpu', '?')}",
+        f"- torch {env.get('torch')}, transformers {env.get('transformers')}, peft {env.get('peft')}, "
+        f"python {env.get('python')}, steerkit {env.get('steerkit', '?')}",
+    ]
+    loads = [r["environment"].get("load_average") for r in results if r["environment"].get("load_average")]
+    if loads:
+        worst = max(load[0] for load in loads)
+        lines.append(f"- 1-minute load average at start of runs: up to {worst:.1f} "
+                     f"(on {results[0]['environment'].get('cpu_threads')} threads): the machine was shared/loaded, "
+                     "so absolute numbers are noisy; ratios are more reliable (same process, round-robin)")
+    lines.append("- Commands:")
+    lines += [f"  - `{r['environment'].get('command')}` -> `{r['_file']}`" for r in results]
+    return lines + [""]
+
+
+def generate_section(result: dict[str, Any]) -> list[str]:
+    s = result["settings"]
+    lines = [f"### Generation: {s['model']} ({s['dtype']}, {s.get('weights', '')}), layer {s['layer']}, "
+             f"{s['new_tokens']} new tokens, {s['repeats']} repeats", ""]
+    for note_name, note in result.get("rows", {}).items():
+        if note:
+            lines.append(f"- `{note_name}`: {note}")
+    lines.append("")
+    for batch, data in result["batches"].items():
+        targets = data.get("targets", {})
+        lines.append(f"Batch {batch} (prompt tokens {data['prompt_tokens']}):")
+        lines.append("")
+        rows = []
+        for name, entry in data["rows"].items():
+            target = targets.get(name, {})
+            rows.append([f"`{name}`", fmt(entry["prefill_tok_s"]), fmt(entry["decode_tok_s"]), fmt(entry["total_tok_s"]),
+                         fmt(entry["ratio_prefill_tok_s"], 3), fmt(entry["ratio_decode_tok_s"], 3),
+                         fmt(entry["ratio_total_tok_s"], 3), fmt(entry.get("spread"), 3),
+                         fmt(entry["check"]["logit_diff_vs_unsteered"], 4),
+                         f"{target.get('target', '')} {'PASS' if target.get('pass') else ('FAIL' if target else '')}"])
+        lines += table(["row", "prefill tok/s", "decode tok/s", "total tok/s", "ratio prefill", "ratio decode",
+                        "ratio total", "spread", "check", "target"], rows)
+        merged = data["rows"].get("ablate_merged", {}).get("check", {})
+        if "logit_diff_vs_hooks" in merged:
+            lines.append(f"Merged vs hook ablation: max abs logit diff {merged['logit_diff_vs_hooks']:.4g} "
+                         f"(logit scale {merged.get('logit_scale', float('nan')):.3g}).")
+            lines.append("")
+    compiled = result.get("compile")
+    if compiled:
+        lines.append(f"torch.compile (batch {compiled.get('batch_size')}, {compiled['path']}):")
+        lines.append("")
+        rows = []
+        for name, entry in compiled["rows"].items():
+            if not entry.get("compiles"):
+                rows.append([f"`{name}`", "**no**", "-", "-", "-", "-", "-", entry.get("error", "")[:120]])
+                continue
+            rows.append([f"`{name}`", "yes", fmt(entry["first_call_s"]), fmt(entry["compiled_tok_s"]),
+                         fmt(entry.get("ratio_compiled_tok_s"), 3),
+                         fmt(entry["max_abs_logit_diff_compiled_vs_eager"], 6), fmt(entry.get("eager_steering_effect"), 4),
+                         f"{entry['graph_breaks']} ({'; '.join(entry['graph_break_reasons'])[:120]})"])
+        lines += table(["row", "compiles", "first call s", "compiled tok/s", "ratio", "max diff compiled vs eager",
+                        "steering effect (eager)", "graph breaks"], rows)
+    return lines
+
+
+def extract_section(result: dict[str, Any]) -> list[str]:
+    s = result["settings"]
+    lines = [f"### Extraction: {s['model']} ({s['dtype']}), layer {s['layer']} of {s['num_layers']}, "
+             f"{s['prompts_per_class']} prompts per class, {s['repeats']} repeats", ""]
+    for batch, data in result["batches"].items():
+        lines.append(f"Batch {batch} ({data['tokens']} tokens in {data['batches']} batches):")
+        lines.append("")
+        targets = data.get("targets", {})
+        rows = []
+        for name, entry in data["rows"].items():
+            check = entry.get("check", {})
+            ratio_key = next((k for k in entry if k.startswith("ratio_vs_")), None)
+            target = targets.get(name, {})
+            rows.append([f"`{name}`", fmt(entry["prompts_s"]), fmt(entry["tokens_s"]),
+                         f"{fmt(entry[ratio_key], 3)} vs `{ratio_key[9:]}`" if ratio_key else "-",
+                         fmt(check.get("rel_diff_vs_reference"), 8) if check else "-",
+                         fmt(check.get("last_layer_calls")) if "last_layer_calls" in check else "-",
+                         f"{target.get('target', '')} {'PASS' if target.get('pass') else ('FAIL' if target else '')}"])
+        lines += table(["row", "prompts/s", "tokens/s", "ratio", "direction rel. diff vs reference",
+                        "last layer ran", "target"], rows)
+    return lines
+
+
+def peers_section(result: dict[str, Any]) -> list[str]:
+    s = result["settings"]
+    lines = [f"### Peers: {s['model']} ({s['dtype']}), layer {s['layer']}", ""]
+    lines.append("Installed: " + ", ".join(f"{k} {v['version']} ({v['status']})" for k, v in result["peers"].items()))
+    lines.append("")
+    gen = result.get("generate")
+    if gen:
+        for batch, data in gen["batches"].items():
+            lines.append(f"Generation, ActAdd at one layer, all tokens, batch {batch}:")
+            lines.append("")
+            rows = []
+            for name, entry in data["rows"].items():
+                check = entry["check"]
+                rows.append([f"`{name}`", fmt(entry["decode_tok_s"]), fmt(entry["total_tok_s"]),
+                             fmt(entry["ratio_total_tok_s"], 3),
+                             fmt(entry.get("steerkit_over_peer_total_tok_s"), 3),
+                             fmt(check.get("logit_diff_vs_steerkit"), 6) if "logit_diff_vs_steerkit" in check else "-"])
+            lines += table(["row", "decode tok/s", "total tok/s", "vs unsteered", "steerkit / peer",
+                            "logit diff vs steerkit"], rows)
+    ext = result.get("extract")
+    if ext:
+        lines.append(f"Extraction, batch {ext['batch_size']}, {ext['prompts_per_class']} prompts per class:")
+        lines.append("")
+        rows = []
+        for name, entry in ext["rows"].items():
+            check = entry.get("check", {})
+            if "error" in check:
+                rows.append([f"`{name}`", "failed", "-", "-", check["error"][:100]])
+                continue
+            rows.append([f"`{name}`", fmt(entry["prompts_s"]), fmt(entry["ratio_vs_plain_forward_text"], 3),
+                         fmt(entry.get("steerkit_over_peer"), 3),
+                         fmt(check.get("cosine_vs_steerkit"), 4) if check else "-"])
+        lines += table(["row", "prompts/s", "vs plain forward", "steerkit / peer", "cosine vs steerkit"], rows)
+    caps = result.get("capabilities", {})
+    if caps:
+        keys = list(next(iter(caps.values())).keys())
+        every = sorted({k for c in caps.values() for k in c}, key=lambda k: keys.index(k) if k in keys else 99)
+        lines += table(["", *caps.keys()], [[k, *(caps[name].get(k, "-") for name in caps)] for k in every])
+    return lines
+
+
+def render(groups: list[tuple[str, list[dict[str, Any]]]], intro: bool = True) -> str:
+    lines = [INTRO] if intro else []
+    for source, results in groups:
+        env = results[0]["environment"]
+        lines.append(f"## {env.get('device_name', env.get('device'))} ({source})")
+        lines.append("")
+        lines += environment_lines(results)
+        order = {"generate": 0, "extract": 1, "peers": 2}
+        for result in sorted(results, key=lambda r: (order.get(r["benchmark"], 9), r["_file"])):
+            kind = result["benchmark"]
+            lines += {"generate": generate_section, "extract": extract_section, "peers": peers_section}[kind](result)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="result folders or JSON files, one section each")
+    parser.add_argument("--out", default=None, help="markdown file to write (default: stdout)")
+    args = parser.parse_args(argv)
+    text = render(load(args.paths))
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

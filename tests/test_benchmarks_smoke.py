@@ -1,0 +1,130 @@
+"""Smoke runs of the benchmark scripts on a tiny CPU model (no timing asserts).
+
+Each script runs in-process with `--smoke`; the tests check the JSON has the expected rows and
+that steered rows really steered, so a benchmark cannot silently time nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import benchlib as B  # noqa: E402
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_generate_smoke(tmp_path: Path) -> None:
+    import bench_generate
+
+    out = tmp_path / "generate.json"
+    bench_generate.main(["--smoke", "--out", str(out)])
+    result = _json(out)
+    assert result["benchmark"] == "generate"
+    assert set(result["batches"]) == {"1", "3"}
+    for batch in result["batches"].values():
+        rows = batch["rows"]
+        assert set(rows) == {"unsteered", "actadd", "mars", "ablate_hooks", "ablate_merged"}
+        for name, entry in rows.items():
+            assert entry["check"]["finite"]
+            assert entry["total_tok_s"] > 0 and len(entry["runs"]["total_s"]) == 1
+            if name != "unsteered":
+                assert entry["check"]["steered"], name
+                assert entry["check"]["logit_diff_vs_unsteered"] > 1e-4, name
+                assert "ratio_total_tok_s" in entry and "ratio_decode_tok_s" in entry
+        assert set(batch["targets"]) == {"actadd", "mars", "ablate_hooks", "ablate_merged"}
+        # Merged weights ablate at every writer, hooks at layer outputs: close, not equal.
+        merged = rows["ablate_merged"]["check"]
+        assert merged["logit_diff_vs_hooks"] < 0.25 * merged["logit_scale"]
+
+
+def test_merged_weights_equal_writer_level_ablation() -> None:
+    """The benchmark's in-place weight edit equals ablating every residual writer and the embedding."""
+    loaded = B.build_model("tiny", torch.device("cpu"), torch.float32)
+    unit = B.random_unit(loaded.layout.hidden_size, 3)
+    batch = B.generation_batch(loaded, 2, 6, 0)
+    merged, how = B.merged_ablation_model(loaded, B.ablation_plan(loaded, unit), unit)
+    assert merged.lm_head.weight is not merged.model.embed_tokens.weight  # the tied head keeps the original
+    from steerkit.architectures import get_module
+
+    def remove(module, args, output):
+        return output - (output @ unit)[..., None] * unit
+
+    paths = [p for i in range(loaded.layout.num_layers) for p in loaded.layout.residual_writer_paths(i)]
+    handles = [get_module(loaded.model, p).register_forward_hook(remove) for p in paths]
+    handles.append(get_module(loaded.model, loaded.layout.embedding_path).register_forward_hook(remove))
+    try:
+        with torch.no_grad():
+            reference = loaded.model(**batch).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, reference, atol=1e-5)
+        assert not torch.allclose(loaded.model(**batch).logits, reference, atol=1e-3)
+
+
+def test_extract_smoke(tmp_path: Path) -> None:
+    import bench_extract
+
+    out = tmp_path / "extract.json"
+    bench_extract.main(["--smoke", "--out", str(out)])
+    result = _json(out)
+    batch = result["batches"]["4"]
+    assert set(batch["rows"]) == {"plain_forward", "record_full", "record_early", "plain_forward_text", "steerer_fit"}
+    for name in ("record_full", "record_early", "steerer_fit"):
+        check = batch["rows"][name]["check"]
+        assert check["direction_norm"] > 0 and check["finite"]
+        assert check["rel_diff_vs_reference"] < 1e-4, name  # the timed code really extracted the direction
+    assert batch["rows"]["record_early"]["check"]["last_layer_calls"] == 0  # early stop really stopped
+    assert batch["rows"]["record_full"]["check"]["last_layer_calls"] > 0
+    assert set(batch["targets"]) == {"record_full", "record_early", "steerer_fit"}
+
+
+def _peers_installed() -> list[str]:
+    return [name for name in ("steering_vectors", "repeng") if importlib.util.find_spec(name) is not None]
+
+
+def test_peers_smoke(tmp_path: Path) -> None:
+    installed = _peers_installed()
+    if not installed:
+        pytest.skip("no peer library installed (pip install --no-deps -r benchmarks/peer-requirements.txt)")
+    import bench_peers
+
+    out = tmp_path / "peers.json"
+    bench_peers.main(["--smoke", "--out", str(out)])
+    result = _json(out)
+    usable = [name for name in installed if result["peers"][name]["status"] == "ok"]
+    if not usable:
+        pytest.skip(f"peers installed but unusable: {result['peers']}")
+    for batch in result["generate"]["batches"].values():
+        rows = batch["rows"]
+        assert {"unsteered", "steerkit", *usable} <= set(rows)
+        for name in ("steerkit", *usable):
+            assert rows[name]["check"]["steered"], name
+        for name in usable:
+            assert rows[name]["check"]["logit_diff_vs_steerkit"] < 1e-4, name  # the same intervention
+    extract = result["extract"]["rows"]
+    assert {"plain_forward_text", "steerkit", *usable} <= set(extract)
+    if "steering_vectors" in usable:
+        assert extract["steering_vectors"]["check"]["cosine_vs_steerkit"] > 0.999
+    assert set(result["capabilities"]) == {"steerkit", "steering_vectors", "repeng"}
+
+
+def test_summarize_renders(tmp_path: Path) -> None:
+    import bench_generate
+    import summarize
+
+    bench_generate.main(["--smoke", "--batch-sizes", "2", "--rows", "unsteered,actadd", "--out", str(tmp_path / "g.json")])
+    text = summarize.main([str(tmp_path), "--out", str(tmp_path / "RESULTS.md")])
+    assert "### Generation: tiny" in text and "`actadd`" in text and "torch " in text
