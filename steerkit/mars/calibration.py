@@ -25,31 +25,35 @@ _CACHE_KEY = "mars_neutral_statistics"
 
 @dataclass
 class NeutralStatistics:
-    """Offsets per layer ([3, hidden]) and harmless activations per modality and split."""
+    """Modality offsets per layer ([3, hidden]) and held-out harmless states per modality.
+
+    `held_out[modality][layer]` is [prompts, hidden]: decision-position states of the
+    validation harmless prompts (with neutral media for image/video).  Even rows form
+    the *calibration* half (tau), odd rows the *check* half (false-trigger rate), so tau
+    is never measured on the prompts that defined the direction or on those it is judged by.
+    """
 
     offsets: dict[int, torch.Tensor]
-    calibration: dict[str, Activations]
-    validation: dict[str, Activations | None]
+    held_out: dict[str, dict[int, torch.Tensor]]
     media_modalities: list[str] = field(default_factory=list)
 
     def gate_values(self, region: LayerRegion, layer: int, split: str = "calibration", recenter: bool = True,
                     modalities: list[str] | None = None) -> torch.Tensor:
-        """t of every harmless prompt of `split`, pooled over the media modalities (text if none)."""
-        source = self.calibration if split == "calibration" else self.validation
-        modalities = modalities or self.media_modalities or ["text"]
+        """t of the harmless prompts of `split` ("calibration", "check" or "all"), pooled over modalities."""
         values = []
-        for modality in modalities:
-            acts = source.get(modality)
-            if acts is None:
-                continue
-            states = acts.prompts(layer)
+        for modality in modalities or list(self.held_out):
+            states = self.held_out[modality][layer]
+            if split == "calibration" and len(states) > 1:
+                states = states[0::2]
+            elif split == "check" and len(states) > 1:
+                states = states[1::2]
             if recenter:
                 states = states - region.offsets[MODALITY_INDEX[modality]]
             values.append(gate_value(states @ region.unit, region))
         return torch.cat(values) if values else torch.empty(0)
 
     def tau(self, region: LayerRegion, layer: int, quantile: float) -> float:
-        """The `quantile` of calibration t values, floored at 0 (MARS.md step 4)."""
+        """The `quantile` of calibration-half t values, floored at 0 (MARS.md step 4)."""
         values = self.gate_values(region, layer, "calibration")
         return max(0.0, float(torch.quantile(values.double(), quantile)))
 
@@ -79,26 +83,23 @@ def neutral_statistics(data: FitData) -> NeutralStatistics:
     wanted = options.get("modalities")
     if wanted:
         media = [m for m in media if m in wanted]
-    calibration: dict[str, Activations] = {"text": data.negative}
-    validation: dict[str, Activations | None] = {"text": data.negative_validation}
+    held_out_text = data.negative_validation or data.negative
+    held_out: dict[str, dict[int, torch.Tensor]] = {"text": {layer: held_out_text.prompts(layer) for layer in layers}}
     offsets = {layer: torch.zeros(3, hidden) for layer in layers}
     steerer, device = data.steerer, model_device(data.model)
-    splits = {"calibration": data.prompts.get("negative"), "validation": data.prompts.get("negative_validation")}
+    seed, frames = int(options.get("seed") or 0), int(options.get("video_frames") or 4)
+    train_prompts = list(data.prompts["negative"].prompts)
+    held_out_set = data.prompts.get("negative_validation") or data.prompts["negative"]
     for modality in media:
-        for split, prompt_set in splits.items():
-            if prompt_set is None:
-                continue
-            prompts = list(prompt_set.prompts)
-            batches = modality_batches(
-                data.tokenizer, prompts, modality, batch_size=steerer.batch_size,
-                seed=int(options.get("seed") or 0) + (0 if split == "calibration" else 1000),
-                video_frames=int(options.get("video_frames") or 4), device=device,
-            )
-            acts = steerer.record(data.model, data.layout, batches, len(prompts), layers,
-                                  f"harmless_{modality}_{split}", positions=DecisionPosition())
-            (calibration if split == "calibration" else validation)[modality] = acts
+        recorded: dict[str, Activations] = {}
+        for split, prompts, offset in (("train", train_prompts, 0), ("held_out", list(held_out_set.prompts), 1000)):
+            batches = modality_batches(data.tokenizer, prompts, modality, batch_size=steerer.batch_size,
+                                       seed=seed + offset, video_frames=frames, device=device)
+            recorded[split] = steerer.record(data.model, data.layout, batches, len(prompts), layers,
+                                             f"harmless_{modality}_{split}", positions=DecisionPosition())
+        held_out[modality] = {layer: recorded["held_out"].prompts(layer) for layer in layers}
         for layer in layers:
-            offsets[layer][MODALITY_INDEX[modality]] = calibration[modality].mean(layer) - data.negative.mean(layer)
-    stats = NeutralStatistics(offsets, calibration, validation, media)
+            offsets[layer][MODALITY_INDEX[modality]] = recorded["train"].mean(layer) - data.negative.mean(layer)
+    stats = NeutralStatistics(offsets, held_out, media)
     data.extra[_CACHE_KEY] = stats
     return stats

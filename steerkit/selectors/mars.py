@@ -5,7 +5,8 @@ For each candidate layer (default [0.2 L, 0.8 L)) on validation data:
 - `induce`: mean rise of the first-token refusal score on harmless prompts
   when the decision state is pushed to the harmful centroid (> 0 wanted);
 - `kl`: mean first-token KL on harmless prompts under the MARS scaler;
-- `false_trigger`: share of neutral-media harmless prompts whose gate opens.
+- `false_trigger`: share of held-out harmless prompts (text and neutral media) whose
+  gate opens; tau comes from the other half of the held-out prompts.
 The layer with the best separation among those within `limits` wins; the
 whole table is returned either way.
 """
@@ -67,7 +68,7 @@ class MarsSelector(LayerSelector):
             tau = stats.tau(region, layer, self.tau_quantile)
             t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
             t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
-            neutral = stats.gate_values(region, layer, "validation")
+            neutral = stats.gate_values(region, layer, "check")
             induce_logits = _decision_logits(data.model, batches, _push_to_harmful(data, layer, region))
             mars_logits = _decision_logits(data.model, batches, _mars_plan(data, layer, region, tau, self.form))
             row = {
