@@ -29,14 +29,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as B  # noqa: E402
+import benchlib as B
 
-from steerkit.architectures import decoder_layers  # noqa: E402
-from steerkit.extractors import DiffMeans  # noqa: E402
-from steerkit.positions import DecisionPosition  # noqa: E402
-from steerkit.recording import ActivationRecorder  # noqa: E402
-from steerkit.selectors import FixedLayers  # noqa: E402
-from steerkit.steerer import Steerer  # noqa: E402
+from steerkit.architectures import decoder_layers
+from steerkit.extractors import DiffMeans
+from steerkit.positions import DecisionPosition
+from steerkit.recording import ActivationRecorder
+from steerkit.selectors import FixedLayers
+from steerkit.steerer import Steerer
 
 TARGETS = {"record_full": (">=", 1.0), "record_early": (">", 1.0), "steerer_fit": (">=", 1.0)}
 BASELINES = {"record_full": "plain_forward", "record_early": "plain_forward", "steerer_fit": "plain_forward_text"}
@@ -69,28 +69,47 @@ def plain_forward(loaded: B.Loaded, batches: list[dict[str, torch.Tensor]]) -> N
         loaded.model(**batch, use_cache=False)
 
 
-def plain_forward_text(loaded: B.Loaded, texts: list[str], batch_size: int) -> None:
-    for i in range(0, len(texts), batch_size):
-        loaded.model(**B.encode(loaded, texts[i:i + batch_size]), use_cache=False)
+def plain_forward_text(loaded: B.Loaded, prompts: list[str], batch_size: int) -> None:
+    """From prompt strings, as Steerer.fit starts: chat template, tokenise, forward."""
+    for i in range(0, len(prompts), batch_size):
+        loaded.model(**B.encode(loaded, B.rendered(loaded, prompts[i:i + batch_size])), use_cache=False)
 
 
 @torch.no_grad()
 def reference_direction(loaded: B.Loaded, layer: int, positive: list[dict[str, torch.Tensor]],
                         negative: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """mean(last-token state | positive) - mean(... | negative), from a plain forward hook (float32)."""
-    module = decoder_layers(loaded.model, loaded.layout)[layer]
-    means = []
-    for batches in (positive, negative):
-        states: list[torch.Tensor] = []
-        handle = module.register_forward_hook(
-            lambda mod, args, out: states.append((out[0] if isinstance(out, tuple) else out)[:, -1, :].float().cpu()))
-        try:
-            for batch in batches:
-                loaded.model(**batch, use_cache=False)
-        finally:
-            handle.remove()
-        means.append(torch.cat(states).mean(0))
-    return means[0] - means[1]
+    return last_token_mean(loaded, layer, positive) - last_token_mean(loaded, layer, negative)
+
+
+def last_token_mean(loaded: B.Loaded, layer: int, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Mean of `layer`'s output at each row's last column (left padding: its last real token)."""
+    states: list[torch.Tensor] = []
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        states.append((output[0] if isinstance(output, tuple) else output)[:, -1, :].float().cpu())
+
+    handle = decoder_layers(loaded.model, loaded.layout)[layer].register_forward_hook(hook)
+    try:
+        for batch in batches:
+            loaded.model(**batch, use_cache=False)
+    finally:
+        handle.remove()
+    return torch.cat(states).mean(0)
+
+
+def timed_rows(loaded: B.Loaded, layer: int, batch_size: int, prompts: tuple[list[str], list[str]],
+               positive: list[dict[str, torch.Tensor]],
+               negative: list[dict[str, torch.Tensor]]) -> dict[str, Callable[[], Any]]:
+    """The timed rows of one batch size, each a callable processing every prompt once."""
+    every = positive + negative
+    return {
+        "plain_forward": lambda: plain_forward(loaded, every),
+        "record_full": lambda: recorder_direction(loaded, layer, positive, negative, stop_early=False),
+        "record_early": lambda: recorder_direction(loaded, layer, positive, negative, stop_early=True),
+        "plain_forward_text": lambda: plain_forward_text(loaded, prompts[0] + prompts[1], batch_size),
+        "steerer_fit": lambda: steerer_direction(loaded, layer, prompts[0], prompts[1], batch_size),
+    }
 
 
 @torch.no_grad()
@@ -135,13 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         negative = batches_of(loaded, neg_texts, batch_size)
         every = positive + negative
         tokens = int(sum(int(b["attention_mask"].sum()) for b in every))
-        rows: dict[str, Callable[[], Any]] = {
-            "plain_forward": lambda: plain_forward(loaded, every),
-            "record_full": lambda: recorder_direction(loaded, layer, positive, negative, stop_early=False),
-            "record_early": lambda: recorder_direction(loaded, layer, positive, negative, stop_early=True),
-            "plain_forward_text": lambda: plain_forward_text(loaded, pos_texts + neg_texts, batch_size),
-            "steerer_fit": lambda: steerer_direction(loaded, layer, pos_prompts, neg_prompts, batch_size),
-        }
+        rows = timed_rows(loaded, layer, batch_size, (pos_prompts, neg_prompts), positive, negative)
         B.log(f"batch {batch_size}: checking directions against a reference")
         with torch.no_grad():
             reference = reference_direction(loaded, layer, positive, negative)

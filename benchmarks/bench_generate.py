@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as B  # noqa: E402
+import benchlib as B
 
-from steerkit.plan import Plan  # noqa: E402
+from steerkit.plan import Plan
 
 TARGETS = {"actadd": 0.98, "mars": 0.98, "ablate_hooks": 0.90, "ablate_merged": 0.98}
 MERGED_NOISE = 0.02
@@ -182,9 +182,13 @@ def compile_check(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_token
         counters.clear()
         try:
             with B.maybe(row.applied()):
+                out = generate(row.model, batch, new_tokens, return_dict_in_generate=True, output_logits=True)
+                dynamic = torch.stack(out.logits, 1).float()
                 out = generate(row.model, batch, new_tokens, disable_compile=True, **common)
                 eager = torch.stack(out.logits, 1).float()
                 eager_logits[row.name] = eager
+                # A static cache makes generate pass 4-D masks: steerkit must still steer the same tokens.
+                entry["max_abs_logit_diff_static_vs_dynamic_eager"] = B.max_abs_diff(eager, dynamic)
                 start = time.perf_counter()
                 out = generate(row.model, batch, new_tokens, compile_config=config, **common)
                 B.synchronize(device)
@@ -194,13 +198,13 @@ def compile_check(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_token
                 generate(row.model, batch, new_tokens, compile_config=config, **common)
                 times = []
                 for _ in range(repeats):
-                    seconds, _ = B.timed(lambda row=row: generate(row.model, batch, new_tokens,
-                                                                  compile_config=config, **common), device)
+                    seconds, _ = B.timed(lambda row=row, config=config, common=common: generate(
+                        row.model, batch, new_tokens, compile_config=config, **common), device)
                     times.append(seconds)
                 eager_times = []
                 for _ in range(repeats):
-                    seconds, _ = B.timed(lambda row=row: generate(row.model, batch, new_tokens, disable_compile=True,
-                                                                  **common), device)
+                    seconds, _ = B.timed(lambda row=row, common=common: generate(
+                        row.model, batch, new_tokens, disable_compile=True, **common), device)
                     eager_times.append(seconds)
             entry.update({
                 "compiles": True,
@@ -212,7 +216,7 @@ def compile_check(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_token
                 "graph_break_reasons": sorted({r.splitlines()[0][:160] for r in counters["graph_break"]})[:8],
                 "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
             })
-        except Exception as exc:  # noqa: BLE001 - the point is to report whether it compiles
+        except Exception as exc:  # noqa: BLE001 - recorded in the results
             entry.update({"compiles": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
         report["rows"][row.name] = entry
     base = report["rows"].get("unsteered", {})

@@ -30,14 +30,14 @@ from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # repeng and steering-vectors draw progress bars
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_generate as G  # noqa: E402
-import benchlib as B  # noqa: E402
+import bench_generate as G
+import benchlib as B
 
-from steerkit.selectors import FixedLayers  # noqa: E402
-from steerkit.steerer import Steerer  # noqa: E402
+from steerkit.selectors import FixedLayers
+from steerkit.steerer import Steerer
 
 CAPABILITIES: dict[str, dict[str, str]] = {
     "steerkit": {
@@ -81,7 +81,7 @@ def load_peers() -> dict[str, Any]:
         import steering_vectors
 
         peers["steering_vectors"] = steering_vectors
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - recorded in the results
         peers["steering_vectors"] = f"{type(exc).__name__}: {exc}"[:300]
     try:
         import numpy
@@ -91,7 +91,7 @@ def load_peers() -> dict[str, Any]:
         import repeng
 
         peers["repeng"] = repeng
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - recorded in the results
         peers["repeng"] = f"{type(exc).__name__}: {exc}"[:300]
     return peers
 
@@ -210,15 +210,15 @@ def extraction_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
     checks: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         reference = steerkit_fit().float().cpu()
-        for name in rows:
+        for name, run in rows.items():
             if name in ("plain_forward_text", "steerkit"):
                 continue
             try:
-                direction = rows[name]().float().cpu()
+                direction = run().float().cpu()
                 cosine = torch.nn.functional.cosine_similarity(direction, reference, dim=0)
                 checks[name] = {"cosine_vs_steerkit": float(cosine),
                                 "rel_diff_vs_steerkit": float((direction - reference).norm() / reference.norm())}
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - recorded in the results
                 checks[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     broken = [name for name, check in checks.items() if "error" in check]
     for name in broken:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import shlex
@@ -381,7 +382,7 @@ def merged_ablation_model(loaded: Loaded, plan: Plan, unit: torch.Tensor) -> tup
                 export_adapter(plan, loaded.model, folder)
                 merged = PeftModel.from_pretrained(copy.deepcopy(loaded.model), folder).merge_and_unload()
             return merged.eval(), "steerkit.adapters.export_adapter + PeftModel.merge_and_unload"
-        except Exception as exc:  # noqa: BLE001 - fall back, and say why in the results
+        except Exception as exc:  # noqa: BLE001 - recorded in the results
             reason = f"export_adapter path failed: {type(exc).__name__}: {exc}"[:300]
     merged = copy.deepcopy(loaded.model)
     orthogonalize_in_place(merged, loaded.layout, unit)
@@ -417,7 +418,7 @@ def rotated(items: Sequence[Any], shift: int) -> list[Any]:
 
 
 def ratio(value: float, reference: float) -> float:
-    return float(value / reference) if reference and reference == reference else float("nan")
+    return float(value / reference) if reference and not math.isnan(reference) else float("nan")
 
 
 @contextmanager

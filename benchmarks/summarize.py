@@ -2,7 +2,8 @@
 
     python benchmarks/summarize.py RESULTS_DIR [MORE_DIRS_OR_FILES ...] [--out benchmarks/RESULTS.md]
 
-Each folder (or file) becomes one section headed by its machine (device name, versions) and
+With `--out`, only the block between the results markers of that file is replaced, so
+hand-written notes around it survive.  Each folder (or file) becomes one section headed by its machine (device name, versions) and
 the exact command of every run in it.  Ratios are steered / unsteered (or steerkit / peer)
 measured in the same process; the target columns are the lead's acceptance targets.
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-INTRO = """# steerkit benchmarks
+INTRO = """## Method
 
 Scripts in `benchmarks/` (see `benchmarks/run_all.sh`).  Every number below comes from one
 process per table: steered and unsteered rows share the model, prompts and process, are timed
@@ -71,12 +72,12 @@ def load(paths: Sequence[str]) -> list[tuple[str, list[dict[str, Any]]]]:
 def environment_lines(results: list[dict[str, Any]]) -> list[str]:
     env = results[0]["environment"]
     lines = [
-        f"- Device: **{env.get('device_name', env.get('device'))}**"
-        + (f" (CUDA {env['cuda']})" if env.get("cuda") else "")
-        + (f"; CPU threads: {env.get('cpu_threads')}" if env.get("device", "").startswith("cpu") else ""),
+        (f"- Device: **{env.get('device_name', env.get('device'))}**"
+         + (f" (CUDA {env['cuda']})" if env.get("cuda") else "")
+         + (f"; CPU threads: {env.get('cpu_threads')}" if env.get("device", "").startswith("cpu") else "")),
         f"- CPU: {env.get('cpu', '?')}",
-        f"- torch {env.get('torch')}, transformers {env.get('transformers')}, peft {env.get('peft')}, "
-        f"python {env.get('python')}, steerkit {env.get('steerkit', '?')}",
+        (f"- torch {env.get('torch')}, transformers {env.get('transformers')}, peft {env.get('peft')}, "
+         f"python {env.get('python')}, steerkit {env.get('steerkit', '?')}"),
     ]
     loads = [r["environment"].get("load_average") for r in results if r["environment"].get("load_average")]
     if loads:
@@ -91,8 +92,8 @@ def environment_lines(results: list[dict[str, Any]]) -> list[str]:
 
 def generate_section(result: dict[str, Any]) -> list[str]:
     s = result["settings"]
-    lines = [f"### Generation: {s['model']} ({s['dtype']}, {s.get('weights', '')}), layer {s['layer']}, "
-             f"{s['new_tokens']} new tokens, {s['repeats']} repeats", ""]
+    lines = [(f"### Generation: {s['model']} ({s['dtype']}, {s.get('weights', '')}), layer {s['layer']}, "
+              f"{s['new_tokens']} new tokens, {s['repeats']} repeats"), ""]
     for note_name, note in result.get("rows", {}).items():
         if note:
             lines.append(f"- `{note_name}`: {note}")
@@ -123,21 +124,23 @@ def generate_section(result: dict[str, Any]) -> list[str]:
         rows = []
         for name, entry in compiled["rows"].items():
             if not entry.get("compiles"):
-                rows.append([f"`{name}`", "**no**", "-", "-", "-", "-", "-", entry.get("error", "")[:120]])
+                rows.append([f"`{name}`", "**no**", "-", "-", "-", "-", "-", "-", entry.get("error", "")[:120]])
                 continue
             rows.append([f"`{name}`", "yes", fmt(entry["first_call_s"]), fmt(entry["compiled_tok_s"]),
                          fmt(entry.get("ratio_compiled_tok_s"), 3),
-                         fmt(entry["max_abs_logit_diff_compiled_vs_eager"], 6), fmt(entry.get("eager_steering_effect"), 4),
+                         fmt(entry["max_abs_logit_diff_compiled_vs_eager"], 6),
+                         fmt(entry.get("max_abs_logit_diff_static_vs_dynamic_eager"), 6),
+                         fmt(entry.get("eager_steering_effect"), 4),
                          f"{entry['graph_breaks']} ({'; '.join(entry['graph_break_reasons'])[:120]})"])
         lines += table(["row", "compiles", "first call s", "compiled tok/s", "ratio", "max diff compiled vs eager",
-                        "steering effect (eager)", "graph breaks"], rows)
+                        "max diff static vs dynamic cache (eager)", "steering effect (eager)", "graph breaks"], rows)
     return lines
 
 
 def extract_section(result: dict[str, Any]) -> list[str]:
     s = result["settings"]
-    lines = [f"### Extraction: {s['model']} ({s['dtype']}), layer {s['layer']} of {s['num_layers']}, "
-             f"{s['prompts_per_class']} prompts per class, {s['repeats']} repeats", ""]
+    lines = [(f"### Extraction: {s['model']} ({s['dtype']}), layer {s['layer']} of {s['num_layers']}, "
+              f"{s['prompts_per_class']} prompts per class, {s['repeats']} repeats"), ""]
     for batch, data in result["batches"].items():
         lines.append(f"Batch {batch} ({data['tokens']} tokens in {data['batches']} batches):")
         lines.append("")
@@ -219,10 +222,25 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     text = render(load(args.paths))
     if args.out:
-        Path(args.out).write_text(text)
+        write_between_markers(Path(args.out), text)
     else:
         print(text)
     return text
+
+
+BEGIN, END = "<!-- results:begin (generated by benchmarks/summarize.py) -->", "<!-- results:end -->"
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace the generated block of `path` (hand-written text around it is kept), or write the file."""
+    block = f"{BEGIN}\n{text}{END}\n"
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        path.write_text(head + block + ("\n" + tail if tail else ""))
+    else:  # no generated block yet: add one after any existing text
+        path.write_text(old.rstrip("\n") + "\n\n" + block if old.strip() else "# steerkit benchmarks\n\n" + block)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ The public API is small:
   `.callbacks`; positions in `steerkit.positions`.
 """
 
+import steerkit.adapters  # noqa: F401  (registers the STEER PEFT method with PEFT)
 from steerkit.callbacks import Callback, JsonlLogger, ProgressBar
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan, SteeringStep

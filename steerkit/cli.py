@@ -367,8 +367,8 @@ def _describe_plan_text(plan: Any, section: dict[str, Any], where: str) -> str:
 
     info = plan.model_info
     lines = [f"plan: {where}",
-             f"  base model   {info.get('model_id', '?')} ({info.get('model_type', '?')}, {info.get('num_layers', '?')} "
-             f"layers, hidden size {info.get('hidden_size', '?')})"]
+             (f"  base model   {info.get('model_id', '?')} ({info.get('model_type', '?')}, {info.get('num_layers', '?')} "
+             f"layers, hidden size {info.get('hidden_size', '?')})")]
     if plan.metadata.get("recipe_name"):
         lines.append(f"  recipe       {plan.metadata['recipe_name']}")
     for step in section["steps"]:

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from steerkit.callbacks import JsonlLogger, ProgressBar
 from steerkit.errors import AdapterError, ConfigError, SteerkitError
 from steerkit.evaluation import EvalReport, evaluate
@@ -205,12 +203,12 @@ def evaluate_plan(
 
 
 def export_plan(plan: Plan, model: Any, path: str | os.PathLike, *, kind: str = "auto", strict: bool = False,
-                root: str | os.PathLike | None = None) -> dict[str, Any]:
+                root: str | os.PathLike | None = None, card: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Export `plan` as a PEFT adapter into `path`; a status dict for the report.
 
     `strict=False` (the run): a missing `steerkit.adapters` or an export error is recorded
     ("unavailable" / "failed" with the message) and the run goes on.  `strict=True` (the
-    `export` command) raises them as `SteerkitError`.
+    `export` command) raises them as `SteerkitError`.  `card` adds fields to the model card.
     """
     shown = os.path.relpath(path, root) if root is not None else str(path)
     try:
@@ -221,25 +219,41 @@ def export_plan(plan: Plan, model: Any, path: str | os.PathLike, *, kind: str = 
             raise SteerkitError(f"Cannot export: {message}. Update steerkit, or use the plan folder with Plan.load.") from exc
         return {"status": "unavailable", "message": message, "kind": kind}
     try:
-        returned = export_adapter(plan, model, path, kind=kind)
+        export_adapter(plan, model, path, kind=kind, card=dict(card) if card else None)
     except SteerkitError as exc:
         if strict:
             raise
         return {"status": "failed", "message": str(exc), "kind": kind}
     info: dict[str, Any] = {"status": "exported", "path": shown, "kind": kind, "message": ""}
-    config_file = Path(path) / "adapter_config.json"
-    if config_file.is_file():
+    for name in ("steerkit.json", "adapter_config.json"):
         with contextlib.suppress(OSError, ValueError):
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-            info["peft_type"] = config.get("peft_type")
-            info["base_model"] = config.get("base_model_name_or_path")
-            if kind == "auto" and config.get("peft_type"):
-                info["kind"] = "lora" if str(config["peft_type"]).upper() == "LORA" else str(config["peft_type"]).lower()
-    if isinstance(returned, Mapping) and returned.get("kind"):
-        info["kind"] = returned["kind"]
-    elif isinstance(getattr(returned, "kind", None), str):
-        info["kind"] = returned.kind
+            recorded = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+            if name == "steerkit.json":  # the exporter's own record: the kind it chose, exactness
+                info.update({k: recorded[k] for k in ("kind", "exact", "mergeable") if k in recorded})
+            else:
+                info["peft_type"] = recorded.get("peft_type")
     return info
+
+
+def adapter_card(recipe_name: str, report: EvalReport) -> dict[str, Any]:
+    """A model-card description with the evaluation's headline numbers (text sets)."""
+    rows = report.rows
+    baseline, steered = report.baseline, recipe_name
+    parts = []
+    for name in ("harmful/text", "harmless/text"):
+        before, after = rows[baseline].get(name), rows.get(steered, {}).get(name)
+        if before is None or after is None or before.refusal_rate is None or after.refusal_rate is None:
+            continue
+        what = "refusal on harmful prompts" if name.startswith("harmful") else "over-refusal on harmless prompts"
+        parts.append(f"{what} {before.refusal_rate:.0%} -> {after.refusal_rate:.0%}")
+    kl = rows.get(steered, {}).get("harmless/text")
+    if kl is not None and kl.kl is not None:
+        parts.append(f"first-token KL on harmless prompts {kl.kl:.4f} nats")
+    text = f"Fitted with steerkit's `{recipe_name}` recipe."
+    if parts:
+        n = rows[baseline]["harmful/text"].n
+        text += f" Evaluation on {n} held-out prompts per set (keyword judge): " + "; ".join(parts) + "."
+    return {"description": text}
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], *, plots: bool, started: float | None = None) -> dict[str, Path]:
@@ -337,7 +351,7 @@ def run_recipe(
     if export and output.get("export", True):
         say(progress, "[4/5] exporting the adapter ...")
         tick = time.perf_counter()
-        adapter = export_plan(plan, model, out / "adapter", root=out)
+        adapter = export_plan(plan, model, out / "adapter", root=out, card=adapter_card(recipe.name, report))
         timings["export_s"] = time.perf_counter() - tick
         if adapter["status"] == "exported":
             adapter_dir = out / "adapter"
@@ -407,7 +421,7 @@ def applied_adapter(model: Any, path: str | os.PathLike) -> Iterator[Any]:
     try:
         yield loaded
     finally:
-        for detach in ("remove", "unload"):
+        for detach in ("unload", "remove"):
             method = getattr(loaded, detach, None)
             if callable(method):
                 method()
@@ -478,7 +492,7 @@ def evaluate_saved(
                                                  name=str(plan.metadata.get("recipe_name") or recipe.name),
                                                  options=options, media=recipe.config.get("media"), progress=progress)
         steered = str(plan.metadata.get("recipe_name") or recipe.name)
-        adapter = {"status": "skipped", "message": "evaluation of a saved plan"}
+        adapter: dict[str, Any] = {}
     else:
         from steerkit.mars.evaluation import eval_sets
         from steerkit.mars.inputs import available_modalities

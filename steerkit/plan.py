@@ -65,7 +65,9 @@ class SteeringStep:
         """(raw, unit) on `like`'s device and dtype, converted once per apply and cached.
 
         The unit vector is normalised in float32 before the cast, whatever the
-        direction's own dtype (float64, bfloat16) or device.
+        direction's own dtype (float64, bfloat16) or device.  Under `device_map`
+        each layer's hidden states sit on that layer's device, so each layer gets
+        its own copy there (not tested on CPU-only CI).
         """
         key = (layer, like.device, like.dtype)
         cached = self._cache.get(key)

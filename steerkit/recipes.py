@@ -275,6 +275,10 @@ def load_recipe(source: str | os.PathLike | dict[str, Any], overrides: Sequence[
                               f"Built-in recipes: {', '.join(known)}; or pass a path to a YAML file.")
     if not path.is_file():
         raise ConfigError(f"Recipe file {path} does not exist.")
+    if "${oc.env" in path.read_text(encoding="utf-8", errors="replace"):
+        raise ConfigError(f"{path} reads environment variables (${{oc.env:...}}), which recipes may not do: a fitted "
+                          "plan stores its recipe, so a secret could end up in a shared adapter. Pass the value as an "
+                          "override instead (key.path=value).")
     try:
         loaded = OmegaConf.load(path)
     except (OmegaConfBaseException, Exception) as exc:  # yaml errors carry their own classes

@@ -229,11 +229,11 @@ class Steerer:
         for name, items in train.items():
             if len(items) < needed:
                 held_out = len(prompts[name]) - len(items)
-                split = (f" after holding out {held_out} for validation (validation_fraction={self.validation_fraction}); "
+                reason = (f" after holding out {held_out} for validation (validation_fraction={self.validation_fraction}); "
                          "add prompts or lower validation_fraction" if held_out else "; add prompts")
                 raise DataError(
                     f"{type(self.extractor).__name__} needs at least {needed} {name} prompts to fit on, got "
-                    f"{len(items)}{split}{'' if needed <= 1 else ', or use the diff_means extractor'}."
+                    f"{len(items)}{reason}{'' if needed <= 1 else ', or use the diff_means extractor'}."
                 )
         for name, items in prompts.items():
             check_prompt_lengths(tokenizer, items, context_length(model), name)

@@ -1,9 +1,10 @@
 """One process of tests/test_distributed.py, run under `python -m torch.distributed.run`.
 
-Usage: distributed_worker.py MODEL_DIR OUT_DIR.  MODEL_DIR holds a saved tiny
+Usage: distributed_worker.py MODEL_DIR OUT_DIR [gpu].  MODEL_DIR holds a saved tiny
 model, its tokenizer and prompts.json; every process fits with its shard of
 the prompts and writes what it got to OUT_DIR/rank<N>.safetensors, so the test
-can check that all processes agree with a single-process fit.
+can check that all processes agree with a single-process fit.  With `gpu`,
+each process uses its own GPU (NCCL) instead of the CPU (gloo).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from steerkit.selectors import FixedLayers
 LAYERS = [1, 2]
 
 
-def main(model_dir: Path, out_dir: Path) -> None:
-    state = PartialState(cpu=True)
+def main(model_dir: Path, out_dir: Path, gpu: bool = False) -> None:
+    state = PartialState(cpu=not gpu)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    model.to(state.device)
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompts = json.loads((model_dir / "prompts.json").read_text())
     steerer = Steerer(DiffMeans(), FixedLayers(LAYERS), validation_fraction=0, batch_size=2, accelerator=state)
@@ -58,4 +60,4 @@ def main(model_dir: Path, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), gpu=sys.argv[3:] == ["gpu"])

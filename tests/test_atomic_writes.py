@@ -96,10 +96,9 @@ def test_successful_save_replaces_and_cleans_up(llama, tmp_path):
 
 def test_error_inside_atomic_folder_removes_the_staging_folder(tmp_path):
     target = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with atomic_folder(target) as staging:
-            (staging / "half.txt").write_text("half")
-            raise RuntimeError("stop")
+    with pytest.raises(RuntimeError), atomic_folder(target) as staging:
+        (staging / "half.txt").write_text("half")
+        raise RuntimeError("stop")
     assert list(tmp_path.iterdir()) == []
 
 

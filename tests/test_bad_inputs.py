@@ -13,7 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from plans import make_plan, random_direction
@@ -298,3 +297,13 @@ def test_output_paths_that_escape_the_run_folder_are_refused(tmp_path, relative)
 def test_output_paths_inside_the_run_folder_are_allowed(tmp_path):
     assert inside(tmp_path, "reports/plan") == Path(tmp_path).resolve() / "reports" / "plan"
     assert inside(tmp_path, "a/../b.json") == Path(tmp_path).resolve() / "b.json"
+
+
+def test_recipe_reading_environment_variables_is_refused(tmp_path):
+    from steerkit.errors import ConfigError
+    from steerkit.recipes import load_recipe
+
+    path = tmp_path / "leak.yaml"
+    path.write_text("name: leak\ndescription: ${oc.env:HOME}\nsteps:\n  - extractor: diff_means\n")
+    with pytest.raises(ConfigError, match="environment variables"):
+        load_recipe(path)

@@ -17,7 +17,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import benchlib as B  # noqa: E402
+import benchlib as B
 
 
 def _json(path: Path) -> dict:
@@ -53,7 +53,7 @@ def test_merged_weights_equal_writer_level_ablation() -> None:
     loaded = B.build_model("tiny", torch.device("cpu"), torch.float32)
     unit = B.random_unit(loaded.layout.hidden_size, 3)
     batch = B.generation_batch(loaded, 2, 6, 0)
-    merged, how = B.merged_ablation_model(loaded, B.ablation_plan(loaded, unit), unit)
+    merged, _how = B.merged_ablation_model(loaded, B.ablation_plan(loaded, unit), unit)
     assert merged.lm_head.weight is not merged.model.embed_tokens.weight  # the tied head keeps the original
     from steerkit.architectures import get_module
 

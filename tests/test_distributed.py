@@ -44,7 +44,7 @@ def two_process_run(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(WORKER), str(model_dir), str(out_dir)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [load_file(str(out_dir / f"rank{rank}.safetensors")) for rank in (0, 1)]
     failures = [(out_dir / f"rank{rank}.txt").read_text() for rank in (0, 1)]

@@ -62,7 +62,7 @@ def test_bfloat16_model_accumulates_in_float32(llama, tmp_path):
         assert cosine > 0.99, f"layer {layer}: cosine {float(cosine):.4f}"
     folder = plan.save(tmp_path / "plan")
     with safe_open(str(folder / "plan.safetensors"), "pt") as stored:
-        assert {stored.get_tensor(k).dtype for k in stored.keys() if ".direction." in k} == {torch.float32}
+        assert {stored.get_tensor(k).dtype for k in stored.keys() if ".direction." in k}  # noqa: SIM118 == {torch.float32}
 
 
 def test_float64_and_bfloat16_directions_are_stored_as_float32(llama, tmp_path):
@@ -72,7 +72,7 @@ def test_float64_and_bfloat16_directions_are_stored_as_float32(llama, tmp_path):
     plan.steps[0].directions[2] = plan.steps[0].directions[2].bfloat16()
     folder = plan.save(tmp_path / "plan")
     with safe_open(str(folder / "plan.safetensors"), "pt") as stored:
-        assert {stored.get_tensor(k).dtype for k in stored.keys()} == {torch.float32}
+        assert {stored.get_tensor(k).dtype for k in stored.keys()} == {torch.float32}  # noqa: SIM118
 
 
 # -- conversion cache ----------------------------------------------------------
@@ -144,7 +144,7 @@ def test_two_plans_on_two_models_in_two_threads_do_not_interfere(llama):
         try:
             start.wait()
             results[name] = run(model, plan)
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=("a", model_a, plan_a)),
@@ -192,3 +192,20 @@ def test_ctrl_c_during_steered_generate_removes_every_hook(llama):
     finally:
         handle.remove()
     assert _hook_count(model) == before and active_session(model) is None and "generate" not in model.__dict__
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_float64_direction_on_a_cuda_model_is_moved_once(llama):
+    model, tok = llama
+    plan = make_plan(model, layers=(1,))
+    plan.steps[0].directions[1] = plan.steps[0].directions[1].double()
+    batch = encode_prompts(tok, ["Hi", "How are you?"])
+    with torch.no_grad():
+        with plan.apply(model):
+            expected = model(**batch).logits
+        gpu = tiny_text_model("llama")[0].cuda()
+        with plan.apply(gpu):
+            for _ in range(3):
+                got = gpu(**{k: v.cuda() for k, v in batch.items()}).logits
+    assert list(plan.steps[0]._cache) == [(1, torch.device("cuda", 0), torch.float32)]
+    assert (got.cpu() - expected).abs().max() < 1e-3

@@ -60,8 +60,8 @@ def render_card(plan: Plan, kind: str, extra: dict[str, Any]) -> str:
     if kind == "steer":
         lines += ["Without `import steerkit`, PEFT stops with `KeyError: 'STEER (load with steerkit: ...)'`.", ""]
     if kind == "combined":
-        lines += ["`PeftModel.from_pretrained` alone loads only the LoRA part at the root; "
-                  "steerkit's `load_adapter` loads both.", ""]
+        lines += [("`PeftModel.from_pretrained` alone loads only the LoRA part at the root; "
+                   "steerkit's `load_adapter` loads both."), ""]
 
     lines += ["## Steering steps", "", "| step | intervention | layers | positions | scaler | parameters |",
               "|---|---|---|---|---|---|"]
@@ -116,7 +116,7 @@ def render_card(plan: Plan, kind: str, extra: dict[str, Any]) -> str:
 def _describe(scaler: Any) -> dict[str, Any]:
     try:
         described = scaler.describe()
-    except Exception:  # an uncalibrated scaler still gets a card
+    except (AttributeError, KeyError, TypeError, ValueError):  # an uncalibrated scaler still gets a card
         described = scaler.to_config().get("params", {})
     return {f"scaler.{k}": v for k, v in described.items()}
 

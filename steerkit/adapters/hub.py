@@ -10,9 +10,10 @@ exported folder (card and provenance included) is what should be shared.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from steerkit.errors import AdapterError, ConfigError
 from steerkit.io import read_json

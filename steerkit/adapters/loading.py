@@ -23,11 +23,11 @@ from torch import nn
 
 from steerkit.adapters.exporting import META_FILE, STEER_SUBFOLDER
 from steerkit.adapters.lora_export import untie_embeddings
-from steerkit.architectures import ArchitectureError, get_module, unwrap_model
+from steerkit.architectures import ArchitectureError, ModelLayout, get_module, resolve_layout, unwrap_model
 from steerkit.errors import AdapterError, ShapeError
 from steerkit.io import read_json, read_tensors
 
-__all__ = ["load_adapter"]
+__all__ = ["check_model", "load_adapter"]
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|"
                        r"lora_embedding_A|lora_embedding_B)$")
@@ -40,9 +40,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, adapter_name: str
     Returns a `PeftModel`, except when `model` holds adapters through transformers' own integration
     and the adapter is a plain LoRA: then it is added there and `model` itself is returned.
     `force=True` loads an adapter recorded for a different base model id (shapes are still checked).
+    A LoRA on the token embedding unties a tied `lm_head` first (it gets its own copy of the
+    weight), so that `merge_and_unload()` stays exact; unmerged, tied or not makes no difference.
     """
-    from steerkit.adapters import require_steer
-
     folder = _resolve(path)
     base = unwrap_model(model)
     meta = read_json(folder / META_FILE) if (folder / META_FILE).is_file() else {}
@@ -52,7 +52,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, adapter_name: str
 
     _check_model_id(base, _recorded_model_id(meta, root_config), force)
     if meta.get("model"):
-        require_steer().check_model(base, meta["model"])
+        check_model(base, meta["model"])
     parts = [(folder, root_kind, root_config)]
     if has_steer_part:
         steer_kind, steer_config = _read_config(steer_folder)
@@ -194,7 +194,7 @@ def _check_steer_tensors(model: nn.Module, config: dict[str, Any], tensors: dict
     if not isinstance(plan, dict) or not isinstance(config.get("tensors"), list):
         raise AdapterError(f"{folder / 'adapter_config.json'} is not a complete STEER config (plan or tensors missing).")
     info = plan.get("model") or {}
-    steer.check_model(model, info)
+    check_model(model, info)
     for entry in config["tensors"]:
         key = steer.canonical_key(info, int(entry["host"]), entry["key"])
         if key not in tensors:
@@ -202,6 +202,19 @@ def _check_steer_tensors(model: nn.Module, config: dict[str, Any], tensors: dict
         if list(tensors[key].shape) != [int(d) for d in entry["shape"]]:
             raise ShapeError(f"{folder.name}: {key} has shape {list(tensors[key].shape)}, the config says "
                              f"{entry['shape']}: the files do not belong together.")
+
+
+def check_model(model: nn.Module, info: dict[str, Any]) -> ModelLayout:
+    """The model's layout, refusing a hidden size or layer count other than the adapter's."""
+    layout = resolve_layout(unwrap_model(model), info.get("layers_path"), info.get("embedding_path"))
+    for key, actual in (("hidden_size", layout.hidden_size), ("num_layers", layout.num_layers)):
+        if key in info and int(info[key]) != actual:
+            raise ShapeError(
+                f"This adapter was made for a model with {key}={info[key]}, but this model has {key}={actual}: "
+                f"it was made for {info.get('model_id') or 'another model'!r}. Load it on that model, or export "
+                "the plan again from this one."
+            )
+    return layout
 
 
 # --------------------------------------------------------------------------- loading
@@ -224,14 +237,16 @@ def _load_lora(model: nn.Module, folder: Path, adapter_name: str | None) -> tupl
                 "first, then the other adapter."
             )
         name = adapter_name or _free_name(model.peft_config, "steerkit")
+        active = list(model.base_model.active_adapters)
         model.load_adapter(str(folder), adapter_name=name)
-        model.base_model.set_adapter([*model.base_model.active_adapters, name])
+        model.base_model.set_adapter([*active, name])
         return model, False
     base = unwrap_model(model)
     if getattr(base, "_hf_peft_config_loaded", False) and model is base:
         name = adapter_name or _free_name(base.peft_config, "steerkit")
+        active = list(base.active_adapters())  # transformers makes the new adapter the only active one
         base.load_adapter(str(folder), adapter_name=name)
-        base.set_adapter([*base.active_adapters(), name])
+        base.set_adapter([*active, name])
         return base, False
     return PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name or "default"), True
 
@@ -244,8 +259,9 @@ def _load_steer(model: nn.Module, folder: Path, adapter_name: str | None, owns_i
     steer = require_steer()
     if _is_peft_model(model) and isinstance(model.base_model, steer.SteerModel):
         name = adapter_name or _free_name(model.peft_config, "steering")
+        active = list(model.base_model.active_adapters)
         model.load_adapter(str(folder), adapter_name=name)
-        model.base_model.set_adapter([*model.base_model.active_adapters, name])
+        model.base_model.set_adapter([*active, name])
         return model
     wrapped = PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name or "default")
     wrapped.base_model._unload_inner = owns_inner

@@ -33,25 +33,26 @@ from __future__ import annotations
 import enum
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from steerkit.architectures import ModelLayout, get_module, resolve_layout, unwrap_model
-from steerkit.errors import AdapterError, ShapeError
+from steerkit.architectures import ModelLayout, get_module, unwrap_model
+from steerkit.errors import AdapterError
 from steerkit.plan import EMBEDDING, PLAN_FORMAT, Plan, SteeringHandle, _load_step
 from steerkit.session import acquire_session, release_session
 
 __all__ = [
     "CHILD_NAME",
     "PEFT_RANGE",
+    "REGISTRATION_ERROR",
     "STEER_PEFT_TYPE",
+    "TENSORS_ATTR",
+    "TUNER_PREFIX",
     "SteerConfig",
     "SteerLayer",
     "SteerModel",
-    "TENSORS_ATTR",
-    "TUNER_PREFIX",
     "check_peft_version",
     "register",
     "steer_payload",
@@ -419,7 +420,7 @@ class SteerModel(BaseTuner):
 
     prefix: str = TUNER_PREFIX
     tuner_layer_cls = SteerLayer
-    target_module_mapping: dict[str, list[str]] = {}
+    target_module_mapping: ClassVar[dict[str, list[str]]] = {}
 
     def __init__(self, model: nn.Module, peft_config: Any, adapter_name: str, low_cpu_mem_usage: bool = False,
                  state_dict: dict[str, torch.Tensor] | None = None) -> None:
@@ -448,6 +449,8 @@ class SteerModel(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         config: SteerConfig = self.peft_config[adapter_name]
+        from steerkit.adapters.loading import check_model
+
         base = unwrap_model(model)
         layout = check_model(base, config.plan.get("model", {}))
         slots: dict[str, tuple[SteerLayer, str]] = {}
@@ -455,6 +458,12 @@ class SteerModel(BaseTuner):
             host = int(entry["host"])
             path = host_path(layout, host)
             layer = _storage_child(get_module(base, path), host, path)
+            if adapter_name in layer._runtimes:
+                raise AdapterError(
+                    f"A STEER adapter named {adapter_name!r} is already attached to this model (perhaps through "
+                    "another PeftModel wrapper). Load further STEER adapters with steerkit.adapters.load_adapter, "
+                    "or pass another adapter_name."
+                )
             name = buffer_name(entry["key"])
             layer.add_tensor(adapter_name, name, [int(d) for d in entry["shape"]])
             slots[entry["key"]] = (layer, name)
@@ -500,7 +509,11 @@ class SteerModel(BaseTuner):
                 "(Plans made only of constant additions or embedding ablation export as mergeable LoRA with "
                 "export_adapter(..., kind='lora').)"
             )
-        detach_all(self.model)
+        for layer in self._steer_layers():
+            for name in self.peft_config:
+                if name in layer.steerkit_tensors:
+                    layer.delete_adapter(name)
+        _remove_empty_children(self.model)
         if self._owns_model_peft_config and "peft_config" in self.model.__dict__:
             del self.model.peft_config
         inner = self.model
@@ -543,19 +556,6 @@ def _is_peft_wrapper(model: nn.Module) -> bool:
     return isinstance(model, (PeftModel, BaseTuner))
 
 
-def check_model(model: nn.Module, info: dict[str, Any]) -> ModelLayout:
-    """The model's layout, refusing a hidden size or layer count other than the adapter's."""
-    layout = resolve_layout(unwrap_model(model), info.get("layers_path"), info.get("embedding_path"))
-    for key, actual in (("hidden_size", layout.hidden_size), ("num_layers", layout.num_layers)):
-        if key in info and int(info[key]) != actual:
-            raise ShapeError(
-                f"This adapter was made for a model with {key}={info[key]}, but this model has {key}={actual}: "
-                f"it was made for {info.get('model_id') or 'another model'!r}. Load it on that model, or export "
-                "the plan again from this one."
-            )
-    return layout
-
-
 def _storage_child(host: nn.Module, host_id: int, path: str) -> SteerLayer:
     child = host._modules.get(CHILD_NAME)
     if child is None:
@@ -573,12 +573,11 @@ def _remove_empty_children(model: nn.Module) -> None:
             del module._modules[CHILD_NAME]
 
 
-def detach_all(model: nn.Module) -> None:
-    """Remove every STEER hook, runtime and storage child from `model` (and models it wraps)."""
-    for module in list(model.modules()):
-        if isinstance(module, SteerLayer):
-            for runtime in list(module._runtimes.values()):
-                runtime.close()
-    for module in list(model.modules()):
-        if isinstance(module._modules.get(CHILD_NAME), SteerLayer):
-            del module._modules[CHILD_NAME]
+REGISTRATION_ERROR: AdapterError | None = None
+"""Why STEER could not be registered on import (an untested PEFT version), else None."""
+
+try:
+    register()
+except AdapterError as _exc:
+    REGISTRATION_ERROR = _exc
+    warnings.warn(f"steerkit did not register its STEER PEFT method: {_exc}", RuntimeWarning, stacklevel=2)

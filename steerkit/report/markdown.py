@@ -97,8 +97,8 @@ def _fitted(metrics: Mapping[str, Any]) -> list[str]:
                      f"`{intervention.get('name', '?')}`{f' ({ivars})' if ivars else ''} at `{positions}` positions; "
                      f"strength from `{scaler.get('name', '?')}`{f' ({params})' if params else ''}.")
     if plan.get("tau") is not None:
-        lines += ["", f"The gate threshold is **tau = {plan['tau']:.3f}** (in units of the harmless-to-harmful centroid "
-                      "distance: inputs with t <= tau are left exactly unchanged)."]
+        lines += ["", (f"The gate threshold is **tau = {plan['tau']:.3f}** (in units of the harmless-to-harmful centroid "
+                      "distance: inputs with t <= tau are left exactly unchanged).")]
     return lines + [""]
 
 
@@ -106,8 +106,8 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     plan = metrics.get("plan") or {}
     main = next((s for s in plan.get("steps", []) if s.get("name") == plan.get("main_step")), {})
     table = main.get("layer_scores") or []
-    lines = ["## Chosen layer and why", "", f"**Layer {plan.get('chosen_layer')}** "
-             f"(of {plan.get('num_layers', '?')}). {plan.get('reason', '')}", ""]
+    lines = ["## Chosen layer and why", "", (f"**Layer {plan.get('chosen_layer')}** "
+             f"(of {plan.get('num_layers', '?')}). {plan.get('reason', '')}"), ""]
     if "layers" in plots:
         lines += [f"![Per-layer scores]({plots['layers']})", ""]
     if table:
@@ -128,11 +128,11 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
                 cells.append("yes" if r.get("within_limits") else "no")
             cells.append("**<-**" if r.get("chosen") else "")
             rows.append(cells)
-        lines += ["Scores on the validation prompts, per candidate layer: separation is the AUROC of the gate value t "
+        lines += [("Scores on the validation prompts, per candidate layer: separation is the AUROC of the gate value t "
                   "between harmful and harmless prompts; induce is the mean rise of the first-token refusal log-odds on "
                   "harmless prompts when their state is pushed to the harmful centroid; KL is the first-token KL on "
-                  "harmless prompts under the gated steering; false-trigger is the share of neutral harmless inputs whose "
-                  "gate opens.", "", _table(headers, rows, ["r"] * len(headers)), ""]
+                  "harmless prompts under the gated steering; false-trigger is the share of held-out harmless inputs (text "
+                  "only and with neutral media) whose gate opens at that layer's tau."), "", _table(headers, rows, ["r"] * len(headers)), ""]
     return lines
 
 
@@ -177,8 +177,8 @@ def _results(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     score_rows = []
     for condition in evaluation["conditions"]:
         score_rows.append([condition] + [_num(rows[condition][s]["first_token_score"], 2) for s in sets])
-    lines += ["First-token refusal score (mean log-odds of opening with a refusal token; one forward pass, "
-              "no generation):", "", _table(["condition", *sets], score_rows), ""]
+    lines += [("First-token refusal score (mean log-odds of opening with a refusal token; one forward pass, "
+              "no generation):"), "", _table(["condition", *sets], score_rows), ""]
     return lines
 
 
@@ -186,10 +186,10 @@ def _gate(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     gate = metrics.get("gate")
     if not gate:
         return []
-    lines = ["## Gate values", "", f"The gate value t of every evaluation input at layer {gate['layer']} "
+    lines = ["## Gate values", "", (f"The gate value t of every evaluation input at layer {gate['layer']} "
              f"(0 = harmless centroid, 1 = harmful centroid); the gate opens where t > tau = {gate['tau']:.3f}. "
              "Inputs with media are measured after subtracting the modality offset (re-centering); the second "
-             "numbers show them without it.", ""]
+             "numbers show them without it."), ""]
     if "gate" in plots:
         lines += [f"![Gate values]({plots['gate']})", ""]
     rows = []
@@ -209,30 +209,40 @@ def _usage(metrics: Mapping[str, Any]) -> list[str]:
     lines = ["## Using the result", ""]
     load = _load_call(model_id)
     if adapter.get("status") == "exported":
-        lines += [f"The adapter (`{adapter.get('path')}/`, kind `{adapter.get('kind', '?')}`) steers the model without "
-                  "steerkit's hooks:", "", "```python", "from steerkit.adapters import load_adapter",
+        path = adapter.get("path")
+        kind = adapter.get("kind", "?")
+        exact = {True: ", exact", False: ", approximate: see its README.md"}.get(adapter.get("exact"), "")
+        lines += [(f"The adapter (`{path}/`, kind `{kind}`{exact}) steers the model without the plan's hooks; its "
+                  "`README.md` is the model card."), "", "```python", "from steerkit.adapters import load_adapter",
                   "from steerkit.models import load_model", "", f"model, tokenizer = {load}",
-                  f"model = load_adapter(model, \"{adapter.get('path')}\")", "```", ""]
-        if str(adapter.get("peft_type", "")).upper() == "LORA":
+                  f"model = load_adapter(model, \"{path}\")  # a PeftModel", "```", ""]
+        if kind == "lora":
             lines += ["It is a plain PEFT LoRA adapter, so PEFT alone loads it too:", "", "```python",
-                      "from peft import PeftModel", "",
-                      f"model = PeftModel.from_pretrained(model, \"{adapter.get('path')}\")", "```", ""]
+                      "from peft import PeftModel", "", f"model = PeftModel.from_pretrained(model, \"{path}\")", "```", ""]
+        elif kind == "steer":
+            lines += [("It is a STEER adapter (a PEFT method steerkit registers): `import steerkit` before "
+                      "`PeftModel.from_pretrained`, or use `load_adapter` as above."), ""]
+    elif adapter.get("status") == "evaluated":
+        lines += [(f"The evaluated adapter (`{adapter.get('path')}`) loads with "
+                  f"`model = load_adapter(model, \"{adapter.get('path')}\")` (from `steerkit.adapters`)."), ""]
     else:
-        lines += [f"No adapter was exported ({adapter.get('status', 'skipped')}: {adapter.get('message', '')}). "
-                  f"Export one later with `steerkit export {files.get('plan', 'plan')} --out adapter`.", ""]
+        lines += [(f"No adapter was exported ({adapter.get('status', 'skipped')}: {adapter.get('message', '')}). "
+                  f"Export one with `steerkit export {files.get('plan', 'plan')} --out adapter`."), ""]
+    if not files.get("plan"):
+        return lines
     lines += ["The plan itself applies with hooks, inside a `with` block:", "", "```python", "from steerkit import Plan",
               "from steerkit.models import load_model", "", f"model, tokenizer = {load}",
               f"plan = Plan.load(\"{files.get('plan', 'plan')}\")", "with plan.apply(model):",
               "    ...  # generate as usual: steering is active here", "```", "",
-              f"`steerkit info {files.get('plan', 'plan')}` describes it; "
-              f"`steerkit eval {files.get('plan', 'plan')}` evaluates it again.", ""]
+              (f"`steerkit info {files.get('plan', 'plan')}` describes it; "
+              f"`steerkit eval {files.get('plan', 'plan')}` evaluates it again."), ""]
     return lines
 
 
 def _caveats(metrics: Mapping[str, Any]) -> list[str]:
     lines = ["## Caveats", "",
-             "- The keyword judge is coarse: it misses refusals worded differently and flags the rare helpful answer "
-             "containing a refusal phrase. Compare rows; do not read the rates as exact."]
+             ("- The keyword judge is coarse: it misses refusals worded differently and flags the rare helpful answer "
+             "containing a refusal phrase. Compare rows; do not read the rates as exact.")]
     evaluation = metrics.get("eval") or {}
     n = next(iter(evaluation.get("table", [])), {}).get("n")
     if n is not None and n < 50:

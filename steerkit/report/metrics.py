@@ -29,7 +29,7 @@ LIMIT_KEYS = ("kl", "false_trigger", "induce")
 
 def versions() -> dict[str, str]:
     """Versions of the packages that decide the numbers (missing ones are left out)."""
-    import importlib.metadata as metadata
+    from importlib import metadata
 
     found = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
     for package in ("steerkit", "torch", "transformers", "peft", "accelerate", "safetensors", "omegaconf"):
@@ -92,9 +92,9 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
     if chosen is None:
         return "No layer was recorded for this step."
     if name == "mars" and row is not None:
-        limits = {**{"kl": 0.1, "false_trigger": 0.05, "induce": 0.0}, **(params.get("limits") or {})}
+        limits = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0, **(params.get("limits") or {})}
         rule = (f"KL <= {limits['kl']:g} nats on harmless prompts, false-trigger rate <= {limits['false_trigger']:.0%} "
-                f"on neutral harmless inputs, induce score > {limits['induce']:g}")
+                f"on held-out harmless inputs, induce score > {limits['induce']:g}")
         eligible = [r for r in table if r.get("within_limits")]
         if row.get("within_limits"):
             return (f"Layer {chosen} has the highest separation (AUROC {row['separation']:.3f}) of the "

@@ -35,7 +35,7 @@ LAYER_PANELS: list[tuple[str, str, str | None, str, bool]] = [
     ("induce", "induce: rise of the refusal log-odds when pushed to the harmful centroid (must exceed the limit)",
      "induce", "min", False),
     ("kl", "KL on harmless prompts: nats, first token, gated steering (lower is better)", "kl", "max", False),
-    ("false_trigger", "false-trigger rate: neutral harmless inputs whose gate opens (lower is better)",
+    ("false_trigger", "false-trigger rate: held-out harmless inputs (text, neutral media) whose gate opens (lower is better)",
      "false_trigger", "max", True),
 ]
 

@@ -37,7 +37,12 @@ def percent(value: float | None) -> str:
 
 
 def number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    """Fixed point, or scientific when a non-zero value would print as zero."""
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 0.5 * 10 ** -digits:
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}"
 
 
 def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str:
@@ -79,6 +84,8 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     adapter = metrics.get("adapter") or {}
     if adapter.get("status") == "exported":
         lines.append(f"\n  adapter: {adapter.get('path')} (kind {adapter.get('kind', '?')})")
+    elif adapter.get("status") == "evaluated":
+        lines.append(f"\n  adapter: {adapter.get('path')} (evaluated)")
     elif adapter.get("status"):
         lines.append(f"\n  adapter: not exported ({adapter.get('status')}: {adapter.get('message', '')})")
     total_s = (metrics.get("timings") or {}).get("total_s")
