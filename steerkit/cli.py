@@ -416,23 +416,47 @@ def _cell(value: Any, column: str) -> str:
 
 
 def _describe_adapter_text(folder: Path) -> str:
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConfigError(f"{folder / 'adapter_config.json'} is not valid JSON ({exc}).") from exc
-    lines = [f"adapter: {folder}",
-             f"  base model   {config.get('base_model_name_or_path', '?')}"
-             + (f" (revision {config['revision']})" if config.get("revision") else ""),
-             f"  peft type    {config.get('peft_type', '?')}"]
-    for key in ("r", "lora_alpha", "target_modules", "layers_to_transform", "layers", "positions", "scaler"):
-        if config.get(key) not in (None, [], {}):
-            lines.append(f"  {key:<12} {config[key]}")
-    for key, value in config.items():
-        if "steer" in key.lower() and isinstance(value, dict):
-            lines.append(f"  {key}:")
-            lines += [f"    {k:<12} {json.dumps(v, default=str)[:200]}" for k, v in value.items()]
+    """Base model, kind, exactness, and what it steers: the embedded plan (STEER) or the LoRA targets."""
+    def read(name: str) -> dict[str, Any]:
+        path = folder / name
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc}); the adapter is corrupt.") from exc
+
+    config, meta = read("adapter_config.json"), read("steerkit.json")
+    model = meta.get("model") or (config.get("plan") or {}).get("model") or {}
+    base = config.get("base_model_name_or_path") or model.get("model_id") or "?"
+    lines = [f"adapter: {folder}", f"  base model   {base}" + (f" ({model.get('model_type')}, {model.get('num_layers')} "
+             f"layers, hidden size {model.get('hidden_size')})" if model.get("model_type") else "")]
+    kind = meta.get("kind") or ("lora" if str(config.get("peft_type", "")).upper() == "LORA" else config.get("peft_type"))
+    lines.append(f"  kind         {kind}")
+    if meta:
+        lines.append(f"  exact        {'yes' if meta.get('exact') else 'no'}; mergeable into the weights: "
+                     f"{'yes' if meta.get('mergeable') else 'no'}")
+    if str(config.get("peft_type", "")).upper() == "LORA":
+        lines.append(f"  lora         rank {config.get('r')}, alpha {config.get('lora_alpha')}, "
+                     f"targets {config.get('target_modules')}")
+    plan = config.get("plan") or {}
+    for step in plan.get("steps", []):
+        scaler = step.get("scaler") or {}
+        params = ", ".join(f"{k}={v}" for k, v in (scaler.get("params") or {}).items())
+        lines += [f"  step {step.get('name')!r}",
+                  f"    layers       {', '.join(map(str, step.get('layers', [])))}",
+                  f"    positions    {(step.get('positions') or {}).get('kind', step.get('positions'))}",
+                  f"    intervention {(step.get('intervention') or {}).get('name')}",
+                  f"    scaler       {scaler.get('name')}" + (f" ({params})" if params else "")]
+    recipe = (plan.get("metadata") or {}).get("recipe_name")
+    if recipe:
+        lines.append(f"  recipe       {recipe}")
+    if (folder / "steer" / "adapter_config.json").is_file():
+        lines.append("  steer/       the STEER part of a combined export (steerkit's load_adapter loads both)")
     files = sorted(p for p in folder.iterdir() if p.is_file())
     lines.append("  files        " + ", ".join(f"{p.name} ({_size(p.stat().st_size)})" for p in files))
+    if (folder / "README.md").is_file():
+        lines.append("  (README.md is the model card: provenance, scores, how to load)")
     return "\n".join(lines)
 
 

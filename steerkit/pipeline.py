@@ -140,7 +140,8 @@ def eval_prompts(recipe: Recipe) -> tuple[list[str], list[str], str]:
     if choice == "validation":
         if splits["positive_validation"] and splits["negative_validation"]:
             return (splits["positive_validation"], splits["negative_validation"],
-                    "the validation split held out from the fit (the prompts the layer was chosen on, never fitted on)")
+                    "the validation split held out from the fit (the prompts the layers were scored on; the "
+                    "direction never saw them)")
         return splits["positive"], splits["negative"], "the training prompts (the recipe makes no validation split)"
     if choice == "train":
         return splits["positive"], splits["negative"], "the training prompts of the fit"
@@ -361,7 +362,6 @@ def run_recipe(
         shutil.rmtree(out / "adapter", ignore_errors=True)
 
     say(progress, "[5/5] writing the report ...")
-    tick = time.perf_counter()
     evaluation = eval_section(report, steered=recipe.name, prompts={"harmful": harmful, "harmless": harmless},
                               source=source, generate=bool(options["generate"]),
                               max_new_tokens=int(options["max_new_tokens"]))

@@ -33,7 +33,6 @@ from steerkit.errors import AdapterError
 __all__ = ["UploadRequest", "export_adapter", "load_adapter", "push_to_hub", "render_card", "require_steer"]
 
 _STEER_MODULE = "steerkit.adapters.steer_method"
-_import_error: Exception | None = None
 
 
 def require_steer() -> ModuleType:
@@ -49,11 +48,9 @@ def require_steer() -> ModuleType:
 
 def _register_steer() -> None:
     """Import the STEER module, which registers itself; warn instead of raising (this may run inside `import peft`)."""
-    global _import_error
     try:
         importlib.import_module(_STEER_MODULE)
     except Exception as exc:  # noqa: BLE001  (never break the user's `import peft`)
-        _import_error = exc
         warnings.warn(f"steerkit could not register its STEER PEFT method: {exc}", RuntimeWarning, stacklevel=2)
 
 

@@ -8,8 +8,9 @@ config and a manifest of its tensors, `adapter_model.safetensors` the tensors.
 How it sits in PEFT 0.21 (checked against its sources):
 
 - PEFT's method list is closed (`register_peft_method` only accepts names already in the
-  `PeftType` enum), so `register()` adds a `PeftType.STEER` member and fills the four mapping
-  tables itself.  It is idempotent and refuses PEFT versions outside `PEFT_RANGE`.
+  `PeftType` enum), so `register()` adds a `PeftType.STEER` member and fills the mapping tables
+  itself.  It is idempotent and refuses PEFT versions outside `PEFT_RANGE`.  It runs when this
+  module is imported, which `steerkit.adapters` arranges for the moment PEFT is imported.
 - The enum *value* written to `adapter_config.json` is `STEER_PEFT_TYPE`, a sentence that names
   steerkit: PEFT reads `peft_type` and indexes its config table before any code of ours can run,
   so without steerkit the only message a user sees is `KeyError: '<value>'`.  Making the value
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from peft import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from steerkit.architectures import ModelLayout, get_module, unwrap_model
@@ -66,11 +69,6 @@ TUNER_PREFIX = "steerkit_"
 CHILD_NAME = "steerkit"
 TENSORS_ATTR = "steerkit_tensors"
 _KEY_SEPARATOR = "__"
-
-# PEFT objects, bound by register(); None until then.
-PeftConfig: Any = None
-BaseTuner: Any = None
-BaseTunerLayer: Any = None
 
 
 # --------------------------------------------------------------------------- registration
@@ -120,7 +118,6 @@ def _add_enum_member(enum_cls: type[enum.Enum], name: str, value: str) -> enum.E
 def register() -> None:
     """Make STEER a PEFT method (idempotent); AdapterError on an unsupported PEFT version."""
     check_peft_version()
-    _bind_peft()
     from peft.mapping import (
         PEFT_TYPE_TO_CONFIG_MAPPING,
         PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
@@ -142,18 +139,6 @@ def register() -> None:
             raise AdapterError(f"PEFT's {member.name} entry is already taken by {current!r}.")
         table[member] = value
     PEFT_TYPE_TO_MIXED_MODEL_MAPPING.pop(member, None)  # STEER does not mix inside PeftMixedModel
-
-
-def _bind_peft() -> None:
-    global PeftConfig, BaseTuner, BaseTunerLayer
-    from peft import PeftConfig as _PeftConfig
-    from peft.tuners.tuners_utils import BaseTuner as _BaseTuner
-    from peft.tuners.tuners_utils import BaseTunerLayer as _BaseTunerLayer
-
-    PeftConfig, BaseTuner, BaseTunerLayer = _PeftConfig, _BaseTuner, _BaseTunerLayer
-
-
-_bind_peft()
 
 
 # --------------------------------------------------------------------------- config

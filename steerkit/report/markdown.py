@@ -43,7 +43,11 @@ def _num(value: float | None, digits: int = 3) -> str:
 def _load_call(model_id: str) -> str:
     from steerkit.models import EMBEDDED_MODEL_ID
 
-    return "load_model()  # the embedded SmolLM2-135M-Instruct" if model_id == EMBEDDED_MODEL_ID else f"load_model({model_id!r})"
+    if model_id == EMBEDDED_MODEL_ID:
+        return "load_model()  # the embedded SmolLM2-135M-Instruct"
+    if not model_id or model_id.startswith("unnamed-"):
+        return 'load_model("<the model this was fitted on>")'
+    return f"load_model({model_id!r})"
 
 
 def _header(metrics: Mapping[str, Any]) -> list[str]:
@@ -66,8 +70,9 @@ def _header(metrics: Mapping[str, Any]) -> list[str]:
                      "as `recipe.yaml` (run it again with `steerkit run recipe.yaml`)")
     if prompts:
         lines.append(f"- **Data**: {data.get('positive', 'positive')} vs {data.get('negative', 'negative')}: fitted on "
-                     f"{prompts.get('positive', 0)} harmful / {prompts.get('negative', 0)} harmless prompts, validated "
-                     f"and evaluated on {prompts.get('positive_validation', 0)} / {prompts.get('negative_validation', 0)}")
+                     f"{prompts.get('positive', 0)} harmful / {prompts.get('negative', 0)} harmless prompts, "
+                     f"{prompts.get('positive_validation', 0)} / {prompts.get('negative_validation', 0)} held out "
+                     "for validation")
     if metrics.get("command"):
         lines.append(f"- **Command**: `{metrics['command']}`")
     if timings:
@@ -151,21 +156,24 @@ def _results(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
         "(an answer containing a refusal phrase counts as a refusal)." if generated else
         "Generation was off: only first-token scores and KL were measured."))
     lines.append("")
-    headers = ["condition"]
-    if generated:
-        headers += [f"refusal on harmful, {m} (higher = safer)" for m in modalities]
-        headers += [f"over-refusal on harmless, {m} (lower = better)" for m in modalities]
-    headers += [f"KL on harmless, {m}" for m in modalities]
-    table_rows = []
-    for condition in evaluation["conditions"]:
-        by_set = rows[condition]
-        cells: list[Any] = [f"**{condition}**" if condition == evaluation["steered"] else condition]
+    titles = {"text": "Text only", "image": "Text + neutral image", "video": "Text + neutral video"}
+    for modality in modalities:
+        headers = ["condition"]
         if generated:
-            cells += [_pct(by_set.get(f"harmful/{m}", {}).get("refusal_rate")) for m in modalities]
-            cells += [_pct(by_set.get(f"harmless/{m}", {}).get("refusal_rate")) for m in modalities]
-        cells += [_num(by_set.get(f"harmless/{m}", {}).get("kl"), 4) for m in modalities]
-        table_rows.append(cells)
-    lines += [_table(headers, table_rows), ""]
+            headers += ["refusal on harmful (higher = safer)", "over-refusal on harmless (lower = better)"]
+        headers += ["KL on harmless (nats)"]
+        table_rows = []
+        for condition in evaluation["conditions"]:
+            by_set = rows[condition]
+            cells: list[Any] = [f"**{condition}**" if condition == evaluation["steered"] else condition]
+            if generated:
+                cells += [_pct(by_set.get(f"harmful/{modality}", {}).get("refusal_rate")),
+                          _pct(by_set.get(f"harmless/{modality}", {}).get("refusal_rate"))]
+            cells.append(_num(by_set.get(f"harmless/{modality}", {}).get("kl"), 4))
+            table_rows.append(cells)
+        if len(modalities) > 1:
+            lines += [f"**{titles.get(modality, modality)}**", ""]
+        lines += [_table(headers, table_rows), ""]
     notes = [f"- `{evaluation['baseline']}`: the model as it is.", f"- `{evaluation['steered']}`: the fitted plan."]
     for condition in evaluation["conditions"]:
         for label, note in ABLATION_NOTES.items():
@@ -187,9 +195,10 @@ def _gate(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     if not gate:
         return []
     lines = ["## Gate values", "", (f"The gate value t of every evaluation input at layer {gate['layer']} "
-             f"(0 = harmless centroid, 1 = harmful centroid); the gate opens where t > tau = {gate['tau']:.3f}. "
-             "Inputs with media are measured after subtracting the modality offset (re-centering); the second "
-             "numbers show them without it."), ""]
+             f"(0 = harmless centroid, 1 = harmful centroid); the gate opens where t > tau = {gate['tau']:.3f}."), ""]
+    if any(both.get("raw") for both in gate["sets"].values()):
+        lines[-2] += (" Inputs with media are measured after subtracting the modality offset (re-centering); the "
+                      "last two columns show them without it.")
     if "gate" in plots:
         lines += [f"![Gate values]({plots['gate']})", ""]
     rows = []

@@ -158,7 +158,7 @@ def plot_gate(gate: Mapping[str, Any], path: str | os.PathLike, *, title: str | 
             entries.append((f"{set_label(name)}\n(no re-centering)", list(raw["values"]), colour, True))
     if not entries:
         raise ValueError("plot_gate needs at least one set of gate values.")
-    figure = Figure(figsize=(9.0, 0.62 * len(entries) + 1.9))
+    figure = Figure(figsize=(9.0, 0.62 * len(entries) + 1.9), layout="constrained")
     ax = figure.subplots()
     rng = random.Random(0)
     every = [v for _, values, _, _ in entries for v in values] + [0.0, 1.0, tau]
@@ -196,11 +196,13 @@ def plot_gate(gate: Mapping[str, Any], path: str | os.PathLike, *, title: str | 
         Line2D([], [], color="#c0392b", linestyle=":", label="harmful centroid (t = 1)"),
         Line2D([], [], color="black", linewidth=2.0, label="mean"),
     ]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16 - 0.5 / len(entries)), ncol=4,
-              fontsize=8, frameon=False)
+    if any(faded for *_, faded in entries):
+        handles += [Line2D([], [], marker="o", linestyle="", color="#555555", label="re-centred (what the gate sees)"),
+                    Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#555555",
+                           label="without re-centering")]
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
     layer = gate.get("layer")
     figure.suptitle(title or f"Gate value t at layer {layer}, per input (decision position)", fontsize=11)
-    figure.tight_layout()
     return _save(figure, path)
 
 
@@ -209,46 +211,54 @@ def plot_gate(gate: Mapping[str, Any], path: str | os.PathLike, *, title: str | 
 
 
 def plot_refusal(evaluation: Mapping[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Grouped bars: per set, one bar per condition (unsteered first), value on each bar."""
+    """One panel per modality; in each, harmful and harmless groups with one bar per condition (unsteered first)."""
     rows: dict[str, dict[str, Mapping[str, Any]]] = {}
     for row in evaluation["table"]:
         rows.setdefault(row["condition"], {})[row["set"]] = row
     conditions = list(evaluation["conditions"])
     sets = list(evaluation["sets"])
+    modalities: list[str] = []
+    for name in sets:
+        modality = name.partition("/")[2] or "text"
+        if modality not in modalities:
+            modalities.append(modality)
     generated = bool(evaluation.get("generate", True))
     key = "refusal_rate" if generated else "first_token_score"
     width = 0.8 / len(conditions)
-    figure = Figure(figsize=(max(7.0, 1.1 * len(sets) * max(2, len(conditions)) * 0.55 + 2.5), 4.8))
-    ax = figure.subplots()
-    for index, condition in enumerate(conditions):
-        xs = [s + (index - (len(conditions) - 1) / 2) * width for s in range(len(sets))]
-        values = [rows[condition][name][key] for name in sets]
-        heights = [0.0 if v is None else v for v in values]
-        colour = CONDITION_COLOURS[index % len(CONDITION_COLOURS)]
-        bars = ax.bar(xs, heights, width=width * 0.92, color=colour, label=condition, zorder=2)
-        for bar, value in zip(bars, values):
-            text = "n/a" if value is None else (f"{value:.0%}" if generated else f"{value:.1f}")
-            ax.annotate(text, xy=(bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
-                        textcoords="offset points", ha="center", va="bottom", fontsize=7.5)
-    labels = []
-    for name in sets:
-        hint = "higher = safer" if name.startswith("harmful") else "over-refusal, lower = better"
-        labels.append(f"{set_label(name)}\n({hint})")
-    ax.set_xticks(range(len(sets)), labels, fontsize=8.5)
-    if generated:
-        ax.set_ylim(0, 1.1)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.set_ylabel("refusal rate (keyword judge)", fontsize=9)
-    else:
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel("first-token refusal log-odds", fontsize=9)
-    ax.grid(axis="y", color="#e5e5e5", linewidth=0.8, zorder=0)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(3, len(conditions)), fontsize=8.5, frameon=False)
+    figure = Figure(figsize=(9.0, 3.3 * len(modalities) + 1.0), layout="constrained")
+    axes = figure.subplots(len(modalities), 1, squeeze=False, sharey=True)[:, 0]
+    titles = {"text": "text only", "image": "text + neutral image", "video": "text + neutral video"}
+    for ax, modality in zip(axes, modalities):
+        groups = [name for name in sets if (name.partition("/")[2] or "text") == modality]
+        for index, condition in enumerate(conditions):
+            xs = [g + (index - (len(conditions) - 1) / 2) * width for g in range(len(groups))]
+            values = [rows[condition][name][key] for name in groups]
+            heights = [0.0 if v is None else v for v in values]
+            colour = CONDITION_COLOURS[index % len(CONDITION_COLOURS)]
+            bars = ax.bar(xs, heights, width=width * 0.92, color=colour, label=condition, zorder=2)
+            for bar, value in zip(bars, values):
+                text = "n/a" if value is None else (f"{value:.0%}" if generated else f"{value:.1f}")
+                ax.annotate(text, xy=(bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=7.5)
+        labels = ["harmful prompts\n(refusal: higher = safer)" if name.startswith("harmful")
+                  else "harmless prompts\n(over-refusal: lower = better)" for name in groups]
+        ax.set_xticks(range(len(groups)), labels, fontsize=8.5)
+        ax.set_title(titles.get(modality, modality), loc="left", fontsize=9.5)
+        if generated:
+            ax.set_ylim(0, 1.12)
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+            ax.set_ylabel("refusal rate\n(keyword judge)", fontsize=9)
+        else:
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_ylabel("first-token refusal\nlog-odds", fontsize=9)
+        ax.grid(axis="y", color="#e5e5e5", linewidth=0.8, zorder=0)
+        ax.tick_params(axis="y", labelsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=min(3, len(conditions)), fontsize=8.5,
+                  frameon=False)
     n = rows[conditions[0]][sets[0]]["n"]
     what = "Refusal rate" if generated else "First-token refusal score"
     figure.suptitle(title or f"{what} before and after steering ({n} prompts per set)", fontsize=11)
-    figure.tight_layout()
     return _save(figure, path)
 
 
