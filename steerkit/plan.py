@@ -20,13 +20,19 @@ from torch import nn
 
 from steerkit.activations import check_direction
 from steerkit.architectures import ModelLayout, decoder_layers, get_module, resolve_layout, unwrap_model
-from steerkit.errors import AdapterError, ShapeError
+from steerkit.errors import AdapterError, ConfigError, ShapeError
 from steerkit.interventions import INTERVENTIONS, Intervention
 from steerkit.io import atomic_folder, read_json, read_tensors, write_json, write_tensors
 from steerkit.positions import Positions, parse_positions
 from steerkit.recording import layer_output
 from steerkit.scalers import SCALERS, Scaler
 from steerkit.session import ForwardContext, acquire_session, active_session, release_session
+
+STEP_SITES = ("output", "writers")
+"""Where a step acts: a decoder layer's output, or the outputs of the modules that write the
+residual stream inside it (attention and MLP output projections; the post-norms on Gemma-style
+models).  Ablating at the writers of every layer (plus the embedding) keeps the direction out of
+the residual stream everywhere, mid-layer included: exactly a rank-1 weight edit (Arditi et al.)."""
 
 EMBEDDING = -1
 """Key of a step's direction applied at the token-embedding output (before layer 0)."""
@@ -48,12 +54,15 @@ class SteeringStep:
     scaler: Scaler
     positions: Positions
     name: str = "step"
+    site: str = "output"
     _cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
 
     def __post_init__(self) -> None:
         self.positions = parse_positions(self.positions)
+        if self.site not in STEP_SITES:
+            raise ConfigError(f"step {self.name!r}: site must be one of {STEP_SITES}, got {self.site!r}.")
         if not self.directions:
             raise ShapeError(f"step {self.name!r} has no directions: give at least one layer.")
 
@@ -105,6 +114,7 @@ class SteeringStep:
             "name": self.name,
             "layers": self.layers,
             "positions": self.positions.to_config(),
+            "site": self.site,
             "intervention": self.intervention.to_config(),
             "scaler": self.scaler.to_config(),
         }
@@ -134,14 +144,20 @@ class SteeringHandle:
             modules = decoder_layers(self.model, layout)
             for layer in self.plan.touched_layers():
                 module = get_module(self.model, layout.embedding_path) if layer == EMBEDDING else modules[layer]
-                self._handles.append(module.register_forward_hook(self._hook(layer)))
+                output_steps = [s for s in self.plan.steps if layer in s.directions and (s.site == "output" or layer == EMBEDDING)]
+                observers = [s for s in self.plan.steps if layer in s.scaler.observed_layers()]
+                if output_steps or observers:
+                    self._handles.append(module.register_forward_hook(self._hook(layer, output_steps, observers)))
+                writer_steps = [s for s in self.plan.steps if layer in s.directions and s.site == "writers" and layer != EMBEDDING]
+                if writer_steps:
+                    for path in residual_output_paths(layout, layer):
+                        writer = get_module(self.model, path)
+                        self._handles.append(writer.register_forward_hook(self._hook(layer, writer_steps, [])))
         except BaseException:
             self.remove()
             raise
 
-    def _hook(self, layer: int) -> Any:
-        observers = [s for s in self.plan.steps if layer in s.scaler.observed_layers()]
-        steps = [s for s in self.plan.steps if layer in s.directions]
+    def _hook(self, layer: int, steps: list[SteeringStep], observers: list[SteeringStep]) -> Any:
         model = self.model
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -246,6 +262,14 @@ class Plan:
         return cls(steps, dict(config.get("model", {})), dict(config.get("metadata", {})))
 
 
+def residual_output_paths(layout: ModelLayout, layer: int) -> list[str]:
+    """Modules whose outputs are added to the residual stream inside decoder layer `layer`."""
+    if layout.post_norm:
+        base = layout.layer_path(layer)
+        return [f"{base}.post_attention_layernorm", f"{base}.post_feedforward_layernorm"]
+    return layout.residual_writer_paths(layer)
+
+
 def _load_step(index: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SteeringStep:
     prefix = f"steps.{index}"
     try:
@@ -256,4 +280,5 @@ def _load_step(index: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor
         raise AdapterError(f"plan step {index} is incomplete: missing {exc}. The plan file is corrupt.") from exc
     scaler_prefix = f"{prefix}.scaler."
     scaler.load_state_dict({k[len(scaler_prefix):]: v for k, v in tensors.items() if k.startswith(scaler_prefix)})
-    return SteeringStep(directions, intervention, scaler, parse_positions(spec["positions"]), spec.get("name", "step"))
+    return SteeringStep(directions, intervention, scaler, parse_positions(spec["positions"]), spec.get("name", "step"),
+                        spec.get("site", "output"))

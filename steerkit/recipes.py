@@ -41,7 +41,7 @@ SCHEMA: dict[str, Any] = {
     "output": {"dir": None, "export": None, "plots": None},
 }
 STEP_KEYS = ["name", "extractor", "selector", "scaler", "intervention", "positions", "fit_positions",
-             "apply_layers", "embedding", "data"]
+             "apply_layers", "embedding", "site", "data"]
 DEFAULTS: dict[str, Any] = {
     "model": {"name": None, "dtype": "float32"},
     "data": {"positive": "builtin:harmful", "negative": "builtin:harmless"},
@@ -105,6 +105,7 @@ class Recipe:
                     fit_positions=step.get("fit_positions", "decision"),
                     apply_layers=step.get("apply_layers", "selected"),
                     embedding=bool(step.get("embedding", False)),
+                    site=str(step.get("site", "output")),
                     callbacks=callbacks,
                     batch_size=int(fit["batch_size"]),
                     validation_fraction=float(fit["validation_fraction"]),

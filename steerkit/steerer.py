@@ -67,6 +67,7 @@ class Steerer:
         fit_positions: Positions | str = "decision",
         apply_layers: str | list[int] = "selected",
         embedding: bool = False,
+        site: str = "output",
         callbacks: Sequence[Callback] = (),
         batch_size: int = 16,
         validation_fraction: float = 0.25,
@@ -93,6 +94,7 @@ class Steerer:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}; 0 disables the split.")
         self.apply_layers = apply_layers
         self.embedding = embedding
+        self.site = site
         self.callbacks = list(callbacks)
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction
@@ -195,7 +197,7 @@ class Steerer:
             self.intervention.resolve(layer, p_plus, p_minus)
         self.scaler.calibrate(data, selection.layers)
         self.call("on_scaler_calibrated", scaler=self.scaler)
-        step = SteeringStep(step_directions, self.intervention, self.scaler, self.positions, self.name)
+        step = SteeringStep(step_directions, self.intervention, self.scaler, self.positions, self.name, self.site)
         plan = Plan(
             [step],
             model_info=model_info(model, layout),

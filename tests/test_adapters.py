@@ -277,6 +277,24 @@ def test_layer_ablation_as_lora_is_weight_orthogonalization(family, tmp_path):
     assert real_diff(logits(merged, batch), orthogonalized, batch) < TOL
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2_vl", "idefics3"])
+def test_writer_site_ablation_is_an_exact_mergeable_lora(family, tmp_path):
+    """The ablation recipe's form (site="writers") equals its LoRA export, unmerged and merged."""
+    model, tokenizer = fresh(family)
+    batch = batch_for(tokenizer)
+    layout = resolve_layout(model)
+    plan = make_plan(model, "ablate", layers=(EMBEDDING, *range(layout.num_layers)), alpha=1.0)
+    plan.steps[0].site = "writers"
+    reference = steered(plan, model, batch)
+    assert real_diff(reference, logits(model, batch), batch) > 1e-3
+    folder = export_adapter(plan, model, tmp_path / "a")
+    assert meta(folder)["kind"] == "lora" and meta(folder)["exact"] is True and meta(folder)["mergeable"] is True
+    loaded = load_adapter(fresh(family)[0], folder)
+    assert real_diff(logits(loaded, batch), reference, batch) < TOL
+    merged = loaded.merge_and_unload()
+    assert real_diff(logits(merged, batch), reference, batch) < TOL
+
+
 def test_lora_is_refused_where_a_weight_delta_cannot_express_the_plan(tmp_path):
     gemma, _ = fresh("gemma2")
     with pytest.raises(AdapterError, match="post-norm"):

@@ -205,6 +205,25 @@ def test_export_writes_an_adapter_or_explains_why_not(tiny_run: tuple[Path, Path
     assert code == 0, captured.err
     assert (out / "adapter_config.json").is_file()
     assert "load_adapter" in captured.out
+    assert main(["info", str(out)]) == 0
+    described = capsys.readouterr().out
+    assert f"adapter: {out}" in described and "kind" in described and "README.md" in described
+
+
+def test_fit_from_the_cli_saves_a_plan_and_prints_the_layer_table(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _, model_dir = tiny_run
+    out = tmp_path / "plan"
+    assert main(["fit", "mars", f"model.name={model_dir}", "data.limit=12", "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "plan.json").is_file() and (out / "plan.safetensors").is_file()
+    assert "per-layer scores" in printed and "<- chosen" in printed and f"saved the plan to {out}" in printed
+
+
+def test_fit_needs_a_recipe_before_the_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "data.limit=3"]) == 2
+    assert "fit needs a RECIPE" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------

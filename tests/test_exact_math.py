@@ -113,3 +113,39 @@ def test_decision_position_only_touches_last_token():
     ids = _ids(tok)
     reference = _reference_logits(model, ids, {1: last_only})
     assert (_steered_logits(model, plan, ids) - reference).abs().max() < TOL
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_writer_site_ablation_matches_reference(family):
+    """Ablation at every residual writer (and the embedding) keeps u out of the stream everywhere."""
+    from steerkit.interventions import Ablate
+    from steerkit.plan import Plan, SteeringStep, residual_output_paths
+    from steerkit.scalers import ConstantScaler
+    from steerkit.steerer import model_info
+
+    model, tok = tiny_text_model(family)
+    layout = resolve_layout(model)
+    v = random_direction(layout.hidden_size)
+    u = v / v.norm()
+    targets = [EMBEDDING, *range(layout.num_layers)]
+    plan = Plan([SteeringStep({layer: v for layer in targets}, Ablate(), ConstantScaler(1.0), "all", "abl", "writers")],
+                model_info(model, layout))
+    ablate = lambda h: h - (h @ u).unsqueeze(-1) * u  # noqa: E731
+    handles = [get_module(model, layout.embedding_path).register_forward_hook(lambda m, a, o: ablate(o))]
+    for layer in range(layout.num_layers):
+        for path in residual_output_paths(layout, layer):
+            handles.append(get_module(model, path).register_forward_hook(lambda m, a, o: ablate(o)))
+    ids = _ids(tok)
+    residual = {}
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        for handle in handles:
+            handle.remove()
+        with plan.apply(model):
+            steered = model(input_ids=ids, output_hidden_states=True)
+    assert (steered.logits - reference).abs().max() < TOL
+    if not layout.post_norm:
+        # every residual state (layer outputs) carries no u-component
+        for hidden in steered.hidden_states[:-1]:
+            assert (hidden @ u).abs().max() < 1e-4
+    del residual

@@ -18,6 +18,8 @@ Two forms, both rank 1 with `lora_alpha == r` (scaling 1):
   after attention has written to it, and with hooks that read still contains the attention
   output's u-component.  So layer ablation is exported as LoRA only on request (`kind="lora"`,
   with a warning and a note in the card); `kind="auto"` keeps it in STEER, which is exact.
+  A step with `site="writers"` ablates at the writers' outputs instead (the `ablation` recipe
+  does): that *is* weight orthogonalization, so it exports as an exact plain LoRA.
   Mergeable; with tied embeddings merging would also change `lm_head` (see `untie_embeddings`).
 
 Module paths are exact (`target_modules` is an anchored regex of full paths), never suffixes:
@@ -93,6 +95,8 @@ def lora_support(step: SteeringStep, layout: ModelLayout) -> LoraSupport:
                                             "projecting the writers does not ablate the stream")
         if len(layout.residual_writer_names) < 2:
             return LoraSupport(None, False, f"the residual writers of {layout.family!r} are not known")
+        if step.site == "writers":
+            return LoraSupport("ablate", True)
         return LoraSupport("ablate", False, (
             f"step {step.name!r} ablates at decoder layer outputs; as LoRA it becomes weight orthogonalization of "
             "every residual writer, which differs from the hooked plan because each layer's MLP reads the "
