@@ -128,7 +128,7 @@ def last_layer_calls(loaded: B.Loaded, run: Callable[[], Any]) -> int:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = B.common_parser(__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=256, help="prompts per class (positive and negative)")
-    args = B.finish_args(parser.parse_args(argv), {"batch_sizes": "4", "prompts": 8, "prompt_len": 12})
+    args = B.finish_args(parser, argv, {"batch_sizes": "4", "prompts": 8, "prompt_len": 12})
     if args.batch_sizes == "1,64" and not args.smoke:  # the generation default: extraction batches differently
         args.batch_list = [32]
     device = args.device

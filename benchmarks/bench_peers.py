@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompts", type=int, default=256, help="extraction prompts per class")
     parser.add_argument("--extract-batch", type=int, default=32, help="extraction batch size")
     parser.add_argument("--sections", default="generate,extract")
-    args = B.finish_args(parser.parse_args(argv), {"batch_sizes": "1,3", "new_tokens": 4, "prompt_len": 8,
+    args = B.finish_args(parser, argv, {"batch_sizes": "1,3", "new_tokens": 4, "prompt_len": 8,
                                                    "prompts": 6, "extract_batch": 3})
     peers = load_peers()
     B.log("peers: " + ", ".join(f"{k}={'ok' if not isinstance(v, str) else v}" for k, v in peers.items()))
@@ -277,9 +277,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     if "generate" in sections:
         results["generate"] = generation_section(loaded, peers, args, layer)
+        if args.out:  # keep what is done if the run is cut short
+            B.write_results({**results, "complete": False}, args.out)
     if "extract" in sections:
         results["extract"] = extraction_section(loaded, peers, args, layer)
     results["settings"]["seconds"] = time.perf_counter() - start
+    results["complete"] = True
     B.write_results(results, args.out)
     return results
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -127,17 +128,22 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def finish_args(args: argparse.Namespace, smoke: dict[str, Any]) -> argparse.Namespace:
-    """Apply --smoke overrides and fill device/dtype defaults."""
+def finish_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                smoke: dict[str, Any]) -> argparse.Namespace:
+    """Parse, apply the --smoke settings (to options left at their defaults) and fill device/dtype."""
+    args = parser.parse_args(argv)
     if args.smoke:
         for key, value in {"model": "tiny", "device": "cpu", "repeats": 1, "warmup": 0, **smoke}.items():
-            setattr(args, key, value)
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.device = device
     if args.dtype is None:
         args.dtype = "float32" if device.type == "cpu" else "bfloat16"
     args.torch_dtype = DTYPES[args.dtype]
     args.batch_list = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    if args.smoke and not args.threads:
+        args.threads = 1  # tiny ops: extra threads only add contention on a shared machine
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -320,16 +326,37 @@ def mars_plan(loaded: Loaded, layer: int, unit: torch.Tensor, stats: dict[str, f
     return Plan([step], model_info(loaded.model, loaded.layout))
 
 
-def ablation_plan(loaded: Loaded, unit: torch.Tensor) -> Plan:
-    """Directional ablation (Arditi et al.) at every decoder layer output and the embedding, every token."""
+def supports_writer_site() -> bool:
+    """True when this steerkit's SteeringStep can act at the residual writers (`site="writers"`)."""
+    return "site" in {f.name for f in dataclasses.fields(SteeringStep)}
+
+
+def ablation_plan(loaded: Loaded, unit: torch.Tensor, site: str = "output") -> Plan:
+    """Directional ablation (Arditi et al.) at every decoder layer and the embedding, every token.
+
+    `site="output"` hooks each layer's output; `site="writers"` (when steerkit has it) hooks the
+    attention and MLP output projections, which is exactly the merged-weights edit.
+    """
     directions = {layer: unit.float().cpu() for layer in range(loaded.layout.num_layers)}
     directions[EMBEDDING] = unit.float().cpu()
-    step = SteeringStep(directions, Ablate(), ConstantScaler(1.0), "all", "ablate")
+    extra = {"site": site} if site != "output" else {}
+    step = SteeringStep(directions, Ablate(), ConstantScaler(1.0), "all", "ablate", **extra)
     return Plan([step], model_info(loaded.model, loaded.layout))
 
 
 # ---------------------------------------------------------------------------------------------
 # Ablation merged into the weights
+
+
+def untie_output_embedding(model: nn.Module, layout: ModelLayout) -> None:
+    """Give a tied lm_head its own copy of the embedding, so editing the embedding leaves it alone."""
+    embedding = get_module(model, layout.embedding_path)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and head.weight is embedding.weight:
+        head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+        for config in (model.config, getattr(model.config, "text_config", None)):
+            if config is not None:
+                config.tie_word_embeddings = False
 
 
 @torch.no_grad()
@@ -339,14 +366,8 @@ def orthogonalize_in_place(model: nn.Module, layout: ModelLayout, unit: torch.Te
     device = next(model.parameters()).device
     u = unit.to(device, torch.float32)
     u = u / u.norm()
+    untie_output_embedding(model, layout)
     embedding = get_module(model, layout.embedding_path)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and head.weight is embedding.weight:
-        head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
-        model.config.tie_word_embeddings = False
-        text = getattr(model.config, "text_config", None)
-        if text is not None:
-            text.tie_word_embeddings = False
     for index in range(layout.num_layers):
         for path in layout.residual_writer_paths(index):
             linear = get_module(model, path)
@@ -364,24 +385,33 @@ def orthogonalize_in_place(model: nn.Module, layout: ModelLayout, unit: torch.Te
 def merged_ablation_model(loaded: Loaded, plan: Plan, unit: torch.Tensor) -> tuple[nn.Module, str]:
     """A copy of the model with the ablation merged into its weights, and how it was made.
 
-    Uses `steerkit.adapters.export_adapter` + PEFT `merge_and_unload` when steerkit has it;
-    otherwise (or if that fails) the in-place weight edit above on a deep copy.
+    Uses `steerkit.adapters.export_adapter(kind="lora")` + PEFT `merge_and_unload` when steerkit
+    has it: exported from the writer-site plan where steerkit has that site (an exact LoRA), else
+    from `plan` (weight orthogonalization).  Otherwise, or if that fails, the in-place weight
+    edit above on a deep copy.
     """
     reason = "steerkit.adapters.export_adapter is not available"
     try:
-        from steerkit.adapters import export_adapter  # type: ignore[attr-defined]
+        from steerkit.adapters import export_adapter
     except ImportError:
         export_adapter = None
     if export_adapter is not None:
         import tempfile
+        import warnings
 
         from peft import PeftModel
 
+        source = ablation_plan(loaded, unit, site="writers") if supports_writer_site() else plan
         try:
             with tempfile.TemporaryDirectory() as folder:
-                export_adapter(plan, loaded.model, folder)
-                merged = PeftModel.from_pretrained(copy.deepcopy(loaded.model), folder).merge_and_unload()
-            return merged.eval(), "steerkit.adapters.export_adapter + PeftModel.merge_and_unload"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "layer ablation as LoRA is not exact"
+                    export_adapter(source, loaded.model, folder, kind="lora")
+                base = copy.deepcopy(loaded.model)
+                untie_output_embedding(base, loaded.layout)  # merging the embedding LoRA must leave lm_head alone
+                merged = PeftModel.from_pretrained(base, folder).merge_and_unload()
+            site = "writer-site plan" if source is not plan else "layer-output plan"
+            return merged.eval(), f"export_adapter(kind='lora') of the {site} + PeftModel.merge_and_unload"
         except Exception as exc:  # noqa: BLE001 - recorded in the results
             reason = f"export_adapter path failed: {type(exc).__name__}: {exc}"[:300]
     merged = copy.deepcopy(loaded.model)
@@ -445,6 +475,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:

@@ -46,7 +46,8 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in row) + " |"
+              for row in rows]
     return lines + [""]
 
 
@@ -82,9 +83,11 @@ def environment_lines(results: list[dict[str, Any]]) -> list[str]:
     loads = [r["environment"].get("load_average") for r in results if r["environment"].get("load_average")]
     if loads:
         worst = max(load[0] for load in loads)
-        lines.append(f"- 1-minute load average at start of runs: up to {worst:.1f} "
-                     f"(on {results[0]['environment'].get('cpu_threads')} threads): the machine was shared/loaded, "
-                     "so absolute numbers are noisy; ratios are more reliable (same process, round-robin)")
+        cores = results[0]["environment"].get("cpu_count")
+        lines.append(f"- 1-minute load average when the runs started: up to {worst:.1f}"
+                     + (f" on {cores} cores" if cores else "")
+                     + f" (torch threads: {results[0]['environment'].get('cpu_threads')}). The machine was shared, "
+                     "so absolute numbers are noisy; ratios are more reliable (same process, round-robin).")
     lines.append("- Commands:")
     lines += [f"  - `{r['environment'].get('command')}` -> `{r['_file']}`" for r in results]
     return lines + [""]
@@ -113,10 +116,11 @@ def generate_section(result: dict[str, Any]) -> list[str]:
         lines += table(["row", "prefill tok/s", "decode tok/s", "total tok/s", "ratio prefill", "ratio decode",
                         "ratio total", "spread", "check", "target"], rows)
         merged = data["rows"].get("ablate_merged", {}).get("check", {})
-        if "logit_diff_vs_hooks" in merged:
-            lines.append(f"Merged vs hook ablation: max abs logit diff {merged['logit_diff_vs_hooks']:.4g} "
-                         f"(logit scale {merged.get('logit_scale', float('nan')):.3g}).")
-            lines.append("")
+        for key, what in (("logit_diff_vs_hooks", "layer-output hooks"), ("logit_diff_vs_writers", "writer-site hooks")):
+            if key in merged:
+                lines.append(f"Merged weights vs {what}: max abs logit diff {merged[key]:.4g} "
+                             f"(logit scale {merged.get('logit_scale', float('nan')):.3g}).")
+                lines.append("")
     compiled = result.get("compile")
     if compiled:
         lines.append(f"torch.compile (batch {compiled.get('batch_size')}, {compiled['path']}):")
@@ -201,6 +205,18 @@ def peers_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def hooks_section(result: dict[str, Any]) -> list[str]:
+    s = result["settings"]
+    lines = [(f"### Per-hook cost of one cached decoding step: {s['model']} ({s['dtype']}), batch {s['batch_size']}, "
+              f"median of {s['repeats']} x {s['steps']} steps"), ""]
+    rows = [[f"`{name}`", entry["hooks"], fmt(entry["us_per_step"]), fmt(entry["extra_us_per_step"]),
+             fmt(entry["extra_us_per_hook"]), entry["aten_ops_per_step"], f"+{entry['extra_ops_per_step']}",
+             fmt(entry["ratio_step_time"], 3)]
+            for name, entry in result["rows"].items()]
+    return lines + table(["configuration", "hooks", "us/step", "extra us/step", "extra us/hook", "aten ops/step",
+                          "extra ops", "step time ratio"], rows)
+
+
 def render(groups: list[tuple[str, list[dict[str, Any]]]], intro: bool = True) -> str:
     lines = [INTRO] if intro else []
     for source, results in groups:
@@ -208,10 +224,14 @@ def render(groups: list[tuple[str, list[dict[str, Any]]]], intro: bool = True) -
         lines.append(f"## {env.get('device_name', env.get('device'))} ({source})")
         lines.append("")
         lines += environment_lines(results)
-        order = {"generate": 0, "extract": 1, "peers": 2}
+        order = {"generate": 0, "hooks": 1, "extract": 2, "peers": 3}
         for result in sorted(results, key=lambda r: (order.get(r["benchmark"], 9), r["_file"])):
             kind = result["benchmark"]
-            lines += {"generate": generate_section, "extract": extract_section, "peers": peers_section}[kind](result)
+            if result.get("complete") is False:
+                lines += [f"**`{result['_file']}` is from a run that was cut short: only its finished parts follow.**", ""]
+            sections = {"generate": generate_section, "hooks": hooks_section, "extract": extract_section,
+                        "peers": peers_section}
+            lines += sections[kind](result)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -140,8 +140,8 @@ def eval_prompts(recipe: Recipe) -> tuple[list[str], list[str], str]:
     if choice == "validation":
         if splits["positive_validation"] and splits["negative_validation"]:
             return (splits["positive_validation"], splits["negative_validation"],
-                    "the validation split held out from the fit (the prompts the layers were scored on; the "
-                    "direction never saw them)")
+                    ("the validation split held out from the fit (the prompts the layers were scored on; the "
+                    "direction never saw them)"))
         return splits["positive"], splits["negative"], "the training prompts (the recipe makes no validation split)"
     if choice == "train":
         return splits["positive"], splits["negative"], "the training prompts of the fit"
@@ -455,12 +455,23 @@ def evaluate_saved(
     kind, folder = describe_path(path)
     plan_dir = folder / "plan" if kind == "run" else folder
     plan = Plan.load(plan_dir) if kind in ("plan", "run") else None
+    adapter_config: dict[str, Any] = {}
+    adapter_meta: dict[str, Any] = {}
+    if kind == "adapter":
+        for name, target in (("adapter_config.json", adapter_config), ("steerkit.json", adapter_meta)):
+            if (folder / name).is_file():
+                try:
+                    target.update(json.loads((folder / name).read_text(encoding="utf-8")))
+                except ValueError as exc:
+                    raise AdapterError(f"{folder / name} is not valid JSON ({exc}); the adapter is corrupt.") from exc
     if recipe is None:
-        stored = plan.metadata.get("recipe") if plan is not None else None
+        if plan is not None:
+            stored, where = plan.metadata.get("recipe"), plan_dir / "plan.json"
+        else:  # a STEER adapter carries its plan, recipe included
+            stored, where = ((adapter_config.get("plan") or {}).get("metadata") or {}).get("recipe"), folder
         if isinstance(stored, Mapping):
             # A saved file never imports code: its recipe may name registered components only.
-            recipe = Recipe(validate(dict(stored), str(plan_dir / "plan.json")), str(plan_dir / "plan.json"),
-                            allow_import=False).with_overrides(overrides)
+            recipe = Recipe(validate(dict(stored), str(where)), str(where), allow_import=False).with_overrides(overrides)
         else:
             recipe = load_recipe("mars", overrides)
     else:
@@ -471,16 +482,11 @@ def evaluate_saved(
     timings: dict[str, float] = {}
     if (model is None) != (processor is None):
         raise ConfigError("Pass both model= and processor=, or neither.")
-    adapter_config: dict[str, Any] = {}
-    if kind == "adapter":
-        try:
-            adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise AdapterError(f"{folder / 'adapter_config.json'} is not valid JSON ({exc}).") from exc
     if model is None:
         say(progress, "loading the model ...")
         tick = time.perf_counter()
-        recorded = plan.model_info.get("model_id") if plan is not None else adapter_config.get("base_model_name_or_path")
+        recorded = plan.model_info.get("model_id") if plan is not None else (
+            adapter_config.get("base_model_name_or_path") or (adapter_meta.get("model") or {}).get("model_id"))
         dtype = (recipe.config.get("model") or {}).get("dtype") or "float32"
         model, processor = _model_for(model_name, recorded, device, dtype)
         timings["load_model_s"] = time.perf_counter() - tick
@@ -506,8 +512,8 @@ def evaluate_saved(
                           generate=bool(options["generate"]), max_new_tokens=int(options["max_new_tokens"]),
                           progress=progress)
         gate = None
-        adapter = {"status": "evaluated", "path": str(folder), "peft_type": adapter_config.get("peft_type"),
-                   "message": "the adapter given to steerkit eval"}
+        adapter = {"status": "evaluated", "path": str(folder), "kind": adapter_meta.get("kind"),
+                   "peft_type": adapter_config.get("peft_type"), "message": "the adapter given to steerkit eval"}
     timings["eval_s"] = time.perf_counter() - tick
     evaluation = eval_section(report, steered=steered, prompts={"harmful": harmful, "harmless": harmless}, source=source,
                               generate=bool(options["generate"]), max_new_tokens=int(options["max_new_tokens"]))

@@ -24,6 +24,14 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """--smoke runs use 1 torch thread; give the rest of the suite its own setting back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_generate_smoke(tmp_path: Path) -> None:
     import bench_generate
 
@@ -34,7 +42,10 @@ def test_generate_smoke(tmp_path: Path) -> None:
     assert set(result["batches"]) == {"1", "3"}
     for batch in result["batches"].values():
         rows = batch["rows"]
-        assert set(rows) == {"unsteered", "actadd", "mars", "ablate_hooks", "ablate_merged"}
+        expected = {"unsteered", "actadd", "mars", "ablate_hooks", "ablate_merged"}
+        if B.supports_writer_site():
+            expected.add("ablate_writers")
+        assert set(rows) == expected
         for name, entry in rows.items():
             assert entry["check"]["finite"]
             assert entry["total_tok_s"] > 0 and len(entry["runs"]["total_s"]) == 1
@@ -42,20 +53,32 @@ def test_generate_smoke(tmp_path: Path) -> None:
                 assert entry["check"]["steered"], name
                 assert entry["check"]["logit_diff_vs_unsteered"] > 1e-4, name
                 assert "ratio_total_tok_s" in entry and "ratio_decode_tok_s" in entry
-        assert set(batch["targets"]) == {"actadd", "mars", "ablate_hooks", "ablate_merged"}
-        # Merged weights ablate at every writer, hooks at layer outputs: close, not equal.
+        assert set(batch["targets"]) == expected - {"unsteered"}
+        # Merged weights ablate at every writer, layer-output hooks after each layer: close, not equal.
         merged = rows["ablate_merged"]["check"]
         assert merged["logit_diff_vs_hooks"] < 0.25 * merged["logit_scale"]
+        if "ablate_writers" in rows:
+            assert merged["logit_diff_vs_writers"] < 1e-4  # writer-site hooks are the weight edit
 
 
 def test_merged_weights_equal_writer_level_ablation() -> None:
-    """The benchmark's in-place weight edit equals ablating every residual writer and the embedding."""
+    """Both ways the benchmark merges the ablation (steerkit's LoRA export + PEFT merge when present,
+    its own in-place edit otherwise) equal ablating every residual writer and the embedding."""
+    import copy
+
+    from steerkit.architectures import get_module
+
     loaded = B.build_model("tiny", torch.device("cpu"), torch.float32)
     unit = B.random_unit(loaded.layout.hidden_size, 3)
     batch = B.generation_batch(loaded, 2, 6, 0)
     merged, _how = B.merged_ablation_model(loaded, B.ablation_plan(loaded, unit), unit)
-    assert merged.lm_head.weight is not merged.model.embed_tokens.weight  # the tied head keeps the original
-    from steerkit.architectures import get_module
+    edited = copy.deepcopy(loaded.model)
+    B.orthogonalize_in_place(edited, loaded.layout, unit)
+    for model in (merged, edited):
+        assert type(model) is type(loaded.model)  # a plain model: no adapter, no hooks
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+        assert model.lm_head.weight is not model.model.embed_tokens.weight  # the tied head keeps the original
+    assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight  # the original is untouched
 
     def remove(module, args, output):
         return output - (output @ unit)[..., None] * unit
@@ -71,6 +94,7 @@ def test_merged_weights_equal_writer_level_ablation() -> None:
             handle.remove()
     with torch.no_grad():
         assert torch.allclose(merged(**batch).logits, reference, atol=1e-5)
+        assert torch.allclose(edited(**batch).logits, reference, atol=1e-5)
         assert not torch.allclose(loaded.model(**batch).logits, reference, atol=1e-3)
 
 
@@ -128,3 +152,15 @@ def test_summarize_renders(tmp_path: Path) -> None:
     bench_generate.main(["--smoke", "--batch-sizes", "2", "--rows", "unsteered,actadd", "--out", str(tmp_path / "g.json")])
     text = summarize.main([str(tmp_path), "--out", str(tmp_path / "RESULTS.md")])
     assert "### Generation: tiny" in text and "`actadd`" in text and "torch " in text
+
+
+def test_profile_hooks_smoke(tmp_path: Path) -> None:
+    import profile_hooks
+
+    out = tmp_path / "hooks.json"
+    profile_hooks.main(["--smoke", "--out", str(out)])
+    rows = _json(out)["rows"]
+    assert rows["unsteered"]["extra_ops_per_step"] == 0
+    assert rows["identity hooks x5"]["extra_ops_per_step"] == 0
+    assert rows["steerkit actadd x1"]["extra_ops_per_step"] > 0  # the hooks really ran in the profiled step
+    assert rows["steerkit ablate outputs x5"]["extra_ops_per_step"] > rows["fused ablate hook x5"]["extra_ops_per_step"] > 0

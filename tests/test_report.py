@@ -162,7 +162,8 @@ def test_report_shows_the_choice_the_results_and_how_to_load(metrics: dict[str, 
     layer = metrics["plan"]["chosen_layer"]
     for text in ("# steerkit run: mars", "## What was fitted", "## Chosen layer and why", f"**Layer {layer}**",
                  "![Per-layer scores](layers.png)", "![Refusal rates](refusal.png)", "![Gate values](gate.png)",
-                 "refusal on harmful, text", "over-refusal on harmless, text", "KL on harmless, text",
+                 "refusal on harmful (higher = safer)", "over-refusal on harmless (lower = better)",
+                 "KL on harmless (nats)",
                  "mars (no re-centering)", "mars (fixed strength)", "mars (all tokens)", "## Using the result",
                  'Plan.load("plan")', f"tau = {metrics['plan']['tau']:.3f}", "steerkit run mars data.limit=12"):
         assert text in report, text
@@ -238,3 +239,28 @@ def test_text_table_aligns_numbers_right_and_text_left() -> None:
     assert lines[1] == "------------  ------"
     assert lines[2] == "harmful/text    5.0%"
     assert lines[3] == "x             100.0%"
+
+
+def test_an_exported_adapter_evaluates_like_its_plan(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    pytest.importorskip("steerkit.adapters", reason="needs steerkit.adapters")
+    from steerkit.pipeline import evaluate_saved
+
+    model, tokenizer = tiny
+    overrides = ["data.limit=12", "eval.generate=false", "steps.0.scaler.alpha=4.0"]
+    run = run_recipe("actadd", out_dir=tmp_path / "run", model=model, processor=tokenizer, progress=False,
+                     plots=False, overrides=overrides)
+    if run.adapter_dir is None:
+        pytest.skip(f"the adapter was not exported: {run.metrics['adapter']}")
+    evaluated = evaluate_saved(run.adapter_dir, out_dir=tmp_path / "eval", model=model, processor=tokenizer,
+                               recipe=load_recipe("actadd", overrides), progress=False, plots=False)
+    assert evaluated.metrics["eval"]["prompts"] == run.metrics["eval"]["prompts"]
+    plan_rows = {r["set"]: r for r in run.metrics["eval"]["table"] if r["condition"] == "actadd"}
+    adapter_rows = {r["set"]: r for r in evaluated.metrics["eval"]["table"] if r["condition"] == "adapter"}
+    for name, row in plan_rows.items():
+        assert row["kl"] > 0  # the plan does steer
+        assert adapter_rows[name]["kl"] == pytest.approx(row["kl"], rel=1e-3, abs=1e-7)
+        assert adapter_rows[name]["first_token_score"] == pytest.approx(row["first_token_score"], abs=1e-4)
+    # the adapter came off again: the unsteered rows match the run's
+    unsteered = {r["set"]: r["first_token_score"] for r in run.metrics["eval"]["table"] if r["condition"] == "unsteered"}
+    after = {r["set"]: r["first_token_score"] for r in evaluated.metrics["eval"]["table"] if r["condition"] == "unsteered"}
+    assert after == pytest.approx(unsteered, abs=1e-5)

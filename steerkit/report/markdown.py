@@ -256,6 +256,16 @@ def _caveats(metrics: Mapping[str, Any]) -> list[str]:
     n = next(iter(evaluation.get("table", [])), {}).get("n")
     if n is not None and n < 50:
         lines.append(f"- Only {n} prompts per set: one prompt moves a rate by {100 / n:.0f} points.")
+    plan = metrics.get("plan") or {}
+    tau = plan.get("tau")
+    main = next((s for s in plan.get("steps", []) if s.get("name") == plan.get("main_step")), {})
+    form = ((main.get("scaler") or {}).get("params") or {}).get("form")
+    if tau is not None and tau >= 1 and form == "traversal":
+        lines.append(f"- tau = {tau:.3f} is at or past the harmful centroid (t = 1): the gate only opens for inputs that "
+                     "already project beyond the harmful centroid, where the traversal update ReLU(p+ - <h, u>) is zero, "
+                     "so this plan changes (almost) nothing. The held-out harmless prompts spread too far along the "
+                     "direction at this layer; try more prompts, a lower steps.0.scaler.tau_quantile, or "
+                     "steps.0.scaler.form=beta.")
     rows = result_rows(metrics)
     baseline = rows.get(evaluation.get("baseline", ""), {})
     harmful = [r["refusal_rate"] for s, r in baseline.items() if s.startswith("harmful") and r.get("refusal_rate") is not None]

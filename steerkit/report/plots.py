@@ -22,7 +22,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 CHOSEN_COLOUR = "#d62728"
 TAU_COLOUR = "#d62728"
@@ -109,7 +109,8 @@ def plot_layers(table: Sequence[Mapping[str, Any]], chosen: int | None, path: st
             y = ys[xs.index(chosen)]
             ax.scatter([chosen], [y], s=120, marker="*", color=CHOSEN_COLOUR, zorder=4)
         if is_rate:
-            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         else:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
         if key == "separation":

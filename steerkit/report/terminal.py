@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from steerkit.report.metrics import result_rows
@@ -55,7 +56,9 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     total = plan.get("num_layers")
     facts = [("chosen layer", f"{layer}" + (f" of {total} (0-based)" if total else ""))] if layer is not None else []
     if plan.get("tau") is not None:
-        facts.append(("tau", f"{plan['tau']:.3f}"))
+        note = "  (>= 1: the gate opens only past the harmful centroid, where the update is 0; see report.md)" \
+            if plan["tau"] >= 1 else ""
+        facts.append(("tau", f"{plan['tau']:.3f}{note}"))
     lines += [f"  {k:<13} {v}" for k, v in facts]
     if plan.get("reason"):
         import textwrap
@@ -83,7 +86,10 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
                          "lower is better; KL in nats)")
     adapter = metrics.get("adapter") or {}
     if adapter.get("status") == "exported":
-        lines.append(f"\n  adapter: {adapter.get('path')} (kind {adapter.get('kind', '?')})")
+        path = adapter.get("path")
+        shown = str(Path(run_dir) / path) if run_dir is not None and path and not Path(path).is_absolute() else path
+        lines.append(f"\n  adapter: {shown} (kind {adapter.get('kind', '?')}; load with "
+                     "steerkit.adapters.load_adapter(model, path))")
     elif adapter.get("status") == "evaluated":
         lines.append(f"\n  adapter: {adapter.get('path')} (evaluated)")
     elif adapter.get("status"):
