@@ -88,18 +88,24 @@ class SteeringStep:
         return cached
 
     def steer(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
-        """`hidden` with this step applied at the chosen positions of `layer`."""
-        mask = fc.mask_for(self.positions)
-        if mask is None:
+        """`hidden` with this step applied at the chosen positions of `layer`.
+
+        The position mask is folded into the strength ([batch, seq, 1], 0 outside the
+        positions), so unchosen positions get `h + 0 * x`, which is `h` exactly, and the
+        hot path stays at two or three kernels per hook (no full-size `where`).
+        """
+        if fc.mask_for(self.positions) is None:
             return hidden
         raw, unit = self.tensors(layer, hidden)
         strength = self.scaler.strength(hidden, layer, fc)
-        base = hidden
+        if isinstance(strength, float):
+            strength = fc.weight_for(self.positions, hidden.dtype, strength)  # shared by every hooked layer
+        else:
+            strength = fc.weight_for(self.positions, hidden.dtype) * strength
+        weight = fc.weight_for(self.positions, hidden.dtype)
         shift = self.scaler.shift(hidden, layer, fc)
-        if shift is not None:
-            base = hidden - shift
-        steered = self.intervention.apply(base, raw, unit, strength, layer).to(hidden.dtype)
-        return torch.where(mask.unsqueeze(-1), steered, hidden)
+        base = hidden if shift is None else hidden - weight * shift
+        return self.intervention.apply(base, raw, unit, strength, layer)
 
     def check_against(self, layout: ModelLayout) -> None:
         """Refuse directions that do not fit `layout`; run at apply time, so edits since the last apply count."""

@@ -29,6 +29,15 @@ def layer_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class ActivationRecorder:
     """Accumulates activations of `layers` at `positions` over many batches."""
 
@@ -104,8 +113,11 @@ class ActivationRecorder:
 
     def _run(self, batch: dict[str, torch.Tensor]) -> None:
         self._batch_sums, self._batch_rows, self._batch_count = {}, {}, None
+        extra: dict[str, Any] = {"use_cache": False}
+        if _accepts_logits_to_keep(self.model):
+            extra["logits_to_keep"] = 1  # the recorder never reads logits: skip the vocabulary projection
         try:
-            self.model(**batch, use_cache=False)
+            self.model(**batch, **extra)
         except _StopForward:
             pass
         if self._batch_count is None:

@@ -56,6 +56,17 @@ class ForwardContext:
             self._mask_cache[positions] = positions.mask(self)
         return self._mask_cache[positions]
 
+    def weight_for(self, positions: Any, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+        """`scale` at the chosen positions and 0 elsewhere, [batch, seq, 1] of `dtype`; once per forward pass."""
+        key = (positions, dtype, scale)
+        if key not in self._mask_cache:
+            mask = self.mask_for(positions)
+            if mask is None:
+                raise ValueError(f"positions {positions} select nothing in this forward pass")
+            weight = mask.unsqueeze(-1).to(dtype)
+            self._mask_cache[key] = weight if scale == 1.0 else weight * scale
+        return self._mask_cache[key]
+
 
 class SteeringSession:
     """Tracks prompts and decoding steps of one model for its active steering."""

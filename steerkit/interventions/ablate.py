@@ -15,4 +15,4 @@ class Ablate(Intervention):
     """Removes the component along the unit direction (strength 1 removes all of it)."""
 
     def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
-        return hidden - strength * project(hidden, unit) * unit
+        return torch.addcmul(hidden, strength * project(hidden, unit), unit, value=-1)

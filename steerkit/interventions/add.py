@@ -22,4 +22,4 @@ class AddDirection(Intervention):
 
     def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
         vector = unit if self.normalize else raw
-        return hidden + strength * vector
+        return torch.addcmul(hidden, strength, vector)

@@ -1,10 +1,10 @@
 """What a steering step does to the residual stream.
 
 An intervention maps hidden states `h` [batch, seq, hidden] to new ones, given
-the layer's direction (`raw`, as extracted, and `unit`, normalised) and a
-strength from the scaler (a float or a tensor broadcastable to [batch, seq, 1]).
-The step applies it only at the chosen positions (`torch.where`), so rows and
-tokens outside them stay bit-for-bit unchanged.
+the layer's direction (`raw`, as extracted, and `unit`, normalised; both in h's
+dtype and device) and a strength tensor [batch, seq, 1] in h's dtype.  The step
+folds the position mask into the strength, so an intervention must leave `h`
+unchanged where the strength is 0 (write it as `h + strength * something`).
 """
 
 from __future__ import annotations
@@ -29,5 +29,9 @@ INTERVENTIONS: Registry[Intervention] = Registry("intervention", base=Interventi
 
 
 def project(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """<h, u> per position, accumulated in float32, returned as [..., 1] in h's dtype."""
-    return (hidden.float() @ unit.float()).unsqueeze(-1).to(hidden.dtype)
+    """<h, u> per position as [..., 1] in h's dtype (`unit` already in h's dtype).
+
+    One matrix-vector product; BLAS and cuBLAS accumulate half-precision products in
+    float32, so no float32 copy of the hidden states is made on the hot path.
+    """
+    return torch.matmul(hidden, unit).unsqueeze(-1)

@@ -42,4 +42,4 @@ class Clamp(Intervention):
         return self.resolved[layer]
 
     def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
-        return hidden + strength * (self.value_at(layer) - project(hidden, unit)) * unit
+        return torch.addcmul(hidden, strength * (self.value_at(layer) - project(hidden, unit)), unit)

@@ -79,13 +79,14 @@ class TrustRegionScaler(Scaler):
 
     # -- inference ---------------------------------------------------------------
     def _tensors(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (layer, hidden.device)
+        """(unit in h's dtype, offsets float32, offsets' projections float32), cached per device and dtype."""
+        key = (layer, hidden.device, hidden.dtype)
         cached = self._device_cache.get(key)
         if cached is None:
             region = self._region(layer)
             unit = region.unit.to(hidden.device, torch.float32)
             offsets = region.offsets.to(hidden.device, torch.float32)
-            cached = (unit, offsets, offsets @ unit)
+            cached = (unit.to(hidden.dtype), offsets, offsets @ unit)
             self._device_cache[key] = cached
         return cached
 
@@ -99,7 +100,7 @@ class TrustRegionScaler(Scaler):
         """(t, <h~,u>) per position, float32 [batch, seq]."""
         unit, _, offset_projections = self._tensors(layer, hidden)
         region = self._region(layer)
-        projection = hidden.float() @ unit
+        projection = torch.matmul(hidden, unit).float()
         if self.recenter != "none" and fc is not None and fc.modality is not None:
             projection = projection - offset_projections[fc.modality].unsqueeze(-1)
         t = (projection - region.p_minus) / (region.p_plus - region.p_minus)
