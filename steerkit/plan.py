@@ -172,6 +172,7 @@ class SteeringHandle:
             if fc is None:
                 return None
             hidden = layer_output(output)
+            fc = fc.on(hidden.device)
             for step in observers:
                 step.scaler.observe(layer, hidden, fc)
             for step in steps:

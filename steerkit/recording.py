@@ -78,6 +78,7 @@ class ActivationRecorder:
             if fc is None:
                 raise RuntimeError("recording hook ran without a forward context")
             hidden = layer_output(output)
+            fc = fc.on(hidden.device)
             mask = fc.mask_for(self.positions)
             if mask is not None:
                 weights = mask.to(torch.float32).unsqueeze(-1)

@@ -45,6 +45,23 @@ class ForwardContext:
     prompt_real_tokens: torch.Tensor | None = None
     row_state: dict[Any, torch.Tensor] = field(default_factory=dict)
     _mask_cache: dict[Any, torch.Tensor | None] = field(default_factory=dict)
+    _views: dict[torch.device, ForwardContext] = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> ForwardContext:
+        """This context with its tensors on `device` (layers spread by device_map), made once per forward."""
+        if self.columns.device == device:
+            return self
+        view = self._views.get(device)
+        if view is None:
+            move = lambda t: None if t is None else t.to(device)  # noqa: E731
+            view = ForwardContext(
+                columns=self.columns.to(device), real_tokens=self.real_tokens.to(device),
+                last_prompt_column=self.last_prompt_column.to(device), prompt_width=self.prompt_width,
+                first_column=self.first_column, is_continuation=self.is_continuation, modality=move(self.modality),
+                prompt_real_tokens=move(self.prompt_real_tokens), row_state=self.row_state,
+            )
+            self._views[device] = view
+        return view
 
     @property
     def last_column(self) -> int:

@@ -75,7 +75,7 @@ class ConditionalScaler(Scaler):
         flags = fc.row_state.get(id(self))
         if flags is None:
             raise RuntimeError("conditional scaler: the condition layer did not run before the steered layer.")
-        return self.alpha * flags.to(hidden.dtype)
+        return self.alpha * flags.to(hidden.device, hidden.dtype)
 
     def _unit_on(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._unit is None:
