@@ -20,11 +20,11 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from steerkit.architectures import resolve_layout  # noqa: E402
-from steerkit.interventions import Ablate, AddDirection  # noqa: E402
-from steerkit.plan import EMBEDDING, Plan, SteeringStep  # noqa: E402
-from steerkit.scalers import ConstantScaler  # noqa: E402
-from steerkit.steerer import model_info  # noqa: E402
+from steerkit.architectures import resolve_layout
+from steerkit.interventions import Ablate, AddDirection
+from steerkit.plan import EMBEDDING, Plan, SteeringStep
+from steerkit.scalers import ConstantScaler
+from steerkit.steerer import model_info
 
 
 def plans(model) -> dict[str, Plan]:

@@ -25,7 +25,7 @@ __all__ = [
     "ProgressBar",
     "Recipe",
     "Steerer",
-    "SteerkitError",
     "SteeringStep",
+    "SteerkitError",
     "load_recipe",
 ]

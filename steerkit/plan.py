@@ -192,7 +192,7 @@ class SteeringHandle:
             self._active = False
             release_session(self.model)
 
-    def __enter__(self) -> SteeringHandle:
+    def __enter__(self) -> SteeringHandle:  # noqa: PYI034 (final class)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -140,5 +140,5 @@ def parse_positions(spec: Positions | str | dict[str, Any] | None) -> Positions:
         raise ConfigError(f"positions {kind!r} takes no options, got {sorted(params)}.")
     unknown = set(params) - {"n"}
     if unknown:
-        raise ConfigError(f"positions {kind!r} has no option {sorted(unknown)[0]!r}.{suggest(sorted(unknown)[0], ['n'])}")
+        raise ConfigError(f"positions {kind!r} has no option {min(unknown)!r}.{suggest(min(unknown), ['n'])}")
     return cls(**params)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ class ForwardContext:
             return self
         view = self._views.get(device)
         if view is None:
-            move = lambda t: None if t is None else t.to(device)  # noqa: E731
+            move = lambda t: None if t is None else t.to(device)
             view = ForwardContext(
                 columns=self.columns.to(device), real_tokens=self.real_tokens.to(device),
                 last_prompt_column=self.last_prompt_column.to(device), prompt_width=self.prompt_width,

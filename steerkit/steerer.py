@@ -252,7 +252,7 @@ class Steerer:
             return prompts, []
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(prompts), generator=generator).tolist()
-        n_val = max(1, int(round(len(prompts) * self.validation_fraction)))
+        n_val = max(1, round(len(prompts) * self.validation_fraction))
         val_index = set(order[:n_val])
         return [p for i, p in enumerate(prompts) if i not in val_index], [p for i, p in enumerate(prompts) if i in val_index]
 

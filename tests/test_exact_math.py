@@ -67,7 +67,7 @@ def test_ablation_everywhere_matches_reference(family):
     plan = make_plan(model, "ablate", layers=layers, alpha=1.0)
     v = random_direction(layout.hidden_size)
     u = v / v.norm()
-    ablate = lambda h: h - (h @ u).unsqueeze(-1) * u  # noqa: E731
+    ablate = lambda h: h - (h @ u).unsqueeze(-1) * u
     ids = _ids(tok)
     reference = _reference_logits(model, ids, {layer: ablate for layer in layers})
     steered = _steered_logits(model, plan, ids)
@@ -130,7 +130,7 @@ def test_writer_site_ablation_matches_reference(family):
     targets = [EMBEDDING, *range(layout.num_layers)]
     plan = Plan([SteeringStep({layer: v for layer in targets}, Ablate(), ConstantScaler(1.0), "all", "abl", "writers")],
                 model_info(model, layout))
-    ablate = lambda h: h - (h @ u).unsqueeze(-1) * u  # noqa: E731
+    ablate = lambda h: h - (h @ u).unsqueeze(-1) * u
     handles = [get_module(model, layout.embedding_path).register_forward_hook(lambda m, a, o: ablate(o))]
     for layer in range(layout.num_layers):
         for path in residual_output_paths(layout, layer):

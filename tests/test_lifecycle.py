@@ -44,13 +44,11 @@ def test_hooks_removed_on_exit_and_on_exception(llama):
         assert _hook_count(model) > before
         assert "generate" in model.__dict__
     assert _hook_count(model) == before and "generate" not in model.__dict__ and active_session(model) is None
-    with pytest.raises(RuntimeError, match="boom"):
-        with plan.apply(model):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), plan.apply(model):
+        raise RuntimeError("boom")
     assert _hook_count(model) == before and active_session(model) is None
-    with pytest.raises(KeyboardInterrupt):
-        with plan.apply(model):
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), plan.apply(model):
+        raise KeyboardInterrupt
     assert _hook_count(model) == before
 
 

@@ -7,7 +7,6 @@ image tokens: exactly what re-centering must remove.  Mechanics only (SmolLM2 do
 from __future__ import annotations
 
 import pytest
-import torch
 
 from steerkit import load_recipe
 from steerkit.mars.evaluation import eval_sets, gate_values, mars_step

@@ -58,7 +58,7 @@ def _states(model, tok, prompts, layers) -> dict[int, torch.Tensor]:
 
 
 def test_directions_separate_held_out_prompts(fitted, capsys):
-    plan, data = fitted
+    plan, _ = fitted
     table = plan.metadata["steps"]["step"]["layer_scores"]
     by_layer = {row["layer"]: row for row in table}
     with capsys.disabled():

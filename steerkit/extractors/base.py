@@ -23,7 +23,7 @@ class Extractor(Component):
             {layer: negative.mean(layer) for layer in negative.layers},
         )
 
-    def direction(self, positive: Activations, negative: Activations, layer: int) -> "torch.Tensor":  # noqa: F821
+    def direction(self, positive: Activations, negative: Activations, layer: int) -> torch.Tensor:  # noqa: F821
         raise NotImplementedError
 
     def _check(self, positive: Activations, negative: Activations) -> None:
