@@ -43,7 +43,6 @@ class ForwardContext:
     first_column: int
     is_continuation: bool
     modality: torch.Tensor | None = None
-    prompt_real_tokens: torch.Tensor | None = None
     row_state: dict[Any, torch.Tensor] = field(default_factory=dict)
     _mask_cache: dict[Any, torch.Tensor | None] = field(default_factory=dict)
     _views: dict[torch.device, ForwardContext] = field(default_factory=dict)
@@ -59,7 +58,7 @@ class ForwardContext:
                 columns=self.columns.to(device), real_tokens=self.real_tokens.to(device),
                 last_prompt_column=self.last_prompt_column.to(device), prompt_width=self.prompt_width,
                 first_column=self.first_column, is_continuation=self.is_continuation, modality=move(self.modality),
-                prompt_real_tokens=move(self.prompt_real_tokens), row_state=self.row_state,
+                row_state=self.row_state,
             )
             self._views[device] = view
         return view
@@ -164,7 +163,6 @@ class SteeringSession:
                 first_column=past,
                 is_continuation=True,
                 modality=prompt.modality,
-                prompt_real_tokens=chunk_mask & (columns < prompt.prompt_width),
                 row_state=prompt.row_state,
             )
             return
@@ -179,7 +177,6 @@ class SteeringSession:
             first_column=past,
             is_continuation=False,
             modality=self._modality(input_ids),
-            prompt_real_tokens=chunk_mask,
         )
         self._prompt = self.context
         if self._generating:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 from tiny_models import tiny_text_model
 
 from steerkit.cli import build_parser, main
@@ -19,12 +17,8 @@ SUBCOMMANDS = ["run", "fit", "eval", "export", "info", "recipes"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """Tiny models gain nothing from a second thread, and on a busy machine it costs a lot."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs single-threaded (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,8 @@ OVERRIDES = ["data.limit=12", "eval.max_new_tokens=3"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """Tiny models gain nothing from a second thread, and on a busy machine it costs a lot."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs single-threaded (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

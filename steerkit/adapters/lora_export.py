@@ -117,22 +117,22 @@ def plan_lora_support(plan: Plan, layout: ModelLayout) -> tuple[bool, bool, list
     return True, all(s.exact for s in supports), reasons
 
 
-def _linear(model: nn.Module, path: str) -> nn.Linear:
+def _unwrapped(model: nn.Module, path: str, kind: type[nn.Module]) -> Any:
+    """The `kind` module at `path`, under any peft `base_layer` wrappers."""
     module = get_module(model, path)
     for _ in range(4):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, kind):
             return module
         module = getattr(module, "base_layer", None)
-    raise AdapterError(f"{path} is not a Linear layer; it cannot carry a LoRA.")
+    raise AdapterError(f"{path} is not an {kind.__name__} layer; it cannot carry a LoRA.")
+
+
+def _linear(model: nn.Module, path: str) -> nn.Linear:
+    return _unwrapped(model, path, nn.Linear)
 
 
 def _embedding(model: nn.Module, path: str) -> nn.Embedding:
-    module = get_module(model, path)
-    for _ in range(4):
-        if isinstance(module, nn.Embedding):
-            return module
-        module = getattr(module, "base_layer", None)
-    raise AdapterError(f"{path} is not an Embedding layer.")
+    return _unwrapped(model, path, nn.Embedding)
 
 
 def _strength(step: SteeringStep) -> float:
