@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B
 
 from steerkit.architectures import decoder_layers, get_module
+from steerkit.session import generation
 
 
 @contextmanager
@@ -53,6 +54,12 @@ def fused_ablation_hook(unit: torch.Tensor) -> Callable[..., Any]:
 def decode_steps(loaded: B.Loaded, batch: dict[str, torch.Tensor], steps: int) -> tuple[float, int]:
     """(median seconds per cached decoding step, top-level aten ops in one step)."""
     model, device = loaded.model, loaded.device
+    with generation(model):  # as inside `generate`: cached steps continue the prompt (fast path)
+        return _decode_steps(model, device, batch, steps)
+
+
+def _decode_steps(model: torch.nn.Module, device: torch.device, batch: dict[str, torch.Tensor],
+                  steps: int) -> tuple[float, int]:
     out = model(**batch, use_cache=True)
     cache, ids, mask = out.past_key_values, batch["input_ids"][:, -1:], batch["attention_mask"]
     times = []

@@ -90,19 +90,26 @@ class SteeringStep:
     def steer(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
         """`hidden` with this step applied at the chosen positions of `layer`.
 
-        The position mask is folded into the strength ([batch, seq, 1], 0 outside the
-        positions), so unchosen positions get `h + 0 * x`, which is `h` exactly, and the
-        hot path stays at two or three kernels per hook (no full-size `where`).
+        When the positions cover the whole chunk (a cached decoding step of `generate`), the
+        strength stays as the scaler gives it: two kernels per hook for ablation, one for a
+        constant addition.  Otherwise the position mask is folded into the strength
+        ([batch, seq, 1], 0 outside the positions), so unchosen positions get `h + 0 * x`,
+        which is `h` exactly, with no full-size `where`.
         """
+        raw, unit = self.tensors(layer, hidden)
+        if self.positions.covers_chunk(fc):
+            strength = self.scaler.strength(hidden, layer, fc)
+            shift = self.scaler.shift(hidden, layer, fc)
+            base = hidden if shift is None else hidden - shift
+            return self.intervention.apply(base, raw, unit, strength, layer)
         if fc.mask_for(self.positions) is None:
             return hidden
-        raw, unit = self.tensors(layer, hidden)
         strength = self.scaler.strength(hidden, layer, fc)
+        weight = fc.weight_for(self.positions, hidden.dtype)
         if isinstance(strength, float):
             strength = fc.weight_for(self.positions, hidden.dtype, strength)  # shared by every hooked layer
         else:
-            strength = fc.weight_for(self.positions, hidden.dtype) * strength
-        weight = fc.weight_for(self.positions, hidden.dtype)
+            strength = weight * strength
         shift = self.scaler.shift(hidden, layer, fc)
         base = hidden if shift is None else hidden - weight * shift
         return self.intervention.apply(base, raw, unit, strength, layer)

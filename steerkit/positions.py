@@ -31,6 +31,13 @@ class Positions:
         """[batch, seq] bool mask of positions to steer, or None when nothing is steered."""
         raise NotImplementedError
 
+    def covers_chunk(self, fc: ForwardContext) -> bool:
+        """True when every position of this chunk is steered, known without a kernel or a sync.
+
+        Steps then use a scalar strength instead of a [batch, seq, 1] mask (the decoding fast path).
+        """
+        return False
+
     def to_config(self) -> dict[str, Any]:
         return {"kind": self.kind}
 
@@ -47,6 +54,9 @@ class AllTokens(Positions):
     def mask(self, fc: ForwardContext) -> torch.Tensor | None:
         return fc.real_tokens
 
+    def covers_chunk(self, fc: ForwardContext) -> bool:
+        return fc.every_token_real
+
 
 @dataclass(frozen=True)
 class PromptTokens(Positions):
@@ -58,6 +68,9 @@ class PromptTokens(Positions):
         if fc.first_column >= fc.prompt_width:
             return None  # a cached decoding step holds no prompt token
         return fc.real_tokens & (fc.columns < fc.prompt_width)
+
+    def covers_chunk(self, fc: ForwardContext) -> bool:
+        return fc.every_token_real and fc.last_column < fc.prompt_width
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,9 @@ class GeneratedTokens(Positions):
             return None
         return fc.real_tokens & (fc.columns >= fc.prompt_width)
 
+    def covers_chunk(self, fc: ForwardContext) -> bool:
+        return fc.every_token_real and fc.first_column >= fc.prompt_width
+
 
 @dataclass(frozen=True)
 class FirstGenerated(Positions):
@@ -100,6 +116,9 @@ class FirstGenerated(Positions):
         if fc.last_column < fc.prompt_width or fc.first_column >= end:
             return None
         return fc.real_tokens & (fc.columns >= fc.prompt_width) & (fc.columns < end)
+
+    def covers_chunk(self, fc: ForwardContext) -> bool:
+        return fc.every_token_real and fc.first_column >= fc.prompt_width and fc.last_column < fc.prompt_width + self.n
 
     def to_config(self) -> dict[str, Any]:
         return {"kind": self.kind, "n": self.n}

@@ -14,9 +14,10 @@ of starting a new one.  Nothing is global: the session lives on the model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,10 @@ class ForwardContext:
 
     Shapes: `columns` [seq] (absolute column of each position of this chunk),
     `real_tokens` [batch, seq] bool, `last_prompt_column` [batch] long,
-    `modality` [batch] long (0 text, 1 image, 2 video) or None.
+    `modality` [batch] long (0 text, 1 image, 2 video) or None.  `every_token_real` is True
+    when the chunk is known to hold no padding without reading the mask (no mask was given,
+    or a cached `generate` step, whose new tokens are always attended): position specs then
+    skip their masks, which keeps a decoding step's hooks at two kernels.
     """
 
     columns: torch.Tensor
@@ -43,6 +47,7 @@ class ForwardContext:
     first_column: int
     is_continuation: bool
     modality: torch.Tensor | None = None
+    every_token_real: bool = False
     row_state: dict[Any, torch.Tensor] = field(default_factory=dict)
     _mask_cache: dict[Any, torch.Tensor | None] = field(default_factory=dict)
     _views: dict[torch.device, ForwardContext] = field(default_factory=dict)
@@ -58,7 +63,7 @@ class ForwardContext:
                 columns=self.columns.to(device), real_tokens=self.real_tokens.to(device),
                 last_prompt_column=self.last_prompt_column.to(device), prompt_width=self.prompt_width,
                 first_column=self.first_column, is_continuation=self.is_continuation, modality=move(self.modality),
-                row_state=self.row_state,
+                every_token_real=self.every_token_real, row_state=self.row_state,
             )
             self._views[device] = view
         return view
@@ -111,15 +116,21 @@ class SteeringSession:
 
             @functools.wraps(original)
             def generate(*args: Any, **kwargs: Any) -> Any:
-                self._generating += 1
-                self._prompt_seen = False
-                try:
+                with self.generation():
                     return original(*args, **kwargs)
-                finally:
-                    self._generating -= 1
-                    self._prompt_seen = False
 
             self.model.generate = generate  # type: ignore[method-assign]
+
+    @contextlib.contextmanager
+    def generation(self) -> Iterator[None]:
+        """Forwards inside belong to one generation: the first is the prompt, later ones continue it."""
+        self._generating += 1
+        self._prompt_seen = False
+        try:
+            yield
+        finally:
+            self._generating -= 1
+            self._prompt_seen = False
 
     def _uninstall(self) -> None:
         if self._handle is not None:
@@ -143,10 +154,12 @@ class SteeringSession:
         batch, seq = int(reference.shape[0]), int(reference.shape[1])
         device = reference.device
         mask = kwargs.get("attention_mask")
+        every_token_real = False
         if mask is not None and mask.dim() == 2:
             mask = mask.to(device=device).bool()
             past = int(mask.shape[1]) - seq
         else:
+            every_token_real = True  # no 2-D mask to read: every column counts as real (as `real_tokens` says)
             cache = kwargs.get("past_key_values")
             past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
             mask = torch.ones(batch, past + seq, dtype=torch.bool, device=device)
@@ -163,6 +176,7 @@ class SteeringSession:
                 first_column=past,
                 is_continuation=True,
                 modality=prompt.modality,
+                every_token_real=every_token_real or (self._generating > 0 and past > 0),
                 row_state=prompt.row_state,
             )
             return
@@ -177,6 +191,7 @@ class SteeringSession:
             first_column=past,
             is_continuation=False,
             modality=self._modality(input_ids),
+            every_token_real=every_token_real,
         )
         self._prompt = self.context
         if self._generating:
@@ -223,3 +238,20 @@ def release_session(model: nn.Module) -> None:
 
 def active_session(model: nn.Module) -> SteeringSession | None:
     return model.__dict__.get(_SESSION_ATTR)
+
+
+@contextlib.contextmanager
+def generation(model: nn.Module) -> Iterator[None]:
+    """Mark a hand-written decoding loop as one generation, as `generate` is marked.
+
+    Inside, the first forward is the prompt and every later one continues it, so
+    cache-less loops steer the right positions and cached steps take the fast path
+    (new tokens are taken to be real: pass 1 for them in the attention mask, as
+    `generate` does).  Does nothing when no steering is active on `model`.
+    """
+    session = active_session(model)
+    if session is None:
+        yield
+        return
+    with session.generation():
+        yield

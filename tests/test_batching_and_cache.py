@@ -73,3 +73,47 @@ def test_manual_decode_loop_with_cache_equals_generate(llama):
         step = model(input_ids=next_ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
     assert (out.logits[:, -1] - scores[0]).abs().max() < 1e-4
     assert (step.logits[:, -1] - scores[1]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["add", "ablate", "clamp"])
+@pytest.mark.parametrize("positions", ["all", "generated", "first_generated:2"])
+def test_decoding_fast_path_is_taken_and_matches_the_masked_path(llama, kind, positions, monkeypatch):
+    """Cached `generate` steps skip the position mask (scalar strength); the result must not change."""
+    from steerkit.session import ForwardContext
+
+    model, tok = llama
+    plan = make_plan(model, kind, layers=(0, 2), positions=positions, alpha=3.0)
+    batch = encode_prompts(tok, PROMPTS, padding_side="left")
+    seen: list[bool] = []
+    original = plan.steps[0].positions.covers_chunk
+    monkeypatch.setattr(type(plan.steps[0].positions), "covers_chunk",
+                        lambda self, fc: seen.append(original(fc)) or seen[-1])
+    with torch.no_grad(), plan.apply(model):
+        fast = _scores(model, batch, True)
+    assert any(seen) and not seen[0], "prefill uses the mask, cached decoding steps the fast path"
+    monkeypatch.setattr(type(plan.steps[0].positions), "covers_chunk", lambda self, fc: False)
+    monkeypatch.setattr(ForwardContext, "every_token_real", False, raising=False)
+    with torch.no_grad(), plan.apply(model):
+        masked = _scores(model, batch, True)
+    assert (fast - masked).abs().max() < 1e-5
+
+
+def test_cacheless_manual_loop_inside_generation_equals_generate(llama):
+    """`generation(model)` makes a loop that re-feeds the whole sequence continue the prompt."""
+    from steerkit.session import generation
+
+    model, tok = llama
+    plan = make_plan(model, "add", layers=(1,), positions="first_generated:1", alpha=6.0)
+    batch = encode_prompts(tok, PROMPTS[:2], padding_side="left")
+    with torch.no_grad(), plan.apply(model):
+        scores = _scores(model, batch, False)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with generation(model):
+            first = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+            next_ids = first.argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, next_ids], 1), torch.cat([mask, torch.ones_like(next_ids)], 1)
+            second = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+        outside = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+    assert (first - scores[0]).abs().max() < 1e-4
+    assert (second - scores[1]).abs().max() < 1e-4
+    assert (outside - scores[1]).abs().max() > 1e-3, "outside a generation the long input is a new prompt"

@@ -15,4 +15,7 @@ class Ablate(Intervention):
     """Removes the component along the unit direction (strength 1 removes all of it)."""
 
     def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
-        return torch.addcmul(hidden, strength * project(hidden, unit), unit, value=-1)
+        projection = project(hidden, unit)
+        if not (isinstance(strength, float) and strength == 1.0):
+            projection = strength * projection
+        return torch.addcmul(hidden, projection, unit, value=-1)

@@ -22,4 +22,6 @@ class AddDirection(Intervention):
 
     def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
         vector = unit if self.normalize else raw
+        if isinstance(strength, float):
+            return torch.add(hidden, vector, alpha=strength)
         return torch.addcmul(hidden, strength, vector)
