@@ -65,12 +65,12 @@ class PromptTokens(Positions):
     kind: ClassVar[str] = "prompt"
 
     def mask(self, fc: ForwardContext) -> torch.Tensor | None:
-        if fc.first_column >= fc.prompt_width:
+        if fc.after_prompt or fc.first_column >= fc.prompt_width:
             return None  # a cached decoding step holds no prompt token
         return fc.real_tokens & (fc.columns < fc.prompt_width)
 
     def covers_chunk(self, fc: ForwardContext) -> bool:
-        return fc.every_token_real and fc.last_column < fc.prompt_width
+        return fc.every_token_real and not fc.after_prompt and fc.last_column < fc.prompt_width
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class DecisionPosition(Positions):
     kind: ClassVar[str] = "decision"
 
     def mask(self, fc: ForwardContext) -> torch.Tensor | None:
-        if fc.first_column >= fc.prompt_width:
+        if fc.after_prompt or fc.first_column >= fc.prompt_width:
             return None
         return fc.columns == fc.last_prompt_column[:, None]
 
@@ -97,7 +97,7 @@ class GeneratedTokens(Positions):
         return fc.real_tokens & (fc.columns >= fc.prompt_width)
 
     def covers_chunk(self, fc: ForwardContext) -> bool:
-        return fc.every_token_real and fc.first_column >= fc.prompt_width
+        return fc.every_token_real and (fc.after_prompt or fc.first_column >= fc.prompt_width)
 
 
 @dataclass(frozen=True)

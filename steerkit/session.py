@@ -18,7 +18,6 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,49 +27,86 @@ _SESSION_ATTR = "_steerkit_session"
 _LOCK = threading.Lock()
 
 
-@dataclass
+Lazy = int | Callable[[], int]
+
+
 class ForwardContext:
     """What the layer hooks need to know about the forward pass in flight.
 
-    Shapes: `columns` [seq] (absolute column of each position of this chunk),
+    Tensors: `columns` [seq] (absolute column of each position of this chunk),
     `real_tokens` [batch, seq] bool, `last_prompt_column` [batch] long,
-    `modality` [batch] long (0 text, 1 image, 2 video) or None.  `every_token_real` is True
-    when the chunk is known to hold no padding without reading the mask (no mask was given,
-    or a cached `generate` step, whose new tokens are always attended): position specs then
-    skip their masks, which keeps a decoding step's hooks at two kernels.
+    `modality` [batch] long (0 text, 1 image, 2 video) or None.
+
+    Two flags answer the common questions without a kernel, a host sync or a
+    Python int: `every_token_real` (the chunk holds no padding: no mask was given,
+    or a cached `generate` step, whose new tokens are always attended) and
+    `after_prompt` (a cached decoding step: nothing of the prompt is in it).  The
+    ints (`first_column`, `prompt_width`) and `columns` are computed only when a
+    position spec asks for them, so `torch.compile` does not specialise a decoding
+    step on its column unless the plan needs it.
     """
 
-    columns: torch.Tensor
-    real_tokens: torch.Tensor
-    last_prompt_column: torch.Tensor
-    prompt_width: int
-    first_column: int
-    is_continuation: bool
-    modality: torch.Tensor | None = None
-    every_token_real: bool = False
-    row_state: dict[Any, torch.Tensor] = field(default_factory=dict)
-    _mask_cache: dict[Any, torch.Tensor | None] = field(default_factory=dict)
-    _views: dict[torch.device, ForwardContext] = field(default_factory=dict)
+    def __init__(self, *, batch: int, seq: int, device: torch.device, first_column: Lazy, prompt_width: Lazy,
+                 real_tokens: torch.Tensor | None, last_prompt_column: torch.Tensor, is_continuation: bool,
+                 after_prompt: bool = False, every_token_real: bool = False, modality: torch.Tensor | None = None,
+                 row_state: dict[Any, torch.Tensor] | None = None) -> None:
+        self.batch, self.seq, self.device = batch, seq, device
+        self._first_column, self._prompt_width = first_column, prompt_width
+        self._real_tokens = real_tokens
+        self._columns: torch.Tensor | None = None
+        self.last_prompt_column = last_prompt_column
+        self.is_continuation = is_continuation
+        self.after_prompt = after_prompt
+        self.every_token_real = every_token_real
+        self.modality = modality
+        self.row_state: dict[Any, torch.Tensor] = {} if row_state is None else row_state
+        self._mask_cache: dict[Any, torch.Tensor | None] = {}
+        self._views: dict[torch.device, ForwardContext] = {}
+
+    @property
+    def first_column(self) -> int:
+        if callable(self._first_column):
+            self._first_column = int(self._first_column())
+        return self._first_column
+
+    @property
+    def prompt_width(self) -> int:
+        if callable(self._prompt_width):
+            self._prompt_width = int(self._prompt_width())
+        return self._prompt_width
+
+    @property
+    def last_column(self) -> int:
+        return self.first_column + self.seq - 1
+
+    @property
+    def columns(self) -> torch.Tensor:
+        if self._columns is None:
+            self._columns = torch.arange(self.first_column, self.first_column + self.seq, device=self.device)
+        return self._columns
+
+    @property
+    def real_tokens(self) -> torch.Tensor:
+        if self._real_tokens is None:
+            self._real_tokens = torch.ones(self.batch, self.seq, dtype=torch.bool, device=self.device)
+        return self._real_tokens
 
     def on(self, device: torch.device) -> ForwardContext:
         """This context with its tensors on `device` (layers spread by device_map), made once per forward."""
-        if self.columns.device == device:
+        if self.device == device:
             return self
         view = self._views.get(device)
         if view is None:
             move = lambda t: None if t is None else t.to(device)
             view = ForwardContext(
-                columns=self.columns.to(device), real_tokens=self.real_tokens.to(device),
-                last_prompt_column=self.last_prompt_column.to(device), prompt_width=self.prompt_width,
-                first_column=self.first_column, is_continuation=self.is_continuation, modality=move(self.modality),
-                every_token_real=self.every_token_real, row_state=self.row_state,
+                batch=self.batch, seq=self.seq, device=device,
+                first_column=lambda: self.first_column, prompt_width=lambda: self.prompt_width,
+                real_tokens=move(self._real_tokens), last_prompt_column=self.last_prompt_column.to(device),
+                is_continuation=self.is_continuation, after_prompt=self.after_prompt,
+                every_token_real=self.every_token_real, modality=move(self.modality), row_state=self.row_state,
             )
             self._views[device] = view
         return view
-
-    @property
-    def last_column(self) -> int:
-        return self.first_column + int(self.columns.shape[0]) - 1
 
     def mask_for(self, positions: Any) -> torch.Tensor | None:
         """The position mask of a spec, computed once per forward pass."""
@@ -151,47 +187,52 @@ class SteeringSession:
         reference = input_ids if input_ids is not None else embeds
         if reference is None:
             return
-        batch, seq = int(reference.shape[0]), int(reference.shape[1])
+        batch, seq = reference.shape[0], reference.shape[1]
         device = reference.device
         mask = kwargs.get("attention_mask")
-        every_token_real = False
-        if mask is not None and mask.dim() == 2:
-            mask = mask.to(device=device).bool()
-            past = int(mask.shape[1]) - seq
-        else:
-            every_token_real = True  # no 2-D mask to read: every column counts as real (as `real_tokens` says)
-            cache = kwargs.get("past_key_values")
-            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-            mask = torch.ones(batch, past + seq, dtype=torch.bool, device=device)
-        columns = torch.arange(past, past + seq, device=device)
-        chunk_mask = mask[:, past:]
-        continuing = past > 0 or (self._generating > 0 and self._prompt_seen)
+        cache = kwargs.get("past_key_values")
         prompt = self._prompt
-        if continuing and prompt is not None and prompt.last_prompt_column.shape[0] == batch:
+        known_prompt = prompt is not None and prompt.last_prompt_column.shape[0] == batch
+        if mask is not None and mask.dim() == 2:
+            chunk_mask: torch.Tensor | None = mask.to(device=device).bool()[:, mask.shape[1] - seq:]
+            past: Lazy = int(mask.shape[1]) - seq
+            every_token_real = False
+        else:
+            # No 2-D mask to read (none given, or the 4-D masks of a static cache): every column
+            # counts as real.  Inside `generate`, a step after the prompt with a cache continues
+            # at the cache length; it is read only if a position spec needs it (a host sync).
+            chunk_mask, every_token_real = None, True
+            if self._generating and self._prompt_seen and known_prompt and cache is not None:
+                past = functools.partial(_cache_length, cache)
+                self.context = ForwardContext(
+                    batch=batch, seq=seq, device=device, first_column=past,
+                    prompt_width=functools.partial(getattr, prompt, "prompt_width"), real_tokens=None,
+                    last_prompt_column=prompt.last_prompt_column.to(device), is_continuation=True,
+                    after_prompt=True, every_token_real=True, modality=prompt.modality, row_state=prompt.row_state,
+                )
+                return
+            past = _cache_length(cache)
+        continuing = past > 0 or (self._generating > 0 and self._prompt_seen)
+        if continuing and known_prompt:
+            cached_step = past > 0
             self.context = ForwardContext(
-                columns=columns,
-                real_tokens=chunk_mask,
-                last_prompt_column=prompt.last_prompt_column.to(device),
-                prompt_width=prompt.prompt_width,
-                first_column=past,
-                is_continuation=True,
-                modality=prompt.modality,
-                every_token_real=every_token_real or (self._generating > 0 and past > 0),
-                row_state=prompt.row_state,
+                batch=batch, seq=seq, device=device, first_column=past, prompt_width=prompt.prompt_width,
+                real_tokens=chunk_mask, last_prompt_column=prompt.last_prompt_column.to(device), is_continuation=True,
+                after_prompt=cached_step and past >= prompt.prompt_width,
+                every_token_real=every_token_real or (self._generating > 0 and cached_step),
+                modality=prompt.modality, row_state=prompt.row_state,
             )
             return
         # A new prompt: the whole chunk is prompt; its last real token is the decision position.
-        arange = torch.arange(seq, device=device).expand(batch, seq)
-        last = torch.where(chunk_mask, arange, torch.full_like(arange, -1)).amax(dim=1)
+        if chunk_mask is None:
+            last = torch.full((batch,), seq - 1, dtype=torch.long, device=device)
+        else:
+            arange = torch.arange(seq, device=device).expand(batch, seq)
+            last = torch.where(chunk_mask, arange, torch.full_like(arange, -1)).amax(dim=1)
         self.context = ForwardContext(
-            columns=columns,
-            real_tokens=chunk_mask,
-            last_prompt_column=last + past,
-            prompt_width=past + seq,
-            first_column=past,
-            is_continuation=False,
+            batch=batch, seq=seq, device=device, first_column=past, prompt_width=past + seq, real_tokens=chunk_mask,
+            last_prompt_column=last + past, is_continuation=False, every_token_real=every_token_real,
             modality=self._modality(input_ids),
-            every_token_real=every_token_real,
         )
         self._prompt = self.context
         if self._generating:
@@ -207,6 +248,13 @@ class SteeringSession:
         if self.video_token_id is not None:
             modality = torch.where((input_ids == self.video_token_id).any(dim=1), 2, modality)
         return modality
+
+
+def _cache_length(cache: Any) -> int:
+    """Tokens already in a KV cache (0 without one); a host sync for caches that count on the device."""
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    return int(cache.get_seq_length())
 
 
 def acquire_session(model: nn.Module, image_token_id: int | None = None, video_token_id: int | None = None) -> SteeringSession:

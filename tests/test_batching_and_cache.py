@@ -79,7 +79,6 @@ def test_manual_decode_loop_with_cache_equals_generate(llama):
 @pytest.mark.parametrize("positions", ["all", "generated", "first_generated:2"])
 def test_decoding_fast_path_is_taken_and_matches_the_masked_path(llama, kind, positions, monkeypatch):
     """Cached `generate` steps skip the position mask (scalar strength); the result must not change."""
-    from steerkit.session import ForwardContext
 
     model, tok = llama
     plan = make_plan(model, kind, layers=(0, 2), positions=positions, alpha=3.0)
@@ -92,7 +91,6 @@ def test_decoding_fast_path_is_taken_and_matches_the_masked_path(llama, kind, po
         fast = _scores(model, batch, True)
     assert any(seen) and not seen[0], "prefill uses the mask, cached decoding steps the fast path"
     monkeypatch.setattr(type(plan.steps[0].positions), "covers_chunk", lambda self, fc: False)
-    monkeypatch.setattr(ForwardContext, "every_token_real", False, raising=False)
     with torch.no_grad(), plan.apply(model):
         masked = _scores(model, batch, True)
     assert (fast - masked).abs().max() < 1e-5
