@@ -74,18 +74,37 @@ class SteeringStep:
         """(raw, unit) on `like`'s device and dtype, converted once per apply and cached.
 
         The unit vector is normalised in float32 before the cast, whatever the
-        direction's own dtype (float64, bfloat16) or device.  Under `device_map`
-        each layer's hidden states sit on that layer's device, so each layer gets
-        its own copy there (not tested on CPU-only CI).
+        direction's own dtype (float64, bfloat16) or device.  Layers that steer the
+        same direction (ablation everywhere) share one pair of tensors, so per-direction
+        caches downstream (the ablation projector) are built once.  Under `device_map`
+        each device gets its own copy.
         """
         key = (layer, like.device, like.dtype)
         cached = self._cache.get(key)
         if cached is None:
-            raw = torch.as_tensor(self.directions[layer]).detach().float()
-            unit = raw / raw.norm()
-            cached = (raw.to(like.device, like.dtype), unit.to(like.device, like.dtype))
+            cached = self._shared_tensors(layer, like) or self._new_tensors(layer, like)
             self._cache[key] = cached
         return cached
+
+    def _shared_tensors(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        direction = self.directions[layer]
+        for (other, device, dtype), pair in self._cache.items():
+            if device == like.device and dtype == like.dtype:
+                candidate = self.directions[other]
+                if candidate is direction or (candidate.shape == direction.shape and torch.equal(
+                        torch.as_tensor(candidate).cpu(), torch.as_tensor(direction).cpu())):
+                    return pair
+        return None
+
+    def _new_tensors(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = torch.as_tensor(self.directions[layer]).detach().float()
+        unit = raw / raw.norm()
+        return raw.to(like.device, like.dtype), unit.to(like.device, like.dtype)
+
+    def release(self) -> None:
+        """Drop the converted tensors (and the intervention's caches): frees accelerator memory."""
+        self._cache.clear()
+        self.intervention.release()
 
     def steer(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
         """`hidden` with this step applied at the chosen positions of `layer`.
@@ -116,7 +135,7 @@ class SteeringStep:
 
     def check_against(self, layout: ModelLayout) -> None:
         """Refuse directions that do not fit `layout`; run at apply time, so edits since the last apply count."""
-        self._cache.clear()
+        self.release()
         for layer, vector in self.directions.items():
             if layer != EMBEDDING:
                 layout.layer_path(layer)
@@ -198,6 +217,8 @@ class SteeringHandle:
         if self._active:
             self._active = False
             release_session(self.model)
+            for step in self.plan.steps:
+                step.release()
 
     def __enter__(self) -> SteeringHandle:  # noqa: PYI034 (final class)
         return self

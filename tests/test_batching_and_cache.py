@@ -115,3 +115,22 @@ def test_cacheless_manual_loop_inside_generation_equals_generate(llama):
     assert (first - scores[0]).abs().max() < 1e-4
     assert (second - scores[1]).abs().max() < 1e-4
     assert (outside - scores[1]).abs().max() > 1e-3, "outside a generation the long input is a new prompt"
+
+
+def test_ablation_projector_form_equals_rank_one_form(llama, monkeypatch):
+    """Decoding steps on a GPU ablate with one GEMM (I - u u^T); forced here on the CPU."""
+    import steerkit.interventions.ablate as ablate
+
+    model, tok = llama
+    plan = make_plan(model, "ablate", layers=(0, 1, 2, 3), positions="all", alpha=1.0)
+    batch = encode_prompts(tok, PROMPTS, padding_side="left")
+    with torch.no_grad():
+        with plan.apply(model):
+            rank_one = _scores(model, batch, True)
+        monkeypatch.setattr(ablate, "uses_projector", lambda hidden: hidden.shape[1] == 1)
+        with plan.apply(model):
+            projected = _scores(model, batch, True)
+            assert len(plan.steps[0].intervention._projectors) == 1, "one projector shared by every layer"
+        assert not plan.steps[0].intervention._projectors, "removing the plan frees the projector"
+    assert (projected - rank_one).abs().max() < 1e-4
+    assert (projected - rank_one).abs().max() > 0, "the projector path ran"

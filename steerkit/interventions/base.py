@@ -24,6 +24,9 @@ class Intervention(Component):
     def resolve(self, layer: int, positive_projection: float, negative_projection: float) -> None:
         """Turn fit-time statistics into parameters (used by `Clamp` targets)."""
 
+    def release(self) -> None:
+        """Drop tensors cached for inference (called when steering is removed)."""
+
 
 INTERVENTIONS: Registry[Intervention] = Registry("intervention", base=Intervention)
 
