@@ -119,7 +119,7 @@ def test_cacheless_manual_loop_inside_generation_equals_generate(llama):
 
 def test_ablation_projector_form_equals_rank_one_form(llama, monkeypatch):
     """Decoding steps on a GPU ablate with one GEMM (I - u u^T); forced here on the CPU."""
-    import steerkit.interventions.ablate as ablate
+    from steerkit.interventions import ablate
 
     model, tok = llama
     plan = make_plan(model, "ablate", layers=(0, 1, 2, 3), positions="all", alpha=1.0)
