@@ -92,9 +92,12 @@ def test_direction_is_converted_once_per_layer_device_and_dtype(llama):
     with torch.no_grad(), plan.apply(model):
         for _ in range(3):
             model(**batch)
-    assert sorted(conversions) == [1, 2]
-    assert sorted(step._cache) == [(1, torch.device("cpu"), torch.float32), (2, torch.device("cpu"), torch.float32)]
-    assert all(raw.dtype == torch.float32 for raw, _ in step._cache.values())
+        assert sorted(conversions) == [1, 2]
+        assert sorted(step._cache) == [(1, torch.device("cpu"), torch.float32), (2, torch.device("cpu"), torch.float32)]
+        assert all(raw.dtype == torch.float32 for raw, _ in step._cache.values())
+        assert step._cache[1, torch.device("cpu"), torch.float32] is step._cache[2, torch.device("cpu"), torch.float32], \
+            "equal directions share one converted copy"
+    assert not step._cache, "removing the plan frees the converted copies"
 
 
 def test_a_direction_edited_between_applies_is_used(llama):
