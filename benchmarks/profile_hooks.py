@@ -5,6 +5,8 @@ hook adds per step is what decides the steered/unsteered ratio.  Configurations:
 identity hooks (the floor any hook-based library pays), steerkit ActAdd / MARS / ablation
 (layer outputs and, when available, writers), and a hand-fused ablation hook
 (`addcmul(h, (h @ u)[..., None], u, value=-1)`: what a fused implementation would cost).
+steerkit's ablation is timed twice: as it runs (one GEMM with I - u u^T on decoding-sized
+chunks on an accelerator) and with that projector form switched off (matvec + rank-1 update).
 
     python benchmarks/profile_hooks.py --model 1b --out hooks-1b.json
 """
@@ -39,6 +41,20 @@ def plain_hooks(loaded: B.Loaded, hook: Callable[..., Any], layers: int, embeddi
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def rank_one_ablation(loaded: B.Loaded, unit: torch.Tensor) -> Iterator[None]:
+    """steerkit's ablation with the one-GEMM projector form switched off (matvec + rank-1 update)."""
+    from steerkit.interventions import ablate
+
+    original = ablate.uses_projector
+    ablate.uses_projector = lambda hidden: False
+    try:
+        with B.ablation_plan(loaded, unit).apply(loaded.model):
+            yield
+    finally:
+        ablate.uses_projector = original
 
 
 def fused_ablation_hook(unit: torch.Tensor) -> Callable[..., Any]:
@@ -95,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "steerkit mars x1 (gate idle when decoding)": (lambda: B.mars_plan(loaded, layer, unit, stats).apply(loaded.model),
                                                        1),
         f"steerkit ablate outputs x{layers + 1}": (lambda: B.ablation_plan(loaded, unit).apply(loaded.model), layers + 1),
+        f"steerkit ablate outputs, rank-1 form x{layers + 1}": (lambda: rank_one_ablation(loaded, unit), layers + 1),
         f"fused ablate hook x{layers + 1}": (lambda: plain_hooks(loaded, fused_ablation_hook(unit_on), layers, True),
                                              layers + 1),
     }
