@@ -170,7 +170,8 @@ class SteeringHandle:
 
     def _install(self) -> None:
         layout = self.layout
-        acquire_session(self.model, layout.image_token_id, layout.video_token_id)
+        acquire_session(self.model, layout.image_token_id, layout.video_token_id,
+                        self.plan.model_info.get("video_frame_token_id"))
         self._active = True
         try:
             modules = decoder_layers(self.model, layout)

@@ -129,10 +129,12 @@ class ForwardContext:
 class SteeringSession:
     """Tracks prompts and decoding steps of one model for its active steering."""
 
-    def __init__(self, model: nn.Module, image_token_id: int | None, video_token_id: int | None) -> None:
+    def __init__(self, model: nn.Module, image_token_id: int | None, video_token_id: int | None,
+                 frame_token_id: int | None = None) -> None:
         self.model = model
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
+        self.frame_token_id = frame_token_id
         self.users = 0
         self.context: ForwardContext | None = None
         self._generating = 0
@@ -239,7 +241,12 @@ class SteeringSession:
             self._prompt_seen = True
 
     def _modality(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """Per row: 2 if it holds video tokens, else 1 if image tokens, else 0."""
+        """Per row: 2 if it holds video tokens, else 1 if image tokens, else 0.
+
+        Models that feed video frames through image tokens (SmolVLM2) have no video token; there
+        a row that opens two or more frames (`frame_token_id`, recorded from the processor at fit
+        time) is a video.  A prompt with several images therefore counts as a video on them.
+        """
         if input_ids is None or (self.image_token_id is None and self.video_token_id is None):
             return None
         modality = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
@@ -247,6 +254,8 @@ class SteeringSession:
             modality = torch.where((input_ids == self.image_token_id).any(dim=1), 1, modality)
         if self.video_token_id is not None:
             modality = torch.where((input_ids == self.video_token_id).any(dim=1), 2, modality)
+        elif self.frame_token_id is not None:
+            modality = torch.where((input_ids == self.frame_token_id).sum(dim=1) >= 2, 2, modality)
         return modality
 
 
@@ -257,17 +266,19 @@ def _cache_length(cache: Any) -> int:
     return int(cache.get_seq_length())
 
 
-def acquire_session(model: nn.Module, image_token_id: int | None = None, video_token_id: int | None = None) -> SteeringSession:
+def acquire_session(model: nn.Module, image_token_id: int | None = None, video_token_id: int | None = None,
+                    frame_token_id: int | None = None) -> SteeringSession:
     """The model's session, created and installed on first use."""
     with _LOCK:
         session: SteeringSession | None = model.__dict__.get(_SESSION_ATTR)
         if session is None:
-            session = SteeringSession(model, image_token_id, video_token_id)
+            session = SteeringSession(model, image_token_id, video_token_id, frame_token_id)
             session._install()
             model.__dict__[_SESSION_ATTR] = session
         else:
             session.image_token_id = session.image_token_id if image_token_id is None else image_token_id
             session.video_token_id = session.video_token_id if video_token_id is None else video_token_id
+            session.frame_token_id = session.frame_token_id if frame_token_id is None else frame_token_id
         session.users += 1
         return session
 

@@ -200,7 +200,7 @@ class Steerer:
         step = SteeringStep(step_directions, self.intervention, self.scaler, self.positions, self.name, self.site)
         plan = Plan(
             [step],
-            model_info=model_info(model, layout),
+            model_info=model_info(model, layout, tokenizer),
             metadata={
                 "steps": {
                     self.name: {
@@ -284,10 +284,14 @@ class Steerer:
             self.call("on_apply_end", plan=plan, model=model)
 
 
-def model_info(model: torch.nn.Module, layout: ModelLayout) -> dict[str, Any]:
-    """Provenance recorded in plans and adapters, checked when they are applied."""
+def model_info(model: torch.nn.Module, layout: ModelLayout, processor: Any = None) -> dict[str, Any]:
+    """Provenance recorded in plans and adapters, checked when they are applied.
+
+    With a processor that sends video frames through image tokens (SmolVLM2), the id of its
+    per-frame marker is kept too, so applied plans can tell video rows from image rows.
+    """
     config = getattr(model, "config", None)
-    return {
+    info = {
         "model_id": getattr(config, "_name_or_path", "") or getattr(model, "_steerkit_model_id", ""),
         "model_type": layout.family,
         "hidden_size": layout.hidden_size,
@@ -295,3 +299,10 @@ def model_info(model: torch.nn.Module, layout: ModelLayout) -> dict[str, Any]:
         "layers_path": layout.layers_path,
         "embedding_path": layout.embedding_path,
     }
+    if processor is not None and layout.video_token_id is None:
+        from steerkit.mars.inputs import video_frame_token_id
+
+        frame = video_frame_token_id(processor)
+        if frame is not None:
+            info["video_frame_token_id"] = frame
+    return info

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from tiny_models import (
+    FRAMES_AS_IMAGES,
     TEXT_FAMILIES,
     VLM_FAMILIES,
     supports_video,
@@ -27,6 +28,7 @@ from steerkit.architectures import (
     unwrap_model,
 )
 from steerkit.errors import ArchitectureError, ShapeError
+from steerkit.mars.inputs import video_frame_token_id
 
 # The exact paths users will see, per family (transformers 5 module layout).
 EXPECTED_PATHS = {
@@ -37,6 +39,7 @@ EXPECTED_PATHS = {
     "qwen2_5_vl": ("model.language_model.layers", "model.language_model.embed_tokens"),
     "gemma3": ("model.language_model.layers", "model.language_model.embed_tokens"),
     "idefics3": ("model.text_model.layers", "model.text_model.embed_tokens"),
+    "smolvlm": ("model.text_model.layers", "model.text_model.embed_tokens"),
 }
 POST_NORM_FAMILIES = {"gemma2", "gemma3_text", "gemma3"}
 ALL_FAMILIES = TEXT_FAMILIES + VLM_FAMILIES
@@ -121,7 +124,10 @@ def test_image_and_video_token_ids_come_from_the_config(family: str) -> None:
     # The tokenizer's image token is the one carrying image features. (Gemma3Processor.image_token_id
     # is <start_of_image>, the placeholder it expands, not the soft token the model replaces.)
     assert layout.image_token_id == processor.tokenizer.image_token_id
-    if supports_video(family):
+    if family in FRAMES_AS_IMAGES:
+        assert layout.video_token_id is None
+        assert video_frame_token_id(processor) == processor.tokenizer.convert_tokens_to_ids("<global-img>")
+    elif supports_video(family):
         assert layout.video_token_id == processor.tokenizer.video_token_id is not None
 
 
@@ -381,9 +387,14 @@ def test_vlm_smoke_text_image_video(family: str) -> None:
         for name, inputs in cases.items():
             ids = inputs["input_ids"]
             n_image = int((ids == layout.image_token_id).sum())
-            n_video = int((ids == layout.video_token_id).sum()) if layout.video_token_id is not None else 0
-            assert (n_image > 0) == (name == "image"), name
-            assert (n_video > 0) == name.startswith("video"), name
+            if family in FRAMES_AS_IMAGES:  # frames are images, each opened by the frame marker
+                frames = int((ids == video_frame_token_id(processor)).sum())
+                assert (n_image > 0) == (name != "text"), name
+                assert (frames >= 2) == name.startswith("video"), name
+            else:
+                n_video = int((ids == layout.video_token_id).sum()) if layout.video_token_id is not None else 0
+                assert (n_image > 0) == (name == "image"), name
+                assert (n_video > 0) == name.startswith("video"), name
             logits = model(**inputs).logits
             assert logits.shape == (1, ids.shape[1], vocab)
             assert torch.isfinite(logits).all()
@@ -404,7 +415,9 @@ def test_vlm_batched_mixed_modalities(family: str) -> None:
         ],
         [{"role": "user", "content": "Hi"}],
     ]
-    if supports_video(family):
+    # SmolVLMProcessor writes image and video pixels into one `pixel_values`, so a batch cannot
+    # mix the two there (the video's frames replace the images): steerkit batches one modality.
+    if supports_video(family) and family not in FRAMES_AS_IMAGES:
         video = [{"type": "video", "video": tiny_video(2)}, {"type": "text", "text": "And this?"}]
         conversations.append([{"role": "user", "content": video}])
     inputs = processor.apply_chat_template(
@@ -439,7 +452,7 @@ def test_vlm_two_step_processor_call_matches_chat_template(family: str) -> None:
 
 
 def test_video_is_refused_where_unsupported() -> None:
-    assert [f for f in VLM_FAMILIES if supports_video(f)] == ["llava_onevision", "qwen2_vl", "qwen2_5_vl"]
+    assert [f for f in VLM_FAMILIES if supports_video(f)] == ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm"]
     _, processor = _model("llava")
     with pytest.raises(Exception, match="unsupported content part: video"):
         _chat(processor, {"type": "video", "video": tiny_video(2)})

@@ -13,7 +13,7 @@ from steerkit.mars.calibration import MODALITY_INDEX
 from steerkit.mars.inputs import available_modalities, build_batch, media_for
 from steerkit.plan import SteeringStep
 from steerkit.scalers.trust_region import LayerRegion, TrustRegionScaler
-from steerkit.session import acquire_session, release_session
+from steerkit.session import acquire_session, active_session, release_session
 from steerkit.steerer import model_info
 
 PROMPTS = ["Describe this.", "What colour is shown here, and why might it matter?", "Hi"]
@@ -89,11 +89,13 @@ def test_gate_math_matches_reference(form, recenter, modality):
     assert (steered - expected).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if supports_video(f)][:1] + ["llava"])
+@pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if supports_video(f)][:1] + ["llava", "smolvlm"])
 def test_modality_detected_per_row(family):
     model, processor = tiny_vlm(family)
     layout = resolve_layout(model)
-    session = acquire_session(model, layout.image_token_id, layout.video_token_id)
+    frame = model_info(model, layout, processor).get("video_frame_token_id")  # SmolVLM2: frames are images
+    assert (frame is not None) == (family == "smolvlm")
+    session = acquire_session(model, layout.image_token_id, layout.video_token_id, frame)
     try:
         for modality in available_modalities(model, processor):
             batch = build_batch(processor, PROMPTS, modality, media_for(modality, len(PROMPTS), processor))
@@ -189,3 +191,14 @@ def test_mars_recipe_fits_on_tiny_vlm(family, tmp_path):
         with loaded.apply(model):
             b = model(**batch).logits
     assert (a - b).abs().max() < 1e-5
+
+
+def test_a_fitted_plan_carries_the_frame_marker_to_inference():
+    """SmolVLM2 plans record the frame marker at fit time, so applied plans see video rows."""
+    model, processor = tiny_vlm("smolvlm")
+    plan = _hand_plan(model, tau=0.0)
+    plan.model_info = model_info(model, resolve_layout(model), processor)
+    batch = build_batch(processor, PROMPTS, "video", media_for("video", len(PROMPTS), processor))
+    with torch.no_grad(), plan.apply(model):
+        model(**batch)
+        assert active_session(model).context.modality.tolist() == [2] * len(PROMPTS)

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from tiny_models import VLM_FAMILIES, supports_video, tiny_text_model, tiny_vlm
+from tiny_models import FRAMES_AS_IMAGES, VLM_FAMILIES, supports_video, tiny_text_model, tiny_vlm
 
 from steerkit.architectures import resolve_layout
 from steerkit.errors import ConfigError, DataError
@@ -17,6 +17,7 @@ from steerkit.mars.inputs import (
     build_batch,
     media_for,
     modality_batches,
+    video_frame_token_id,
 )
 from steerkit.mars.media import (
     DEFAULT_IMAGE_SIZE,
@@ -115,6 +116,9 @@ def test_batch_runs_counts_media_tokens_and_matches_rows_alone(family: str, moda
         "image": (ids == layout.image_token_id).sum(1),
         "video": (ids == layout.video_token_id).sum(1) if layout.video_token_id is not None else None,
     }
+    if family in FRAMES_AS_IMAGES:  # frames are image blocks: a video row opens two or more
+        video_rows = ((ids == video_frame_token_id(processor)).sum(1) >= 2).long()
+        counts = {"image": None if modality == "video" else counts["image"], "video": video_rows}
     for kind, count in counts.items():
         if count is None:
             continue

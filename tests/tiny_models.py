@@ -60,6 +60,12 @@ Per family (placeholder written by the template -> what the processor makes of i
   all; ``pixel_values`` (1, 5, 3, 32, 32), ``pixel_attention_mask``.
   Images only: ``Idefics3Processor`` has no video path (SmolVLM2's video support is the
   separate ``smolvlm`` model type and ``SmolVLMProcessor``, which also needs ``num2words``).
+- ``smolvlm`` (SmolVLM2: ``SmolVLMForConditionalGeneration`` + ``SmolVLMProcessor``): images as
+  ``idefics3``. ``<video>`` -> an intro line, then per frame ``\nFrame from MM:SS:`` +
+  ``<fake_token_around_image><global-img>`` + 4 ``<image>`` + ``<fake_token_around_image>``:
+  frames are images (the model has no video token), so a row with two or more ``<global-img>``
+  is a video. ``pixel_values`` (1, frames, 3, 32, 32), ``pixel_attention_mask``. Needs
+  torchvision and num2words.
 - ``gemma3``: ``<start_of_image>`` -> ``\\n\\n<start_of_image>`` + 4 ``<image_soft_token>`` +
   ``<end_of_image>\\n\\n``; ``pixel_values``, ``token_type_ids`` (on every call). Images only.
   Careful: ``Gemma3Processor.image_token_id`` is ``<start_of_image>`` (the placeholder), while the
@@ -92,8 +98,10 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 TEXT_FAMILIES: list[str] = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"]
-VLM_FAMILIES: list[str] = ["llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3"]
-_VIDEO_FAMILIES = frozenset({"llava_onevision", "qwen2_vl", "qwen2_5_vl"})
+VLM_FAMILIES: list[str] = ["llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3"]
+_VIDEO_FAMILIES = frozenset({"llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm"})
+FRAMES_AS_IMAGES = frozenset({"smolvlm"})
+"""Families whose video frames are image tokens (no video token id): a video row holds image tokens."""
 
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_ROOT = Path(os.environ.get("STEERKIT_TEST_CACHE", "~/.cache/steerkit-tests")).expanduser()
@@ -316,6 +324,7 @@ def _vlm_model_class(family: str):
         "qwen2_vl": "Qwen2VLForConditionalGeneration",
         "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
         "idefics3": "Idefics3ForConditionalGeneration",
+        "smolvlm": "SmolVLMForConditionalGeneration",
         "gemma3": "Gemma3ForConditionalGeneration",
     }[family]
     return getattr(transformers, name)
@@ -525,6 +534,30 @@ def _build_idefics3():
     return config, _set_template(processor, _chat_template("<image>", None))
 
 
+def _build_smolvlm():
+    from transformers import SmolVLMConfig, SmolVLMImageProcessorPil, SmolVLMProcessor, SmolVLMVideoProcessor
+
+    tok = smollm2_tokenizer({"image_token": "<image>"})
+    tags = ["<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tok.add_special_tokens({"additional_special_tokens": tags}, replace_extra_special_tokens=False)
+    image_processor = SmolVLMImageProcessorPil(
+        size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}
+    )
+    video_processor = SmolVLMVideoProcessor(
+        size={"longest_edge": IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}, do_sample_frames=False
+    )
+    processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                                 image_seq_len=4)
+    config = SmolVLMConfig(
+        vision_config=_vision_sizes(),
+        text_config={"model_type": "llama", **_text_sub_config(tok)},
+        image_token_id=processor.image_token_id,
+        scale_factor=2,
+        tie_word_embeddings=False,
+    )
+    return config, _set_template(processor, _chat_template("<image>", "<video>"))
+
+
 def _build_gemma3():
     from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor
 
@@ -550,6 +583,7 @@ def _build_gemma3():
 
 
 _VLM_BUILDERS = {
+    "smolvlm": _build_smolvlm,
     "llava": _build_llava,
     "llava_onevision": _build_llava_onevision,
     "qwen2_vl": _build_qwen2_vl,

@@ -39,6 +39,7 @@ __all__ = [
     "media_for",
     "modality_batches",
     "processor_modalities",
+    "video_frame_token_id",
 ]
 
 MODALITIES: tuple[str, ...] = ("text", "image", "video")
@@ -66,16 +67,32 @@ def available_modalities(model: Any, processor: Any) -> list[str]:
 
     ``"text"`` always; ``"image"`` when the model config names an image token and the processor
     has an image processor; ``"video"`` likewise with a video token and a video processor.
-    Models that put video frames into image tokens (SmolVLM2) report no ``"video"``.
+    Models that put video frames into image tokens (SmolVLM2) have ``"video"`` when the
+    processor marks each frame (see :func:`video_frame_token_id`).
     """
     layout = resolve_layout(model)
+    frames_as_images = layout.image_token_id is not None and video_frame_token_id(processor) is not None
     model_side = {
         "text": True,
         "image": layout.image_token_id is not None,
-        "video": layout.video_token_id is not None,
+        "video": layout.video_token_id is not None or frames_as_images,
     }
     supported = processor_modalities(processor)
     return [m for m in MODALITIES if model_side[m] and m in supported]
+
+
+def video_frame_token_id(processor: Any) -> int | None:
+    """The token that opens every video frame, for processors that encode frames as images.
+
+    SmolVLM2's processor has a video processor but the model has no video token: each frame is
+    an image block opened by ``<global-img>`` (a single unsplit image has one such block, a clip
+    one per frame).  None for other processors.
+    """
+    marker = getattr(processor, "global_image_token", None)
+    if not _is_processor(processor) or getattr(processor, "video_processor", None) is None or not marker:
+        return None
+    token_id = text_tokenizer(processor).convert_tokens_to_ids(marker)
+    return token_id if isinstance(token_id, int) and token_id >= 0 else None
 
 
 def _check_modality(processor: Any, modality: Any) -> None:
@@ -130,8 +147,12 @@ def _render(processor: Any, prompt: str, modality: str) -> str:
         )
     content: list[dict[str, str]] = [] if modality == "text" else [{"type": modality}]
     content.append({"type": "text", "text": prompt})
+    # The template is passed explicitly: SmolVLM's processor otherwise swaps in a different,
+    # non-ChatML template for conversations that hold a video, and text and media prompts
+    # must share one template for the offset to measure the media alone.
     rendered = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False,
+        chat_template=processor.chat_template,
     )
     if isinstance(rendered, list):  # some versions return a list even for one conversation
         (rendered,) = rendered
@@ -146,6 +167,7 @@ def build_batch(
     *,
     padding_side: str = "left",
     device: torch.device | str | None = None,
+    video_fps: float | None = 1.0,
 ) -> dict[str, torch.Tensor]:
     """One padded batch of ``prompts``, each with its own medium (``media[i]`` goes with ``prompts[i]``).
 
@@ -154,7 +176,9 @@ def build_batch(
     ``(T, H, W, 3)`` uint8 array). Rows are padded on ``padding_side``; every tensor the
     processor makes is returned (moved to ``device`` if given). The chat template's special
     tokens are kept as rendered: no extra BOS is added, matching
-    :func:`steerkit.prompting.encode_prompts`.
+    :func:`steerkit.prompting.encode_prompts`. ``video_fps`` is the frame rate of the clips
+    (neutral clips are 1 fps), given to processors that write frame timestamps into the prompt
+    (SmolVLM2); None lets the processor guess.
     """
     prompts = _check_prompts(prompts)
     _check_modality(processor, modality)
@@ -170,6 +194,8 @@ def build_batch(
         kwargs["images"] = [[image] for image in media]  # nested: one image per sample
     elif modality == "video":
         kwargs["videos"] = media
+        if video_fps is not None:
+            kwargs["video_metadata"] = [_clip_metadata(clip, video_fps) for clip in media]
     tokenizer = text_tokenizer(processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -183,6 +209,14 @@ def build_batch(
     if device is not None:
         batch = {key: value.to(device) for key, value in batch.items()}
     return batch
+
+
+def _clip_metadata(clip: Any, fps: float) -> Any:
+    from transformers.video_utils import VideoMetadata
+
+    frames = len(clip)
+    return VideoMetadata(total_num_frames=frames, fps=float(fps), duration=frames / float(fps),
+                         frames_indices=list(range(frames)))
 
 
 def media_for(

@@ -110,7 +110,7 @@ def _push_to_harmful(data: FitData, layer: int, region: Any) -> Any:
 
     step = SteeringStep({layer: data.directions.vectors[layer]}, Clamp(target=region.p_plus), ConstantScaler(1.0),
                         "decision", "induce")
-    return Plan([step], model_info(data.model, data.layout))
+    return Plan([step], model_info(data.model, data.layout, data.tokenizer))
 
 
 def _mars_plan(data: FitData, layer: int, region: Any, tau: float, form: str) -> Any:
@@ -122,4 +122,4 @@ def _mars_plan(data: FitData, layer: int, region: Any, tau: float, form: str) ->
     scaler = TrustRegionScaler(form=form, tau=tau)
     scaler.regions[layer] = region
     step = SteeringStep({layer: data.directions.vectors[layer]}, AddDirection(normalize=True), scaler, "decision", "mars")
-    return Plan([step], model_info(data.model, data.layout))
+    return Plan([step], model_info(data.model, data.layout, data.tokenizer))
