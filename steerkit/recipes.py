@@ -22,6 +22,7 @@ from steerkit.callbacks import Callback
 from steerkit.errors import ConfigError
 from steerkit.extractors import EXTRACTORS
 from steerkit.interventions import INTERVENTIONS
+from steerkit.mars.calibration import SEGMENTS
 from steerkit.plan import Plan
 from steerkit.registry import Registry, suggest
 from steerkit.scalers import SCALERS
@@ -36,7 +37,7 @@ SCHEMA: dict[str, Any] = {
     "data": {"positive": None, "negative": None, "column": None, "limit": None},
     "fit": {"batch_size": None, "validation_fraction": None, "seed": None},
     "steps": None,
-    "media": {"images": None, "videos": None, "video_frames": None, "seed": None},
+    "media": {"images": None, "videos": None, "video_frames": None, "seed": None, "segment": None},
     "eval": {"max_new_tokens": None, "prompts": None, "generate": None, "batch_size": None, "ablations": None},
     "output": {"dir": None, "export": None, "plots": None},
 }
@@ -248,6 +249,10 @@ def validate(config: dict[str, Any], source: str) -> dict[str, Any]:
             if key not in STEP_KEYS:
                 raise ConfigError(f"{source}: steps[{index}] has unknown key {key!r}.{suggest(key, STEP_KEYS)} "
                                   f"Valid keys: {', '.join(STEP_KEYS)}.")
+    segment = (config.get("media") or {}).get("segment")
+    if segment is not None and segment not in SEGMENTS:
+        raise ConfigError(f"{source}: media.segment must be one of {', '.join(SEGMENTS)}, got {segment!r}."
+                          f"{suggest(str(segment), list(SEGMENTS))}")
     return config
 
 

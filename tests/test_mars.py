@@ -20,14 +20,16 @@ PROMPTS = ["Describe this.", "What colour is shown here, and why might it matter
 LAYER = 1
 
 
-def _hand_plan(model, tau: float, form: str = "traversal", recenter: str = "measure", seed: int = 3) -> Plan:
+def _hand_plan(model, tau: float, form: str = "traversal", recenter: str = "measure", seed: int = 3,
+               spans: list[float] | None = None) -> Plan:
     layout = resolve_layout(model)
     generator = torch.Generator().manual_seed(seed)
     raw = torch.randn(layout.hidden_size, generator=generator)
     unit = raw / raw.norm()
     offsets = torch.randn(3, layout.hidden_size, generator=generator) * 0.5
     offsets[0] = 0
-    region = LayerRegion(unit, p_plus=1.0, p_minus=-1.0, raw_norm=float(raw.norm()), offsets=offsets)
+    region = LayerRegion(unit, p_plus=1.0, p_minus=-1.0, raw_norm=float(raw.norm()), offsets=offsets,
+                         spans=None if spans is None else torch.tensor(spans))
     scaler = TrustRegionScaler(form=form, tau=tau, recenter=recenter)
     scaler.regions[LAYER] = region
     step = SteeringStep({LAYER: raw}, AddDirection(normalize=True), scaler, "decision", "mars")
@@ -62,26 +64,29 @@ def _reference(h: torch.Tensor, attention_mask: torch.Tensor, region: LayerRegio
         state = h[row, pos]
         tilde = state - region.offsets[modality] if recenter != "none" else state
         proj = float(tilde @ region.unit)
-        t = (proj - region.p_minus) / (region.p_plus - region.p_minus)
+        text_span = region.p_plus - region.p_minus
+        span = text_span if region.spans is None or recenter == "none" else float(region.spans[modality])
+        t = (proj - region.p_minus) / span
         if form == "traversal":
             gate = min(max((t - tau) / (1 - tau), 0.0), 1.0)
-            update = gate * max(region.p_plus - proj, 0.0) * region.unit
+            update = gate * max(region.p_minus + span - proj, 0.0) * region.unit
         else:
-            update = min(2.0 * max(t - tau, 0.0), 1.5) * region.raw_norm * region.unit
+            update = min(2.0 * max(t - tau, 0.0), 1.5) * region.raw_norm * (span / text_span) * region.unit
         base = state - region.offsets[modality] if recenter == "shift" else state
         out[row, pos] = base + update
     return out
 
 
+@pytest.mark.parametrize("spans", [None, [2.0, 0.5, 0.7]], ids=["text-span", "modality-spans"])
 @pytest.mark.parametrize("form", ["traversal", "beta"])
 @pytest.mark.parametrize("recenter", ["measure", "shift", "none"])
 @pytest.mark.parametrize("modality", ["text", "image"])
-def test_gate_math_matches_reference(form, recenter, modality):
+def test_gate_math_matches_reference(form, recenter, modality, spans):
     model, processor = tiny_vlm("qwen2_vl")
     media = media_for(modality, len(PROMPTS), processor)
     batch = build_batch(processor, PROMPTS, modality, media)
     plain = _layer_output(model, batch)
-    plan = _hand_plan(model, tau=0.0, form=form, recenter=recenter)
+    plan = _hand_plan(model, tau=0.0, form=form, recenter=recenter, spans=spans)
     region = plan.steps[0].scaler.regions[LAYER]
     # put the rows across the gate: shift the projections so some open and some stay closed
     steered = _layer_output(model, batch, plan)
@@ -168,10 +173,11 @@ def test_batched_equals_unbatched_with_images():
             assert (batched[row] - alone).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "gemma3"])
-def test_mars_recipe_fits_on_tiny_vlm(family, tmp_path):
+@pytest.mark.parametrize(("family", "segment"), [("qwen2_vl", "text"), ("llava_onevision", "text"), ("gemma3", "text"),
+                                                 ("smolvlm", "modality"), ("qwen2_vl", "modality")])
+def test_mars_recipe_fits_on_tiny_vlm(family, segment, tmp_path):
     model, processor = tiny_vlm(family)
-    recipe = load_recipe("mars", ["data.limit=12", "fit.batch_size=6"])
+    recipe = load_recipe("mars", ["data.limit=12", "fit.batch_size=6", f"media.segment={segment}"])
     plan = recipe.fit(model, processor)
     step = plan.steps[0]
     layer = step.layers[0]
@@ -182,9 +188,19 @@ def test_mars_recipe_fits_on_tiny_vlm(family, tmp_path):
     assert float(region.offsets[1].norm()) > 0  # image offset measured
     if supports_video(family):
         assert float(region.offsets[2].norm()) > 0
+    text_span = region.p_plus - region.p_minus
+    if segment == "modality":  # the harmful end measured with neutral media: each media span its own
+        assert region.spans is not None and float(region.spans[0]) == pytest.approx(text_span)
+        assert all(float(region.spans[m]) != pytest.approx(text_span) for m in (1, 2) if region.offsets[m].norm() > 0)
+        assert (region.spans >= 0.1 * text_span - 1e-6).all()
+    else:
+        assert region.spans is None
     batch = build_batch(processor, PROMPTS, "image", media_for("image", len(PROMPTS), processor))
     plan.save(tmp_path / "plan")
     loaded = Plan.load(tmp_path / "plan")
+    loaded_spans = loaded.steps[0].scaler.regions[layer].spans
+    assert (loaded_spans is None) == (region.spans is None)
+    assert loaded_spans is None or torch.equal(loaded_spans, region.spans)
     with torch.no_grad():
         with plan.apply(model):
             a = model(**batch).logits
@@ -202,3 +218,10 @@ def test_a_fitted_plan_carries_the_frame_marker_to_inference():
     with torch.no_grad(), plan.apply(model):
         model(**batch)
         assert active_session(model).context.modality.tolist() == [2] * len(PROMPTS)
+
+
+def test_unknown_segment_is_refused_with_a_suggestion():
+    from steerkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Did you mean 'modality'"):
+        load_recipe("mars", ["data.limit=12", "media.segment=modalty"])

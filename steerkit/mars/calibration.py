@@ -4,7 +4,10 @@ Harmless prompts are recorded once text-only and once per media modality with
 neutral (solid random colour) images or videos.  The difference of means is
 the modality offset delta^m_l; the re-centred gate values t of the neutral-
 media prompts calibrate tau (calibration split) and measure the false-trigger
-rate (validation split).  Results are memoised in `FitData.extra`.
+rate (validation split).  With `media.segment: modality` the training harmful
+prompts are recorded with neutral media too, so each modality's segment gets its
+own length along u (its span), instead of the text span.  Results are memoised
+in `FitData.extra`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,18 @@ from typing import Any
 import torch
 
 from steerkit.activations import Activations
+from steerkit.errors import ConfigError
 from steerkit.fitting import FitData
 from steerkit.positions import DecisionPosition
 from steerkit.scalers.trust_region import LayerRegion
 
 MODALITY_INDEX = {"text": 0, "image": 1, "video": 2}
+SEGMENTS = ("text", "modality")
+"""`text`: every modality's segment has the text span (MARS.md as written: harmless data only).
+`modality`: the harmful end is measured per modality too (same harmful text prompts + neutral media)."""
+MIN_SPAN_FRACTION = 0.1
+"""A measured span is kept at >= this fraction of the text span, so a modality where the direction
+barely separates cannot blow t up."""
 _CACHE_KEY = "mars_neutral_statistics"
 
 
@@ -36,6 +46,7 @@ class NeutralStatistics:
     offsets: dict[int, torch.Tensor]
     held_out: dict[str, dict[int, torch.Tensor]]
     media_modalities: list[str] = field(default_factory=list)
+    spans: dict[int, torch.Tensor] = field(default_factory=dict)  # [3] per layer, only with segment "modality"
 
     def gate_values(self, region: LayerRegion, layer: int, split: str = "calibration", recenter: bool = True,
                     modalities: list[str] | None = None) -> torch.Tensor:
@@ -47,9 +58,10 @@ class NeutralStatistics:
                 states = states[0::2]
             elif split == "check" and len(states) > 1:
                 states = states[1::2]
+            index = MODALITY_INDEX[modality] if recenter else 0
             if recenter:
-                states = states - region.offsets[MODALITY_INDEX[modality]]
-            values.append(gate_value(states @ region.unit, region))
+                states = states - region.offsets[index]
+            values.append(gate_value(states @ region.unit, region, index))
         return torch.cat(values) if values else torch.empty(0)
 
     def tau(self, region: LayerRegion, layer: int, quantile: float) -> float:
@@ -58,14 +70,33 @@ class NeutralStatistics:
         return max(0.0, float(torch.quantile(values.double(), quantile)))
 
 
-def gate_value(projection: torch.Tensor, region: LayerRegion) -> torch.Tensor:
-    return (projection - region.p_minus) / (region.p_plus - region.p_minus)
+def gate_value(projection: torch.Tensor, region: LayerRegion, modality: int = 0) -> torch.Tensor:
+    """t of re-centred projections of one modality (0 text, 1 image, 2 video)."""
+    return (projection - region.p_minus) / region.span_table()[modality]
 
 
 def layer_region(data: FitData, stats: NeutralStatistics, layer: int) -> LayerRegion:
     p_plus, p_minus = data.directions.projections(layer)
     raw = data.directions.vectors[layer].float()
-    return LayerRegion(data.directions.unit(layer), p_plus, p_minus, float(raw.norm()), stats.offsets[layer].clone())
+    spans = stats.spans.get(layer)
+    return LayerRegion(data.directions.unit(layer), p_plus, p_minus, float(raw.norm()), stats.offsets[layer].clone(),
+                       None if spans is None else spans.clone())
+
+
+def _spans(data: FitData, harmful: dict[str, Activations], offsets: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Per layer: [text span, image span, video span] along u, floored at MIN_SPAN_FRACTION of the text span."""
+    spans = {}
+    for layer in data.negative.layers:
+        unit = data.directions.unit(layer).float()
+        p_plus, p_minus = data.directions.projections(layer)
+        text_span = p_plus - p_minus
+        row = torch.full((3,), text_span, dtype=torch.float32)
+        for modality, recorded in harmful.items():
+            index = MODALITY_INDEX[modality]
+            measured = float((recorded.mean(layer).float() - offsets[layer][index]) @ unit) - p_minus
+            row[index] = max(measured, MIN_SPAN_FRACTION * text_span)
+        spans[layer] = row
+    return spans
 
 
 def neutral_statistics(data: FitData) -> NeutralStatistics:
@@ -88,7 +119,14 @@ def neutral_statistics(data: FitData) -> NeutralStatistics:
     offsets = {layer: torch.zeros(3, hidden) for layer in layers}
     steerer, device = data.steerer, model_device(data.model)
     seed, frames = int(options.get("seed") or 0), int(options.get("video_frames") or 4)
+    segment = options.get("segment") or "text"
+    if segment not in SEGMENTS:
+        from steerkit.registry import suggest
+
+        raise ConfigError(f"media.segment must be one of {', '.join(SEGMENTS)}, got {segment!r}.{suggest(str(segment), list(SEGMENTS))}")
     train_prompts = list(data.prompts["negative"].prompts)
+    harmful_prompts = list(data.prompts["positive"].prompts)
+    harmful: dict[str, Activations] = {}
     held_out_set = data.prompts.get("negative_validation") or data.prompts["negative"]
     for modality in media:
         recorded: dict[str, Activations] = {}
@@ -100,6 +138,12 @@ def neutral_statistics(data: FitData) -> NeutralStatistics:
         held_out[modality] = {layer: recorded["held_out"].prompts(layer) for layer in layers}
         for layer in layers:
             offsets[layer][MODALITY_INDEX[modality]] = recorded["train"].mean(layer) - data.negative.mean(layer)
-    stats = NeutralStatistics(offsets, held_out, media)
+        if segment == "modality":
+            batches = modality_batches(data.tokenizer, harmful_prompts, modality, batch_size=steerer.batch_size,
+                                       seed=seed + 2000, video_frames=frames, device=device)
+            harmful[modality] = steerer.record(data.model, data.layout, batches, len(harmful_prompts), layers,
+                                               f"harmful_{modality}_train", positions=DecisionPosition())
+    spans = _spans(data, harmful, offsets) if segment == "modality" else {}
+    stats = NeutralStatistics(offsets, held_out, media, spans)
     data.extra[_CACHE_KEY] = stats
     return stats

@@ -1,12 +1,15 @@
 """MARS trust-region strength with a ReLU gate (see MARS.md, step 4).
 
 For each row, the re-centred state h~ = h - delta^m (m = the row's modality)
-is placed on the harmless->harmful segment: t = (<h~,u> - p-) / (p+ - p-).
+is placed on the harmless->harmful segment: t = (<h~,u> - p-) / s^m, where the
+span s^m = p+ - p- (MARS.md as written), or, when the fit measured it (recipe
+`media.segment: modality`), the re-centred harmful centroid of the same text
+prompts with neutral media of modality m: s^m = <mu+^m - delta^m, u> - p-.
 Rows with t <= tau get strength exactly 0 and so stay bit-for-bit unchanged.
 
-- `form="traversal"` (default): h' = h + g * ReLU(p+ - <h~,u>) * u,
+- `form="traversal"` (default): h' = h + g * ReLU(p- + s^m - <h~,u>) * u,
   g = clip((t - tau) / (1 - tau), 0, 1): never past the harmful centroid.
-- `form="beta"`: h' = h + min(beta * ReLU(t - tau), rho) * r.
+- `form="beta"`: h' = h + min(beta * ReLU(t - tau), rho) * (s^m / s^text) * r.
 
 `recenter`: "measure" (only the gate sees h~), "shift" (h itself is re-centred
 at steered positions too) or "none" (offsets ignored, for ablations).
@@ -40,6 +43,13 @@ class LayerRegion:
     p_minus: float
     raw_norm: float
     offsets: torch.Tensor  # [3, hidden]: rows text (zeros), image, video
+    spans: torch.Tensor | None = None  # [3]: harmless->harmful length along u per modality; None = p+ - p- for all
+
+    def span_table(self) -> torch.Tensor:
+        """Per-modality span [3] (float32): measured, or the text span for every modality."""
+        if self.spans is not None:
+            return self.spans.float()
+        return torch.full((3,), self.p_plus - self.p_minus, dtype=torch.float32)
 
 
 @SCALERS.register("trust_region")
@@ -78,15 +88,16 @@ class TrustRegionScaler(Scaler):
         self._device_cache.clear()
 
     # -- inference ---------------------------------------------------------------
-    def _tensors(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(unit in h's dtype, offsets float32, offsets' projections float32), cached per device and dtype."""
+    def _tensors(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(unit in h's dtype, offsets float32, offsets' projections, spans), cached per device and dtype."""
         key = (layer, hidden.device, hidden.dtype)
         cached = self._device_cache.get(key)
         if cached is None:
             region = self._region(layer)
             unit = region.unit.to(hidden.device, torch.float32)
             offsets = region.offsets.to(hidden.device, torch.float32)
-            cached = (unit.to(hidden.dtype), offsets, offsets @ unit)
+            spans = region.span_table().to(hidden.device)
+            cached = (unit.to(hidden.dtype), offsets, offsets @ unit, spans)
             self._device_cache[key] = cached
         return cached
 
@@ -96,33 +107,36 @@ class TrustRegionScaler(Scaler):
             raise ConfigError(f"trust_region scaler is not calibrated for layer {layer}: fit the plan first.")
         return region
 
-    def gate_position(self, hidden: torch.Tensor, layer: int, fc: ForwardContext | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t, <h~,u>) per position, float32 [batch, seq]."""
-        unit, _, offset_projections = self._tensors(layer, hidden)
+    def gate_position(self, hidden: torch.Tensor, layer: int, fc: ForwardContext | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t, <h~,u>, span) per position, float32 [batch, seq] (span [batch, 1] or a 0-d tensor)."""
+        unit, _, offset_projections, spans = self._tensors(layer, hidden)
         region = self._region(layer)
         projection = torch.matmul(hidden, unit).float()
+        span = spans[0]
         if self.recenter != "none" and fc is not None and fc.modality is not None:
             projection = projection - offset_projections[fc.modality].unsqueeze(-1)
-        t = (projection - region.p_minus) / (region.p_plus - region.p_minus)
-        return t, projection
+            span = spans[fc.modality].unsqueeze(-1)
+        t = (projection - region.p_minus) / span
+        return t, projection, span
 
     def strength(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
         region = self._region(layer)
         tau = float(self.tau)  # type: ignore[arg-type]
-        t, projection = self.gate_position(hidden, layer, fc)
+        t, projection, span = self.gate_position(hidden, layer, fc)
         if self.form == "traversal":
             # tau >= 1 means harmless inputs already sit past the harmful centroid: the gate may
             # open, but ReLU(p+ - <h~,u>) is 0 there, so nothing moves.
             gate = ((t - tau) / max(1.0 - tau, 1e-6)).clamp(0.0, 1.0)
-            value = gate * torch.relu(region.p_plus - projection)
+            value = gate * torch.relu(region.p_minus + span - projection)
         else:
-            value = torch.clamp(self.beta * torch.relu(t - tau), max=self.rho) * region.raw_norm
+            scale = region.raw_norm / (region.p_plus - region.p_minus)
+            value = torch.clamp(self.beta * torch.relu(t - tau), max=self.rho) * span * scale
         return value.unsqueeze(-1).to(hidden.dtype)
 
     def shift(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor | None:
         if self.recenter != "shift" or fc.modality is None:
             return None
-        _, offsets, _ = self._tensors(layer, hidden)
+        _, offsets, _, _ = self._tensors(layer, hidden)
         return offsets[fc.modality].unsqueeze(1).to(hidden.dtype)
 
     # -- persistence ---------------------------------------------------------------
@@ -132,18 +146,22 @@ class TrustRegionScaler(Scaler):
             state[f"{layer}.unit"] = region.unit.float().cpu()
             state[f"{layer}.offsets"] = region.offsets.float().cpu()
             state[f"{layer}.centroids"] = torch.tensor([region.p_plus, region.p_minus, region.raw_norm], dtype=torch.float64)
+            if region.spans is not None:
+                state[f"{layer}.spans"] = region.spans.float().cpu()
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         layers = {int(key.split(".")[0]) for key in state}
         for layer in layers:
             p_plus, p_minus, raw_norm = state[f"{layer}.centroids"].tolist()
-            self.regions[layer] = LayerRegion(state[f"{layer}.unit"], p_plus, p_minus, raw_norm, state[f"{layer}.offsets"])
+            self.regions[layer] = LayerRegion(state[f"{layer}.unit"], p_plus, p_minus, raw_norm, state[f"{layer}.offsets"],
+                                              state.get(f"{layer}.spans"))
         self._device_cache.clear()
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = dict(self.to_config()["params"])
         for layer, region in self.regions.items():
             info[f"layer_{layer}"] = {"p_plus": region.p_plus, "p_minus": region.p_minus,
-                                      "offset_norms": region.offsets.norm(dim=1).tolist()}
+                                      "offset_norms": region.offsets.norm(dim=1).tolist(),
+                                      "spans": region.span_table().tolist()}
         return info
