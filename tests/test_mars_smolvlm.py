@@ -1,7 +1,9 @@
-"""MARS re-centering and gating on the SmolVLM-shaped model with the real SmolLM2 text weights.
+"""MARS re-centering and gating on the SmolVLM2-shaped model with the real SmolLM2 text weights.
 
 The vision side is random, but the language backbone receives a genuine, large offset from
-image tokens: exactly what re-centering must remove.  Mechanics only (SmolLM2 does not refuse).
+image and video tokens: exactly what re-centering must remove.  Mechanics only (SmolLM2 does
+not refuse).  Two fits: `media.segment: text` (MARS.md as written) and `media.segment: modality`
+(the harmful end measured with neutral media too).  Run with `-s` to see the table.
 """
 
 from __future__ import annotations
@@ -14,37 +16,71 @@ from steerkit.models import build_smolvlm_shaped
 
 pytestmark = pytest.mark.slow
 
+OVERRIDES = ["data.limit=60", "steps.0.selector.candidates.start=15", "steps.0.selector.candidates.stop=19"]
+
 
 @pytest.fixture(scope="module")
-def fitted():
-    model, processor = build_smolvlm_shaped()
-    recipe = load_recipe("mars", ["data.limit=60", "steps.0.selector.candidates.start=15", "steps.0.selector.candidates.stop=19"])
+def model_and_processor():
+    return build_smolvlm_shaped(video=True)
+
+
+def _fit(model, processor, segment: str):
+    recipe = load_recipe("mars", [*OVERRIDES, f"media.segment={segment}"])
     plan = recipe.fit(model, processor)
     split = recipe.split_prompts()
-    return model, processor, plan, split["positive_validation"], split["negative_validation"]
+    sets = eval_sets(model, processor, split["positive_validation"], split["negative_validation"],
+                     modalities=["text", "image", "video"])
+    t = {name: gate_values(plan, model, batches, name.split("/")[1]) for name, batches in sets.items()}
+    raw = {name: gate_values(plan, model, batches, name.split("/")[1], recenter=False)
+           for name, batches in sets.items() if not name.endswith("text")}
+    return plan, t, raw
 
 
-def test_recentering_keeps_benign_images_closed_and_harmful_images_open(fitted, capsys):
-    model, processor, plan, harmful_val, harmless_val = fitted
+def _report(segment: str, plan, t, raw) -> dict[str, float]:
     step = mars_step(plan)
     tau = step.scaler.tau
     region = step.scaler.regions[step.layers[0]]
+    opened = {name: float((values > tau).double().mean()) for name, values in t.items()}
+    print(f"\nsegment {segment}: layer {step.layers[0]}, tau {tau:.3f}, spans {[round(s, 2) for s in region.span_table().tolist()]}")
+    for name, values in t.items():
+        line = f"  {name:16s} mean t {values.mean():+.3f}  open {opened[name]:.0%}"
+        if name in raw:
+            line += f"   without re-centering: mean t {raw[name].mean():+.3f}  open {(raw[name] > tau).double().mean():.0%}"
+        print(line)
+    return opened
+
+
+def test_recentering_keeps_benign_media_closed(model_and_processor, capsys):
+    model, processor = model_and_processor
+    plan, t, raw = _fit(model, processor, "text")
+    step = mars_step(plan)
+    region = step.scaler.regions[step.layers[0]]
     assert float(region.offsets[1].norm()) > 0.1 * float(region.unit.norm())  # a real image offset was measured
-    sets = eval_sets(model, processor, harmful_val, harmless_val, modalities=["text", "image"])
-    t = {name: gate_values(plan, model, batches, name.split("/")[1]) for name, batches in sets.items()}
-    raw = {name: gate_values(plan, model, batches, name.split("/")[1], recenter=False)
-           for name, batches in sets.items() if name.endswith("image")}
-    closed = float((t["harmless/image"] <= tau).double().mean())
+    assert float(region.offsets[2].norm()) > 0.1 * float(region.unit.norm())  # and a video offset
     with capsys.disabled():
-        print(f"\nSmolVLM-shaped, layer {step.layers[0]}, tau {tau:.3f}")
-        for name, values in t.items():
-            print(f"  {name:16s} mean t {values.mean():+.3f}  open {(values > tau).double().mean():.0%}")
-        for name, values in raw.items():
-            print(f"  {name:16s} without re-centering: mean t {values.mean():+.3f}  open {(values > tau).double().mean():.0%}")
-    assert closed >= 0.9, f"re-centred harmless+image gates must stay closed (closed {closed:.0%})"
-    # the neutral image moves t; re-centering takes that shift out
-    shift_raw = float(raw["harmless/image"].mean() - t["harmless/text"].mean())
-    shift_recentred = float(t["harmless/image"].mean() - t["harmless/text"].mean())
-    assert abs(shift_recentred) < abs(shift_raw)
-    assert float((t["harmful/image"] > tau).double().mean()) > float((t["harmless/image"] > tau).double().mean())
-    assert float(t["harmful/image"].mean()) > float(t["harmless/image"].mean())
+        opened = _report("text", plan, t, raw)
+    assert opened["harmless/image"] <= 0.05, "re-centred harmless+image gates must stay closed"
+    assert opened["harmless/video"] <= 0.10
+    for modality in ("image", "video"):
+        # the neutral medium moves t; re-centering takes that shift out
+        shift_raw = float(raw[f"harmless/{modality}"].mean() - t["harmless/text"].mean())
+        shift_recentred = float(t[f"harmless/{modality}"].mean() - t["harmless/text"].mean())
+        assert abs(shift_recentred) < abs(shift_raw)
+        assert float(t[f"harmful/{modality}"].mean()) > float(t[f"harmless/{modality}"].mean())
+    assert opened["harmful/video"] > opened["harmless/video"]
+
+
+def test_modality_segment_opens_the_gate_for_harmful_media(model_and_processor, capsys):
+    """With the text span, an image compresses the harmful/harmless gap along u to about a fifth,
+    so harmful + image rarely reaches tau; measuring each medium's own span restores the scale."""
+    model, processor = model_and_processor
+    plan, t, raw = _fit(model, processor, "modality")
+    step = mars_step(plan)
+    spans = step.scaler.regions[step.layers[0]].span_table()
+    assert spans[1] < 0.5 * spans[0], "the image shrinks the segment on this model"
+    with capsys.disabled():
+        opened = _report("modality", plan, t, raw)
+    assert opened["harmful/image"] >= 0.5
+    assert opened["harmful/image"] > opened["harmless/image"]
+    assert opened["harmful/video"] >= 0.5
+    assert opened["harmful/video"] > opened["harmless/video"]

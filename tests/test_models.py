@@ -183,6 +183,8 @@ def test_unknown_models_explain_offline_use(tmp_path):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="no revisions"):
         load_model(DEFAULT_MODEL, revision="main")
+    with pytest.raises(ConfigError, match="built locally and has no revisions"):
+        load_model("smolvlm2-shaped", revision="main")
 
 
 # --------------------------------------------------------------------------- the real SmolLM2
