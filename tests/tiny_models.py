@@ -514,48 +514,40 @@ def _build_qwen2_5_vl():
 def _build_idefics3():
     from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor
 
+    return _build_idefics_family(Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor)
+
+
+def _build_smolvlm():
+    """SmolVLM2: the Idefics3 layout plus a video processor whose frames become image blocks."""
+    from transformers import SmolVLMConfig, SmolVLMImageProcessorPil, SmolVLMProcessor, SmolVLMVideoProcessor
+
+    video_processor = SmolVLMVideoProcessor(
+        size={"longest_edge": IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}, do_sample_frames=False
+    )
+    return _build_idefics_family(SmolVLMConfig, SmolVLMImageProcessorPil, SmolVLMProcessor, video_processor)
+
+
+def _build_idefics_family(config_class, image_processor_class, processor_class, video_processor=None):
     tok = smollm2_tokenizer({"image_token": "<image>"})
     # The processor adds <fake_token_around_image>, <image>, <end_of_utterance> itself but expects
     # <global-img> and the <row_i_col_j> tags (used when an image is split) to exist already.
     tags = ["<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     tok.add_special_tokens({"additional_special_tokens": tags}, replace_extra_special_tokens=False)
-    image_processor = Idefics3ImageProcessorPil(
+    image_processor = image_processor_class(
         size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}
     )
     # (32 / 8)^2 = 16 patches, pixel-shuffled by scale_factor 2 -> 4 tokens per image.
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4)
-    config = Idefics3Config(
+    extra = {} if video_processor is None else {"video_processor": video_processor}
+    processor = processor_class(image_processor=image_processor, tokenizer=tok, image_seq_len=4, **extra)
+    config = config_class(
         vision_config=_vision_sizes(),
         text_config={"model_type": "llama", **_text_sub_config(tok)},
         image_token_id=processor.image_token_id,
         scale_factor=2,
         tie_word_embeddings=False,
     )
-    return config, _set_template(processor, _chat_template("<image>", None))
-
-
-def _build_smolvlm():
-    from transformers import SmolVLMConfig, SmolVLMImageProcessorPil, SmolVLMProcessor, SmolVLMVideoProcessor
-
-    tok = smollm2_tokenizer({"image_token": "<image>"})
-    tags = ["<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
-    tok.add_special_tokens({"additional_special_tokens": tags}, replace_extra_special_tokens=False)
-    image_processor = SmolVLMImageProcessorPil(
-        size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}
-    )
-    video_processor = SmolVLMVideoProcessor(
-        size={"longest_edge": IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}, do_sample_frames=False
-    )
-    processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
-                                 image_seq_len=4)
-    config = SmolVLMConfig(
-        vision_config=_vision_sizes(),
-        text_config={"model_type": "llama", **_text_sub_config(tok)},
-        image_token_id=processor.image_token_id,
-        scale_factor=2,
-        tie_word_embeddings=False,
-    )
-    return config, _set_template(processor, _chat_template("<image>", "<video>"))
+    video_placeholder = None if video_processor is None else "<video>"
+    return config, _set_template(processor, _chat_template("<image>", video_placeholder))
 
 
 def _build_gemma3():
