@@ -21,7 +21,6 @@ to leave the last decoder layer unrun, so the benchmark cannot silently time not
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -197,6 +196,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    start = time.perf_counter()
-    main()
-    B.log(f"done in {time.perf_counter() - start:.1f} s")
+    B.run_timed(main)

@@ -529,5 +529,12 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def run_timed(main: Any) -> None:
+    """A script's `__main__`: run `main()` and log its wall time."""
+    start = time.perf_counter()
+    main()
+    log(f"done in {time.perf_counter() - start:.1f} s")
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())

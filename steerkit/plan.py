@@ -115,14 +115,15 @@ class SteeringStep:
         ([batch, seq, 1], 0 outside the positions), so unchosen positions get `h + 0 * x`,
         which is `h` exactly, with no full-size `where`.
         """
-        raw, unit = self.tensors(layer, hidden)
         if self.positions.covers_chunk(fc):
+            raw, unit = self.tensors(layer, hidden)
             strength = self.scaler.strength(hidden, layer, fc)
             shift = self.scaler.shift(hidden, layer, fc)
             base = hidden if shift is None else hidden - shift
             return self.intervention.apply(base, raw, unit, strength, layer)
         if fc.mask_for(self.positions) is None:
-            return hidden
+            return hidden  # nothing chosen in this chunk (a decoding step of a prompt-only spec)
+        raw, unit = self.tensors(layer, hidden)
         strength = self.scaler.strength(hidden, layer, fc)
         weight = fc.weight_for(self.positions, hidden.dtype)
         if isinstance(strength, float):

@@ -451,6 +451,16 @@ def _qwen_template() -> str:
     )
 
 
+def _qwen_vl_token_ids(tok) -> dict[str, Any]:
+    return {
+        "image_token_id": tok.image_token_id,
+        "video_token_id": tok.video_token_id,
+        "vision_start_token_id": tok.vision_start_token_id,
+        "vision_end_token_id": tok.vision_end_token_id,
+        "tie_word_embeddings": False,
+    }
+
+
 def _build_qwen2_vl():
     from transformers import Qwen2VLConfig, Qwen2VLProcessor
 
@@ -471,11 +481,7 @@ def _build_qwen2_vl():
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        image_token_id=tok.image_token_id,
-        video_token_id=tok.video_token_id,
-        vision_start_token_id=tok.vision_start_token_id,
-        vision_end_token_id=tok.vision_end_token_id,
-        tie_word_embeddings=False,
+        **_qwen_vl_token_ids(tok),
     )
     return config, _set_template(processor, _qwen_template())
 
@@ -502,11 +508,7 @@ def _build_qwen2_5_vl():
             "window_size": 16,
             "fullatt_block_indexes": [1],
         },
-        image_token_id=tok.image_token_id,
-        video_token_id=tok.video_token_id,
-        vision_start_token_id=tok.vision_start_token_id,
-        vision_end_token_id=tok.vision_end_token_id,
-        tie_word_embeddings=False,
+        **_qwen_vl_token_ids(tok),
     )
     return config, _set_template(processor, _qwen_template())
 

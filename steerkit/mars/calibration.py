@@ -58,10 +58,7 @@ class NeutralStatistics:
                 states = states[0::2]
             elif split == "check" and len(states) > 1:
                 states = states[1::2]
-            index = MODALITY_INDEX[modality] if recenter else 0
-            if recenter:
-                states = states - region.offsets[index]
-            values.append(gate_value(states @ region.unit, region, index))
+            values.append(gate_values_of(states, region, MODALITY_INDEX[modality] if recenter else 0))
         return torch.cat(values) if values else torch.empty(0)
 
     def tau(self, region: LayerRegion, layer: int, quantile: float) -> float:
@@ -73,6 +70,13 @@ class NeutralStatistics:
 def gate_value(projection: torch.Tensor, region: LayerRegion, modality: int = 0) -> torch.Tensor:
     """t of re-centred projections of one modality (0 text, 1 image, 2 video)."""
     return (projection - region.p_minus) / region.span_table()[modality]
+
+
+def gate_values_of(states: torch.Tensor, region: LayerRegion, modality: int) -> torch.Tensor:
+    """t of decision states [n, hidden] carrying `modality` (0 = text, or no re-centering)."""
+    if modality:
+        states = states - region.offsets[modality]
+    return gate_value(states @ region.unit, region, modality)
 
 
 def layer_region(data: FitData, stats: NeutralStatistics, layer: int) -> LayerRegion:

@@ -18,7 +18,7 @@ import torch
 
 from steerkit.architectures import resolve_layout
 from steerkit.interventions import AddDirection
-from steerkit.mars.calibration import MODALITY_INDEX, gate_value
+from steerkit.mars.calibration import MODALITY_INDEX, gate_values_of
 from steerkit.plan import Plan, SteeringStep
 from steerkit.positions import AllTokens, DecisionPosition
 from steerkit.recording import ActivationRecorder
@@ -112,7 +112,4 @@ def gate_values(plan: Plan, model: Any, batches: list[dict[str, torch.Tensor]], 
     region = scaler.regions[layer]
     recorder = ActivationRecorder(model, resolve_layout(model), [layer], DecisionPosition())
     states = recorder.record(batches).prompts(layer)
-    index = MODALITY_INDEX[modality] if recenter and scaler.recenter != "none" else 0
-    if index:
-        states = states - region.offsets[index]
-    return gate_value(states @ region.unit, region, index)
+    return gate_values_of(states, region, MODALITY_INDEX[modality] if recenter and scaler.recenter != "none" else 0)
