@@ -4,14 +4,14 @@ Rows (the same positive + negative prompts, the same batches):
 
 - `plain_forward`: `model(**batch, use_cache=False)` over every batch: the full model, logits
   included, no hooks.  The baseline.
-- `record_full`: steerkit's `ActivationRecorder` at one middle layer, decision position,
+- `record_full`: steerpeft's `ActivationRecorder` at one middle layer, decision position,
   `stop_early=False` (the whole model still runs), then `DiffMeans`.
 - `record_early`: the same with `stop_early=True` (the forward stops after the recorded layer).
 - `plain_forward_text` / `steerer_fit`: the end-to-end versions from prompt strings
   (tokenisation included): a plain forward vs `Steerer(selector=FixedLayers(layer)).fit(...)`,
   which records with early stopping, extracts, selects and builds the plan.
 
-Every steerkit row's direction is compared with a reference difference of means computed from
+Every steerpeft row's direction is compared with a reference difference of means computed from
 plain forward hooks (max abs diff relative to its norm), and the early-stopping row is checked
 to leave the last decoder layer unrun, so the benchmark cannot silently time nothing.
 
@@ -30,12 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B
 
-from steerkit.architectures import decoder_layers
-from steerkit.extractors import DiffMeans
-from steerkit.positions import DecisionPosition
-from steerkit.recording import ActivationRecorder
-from steerkit.selectors import FixedLayers
-from steerkit.steerer import Steerer
+from steerpeft.architectures import decoder_layers
+from steerpeft.extractors import DiffMeans
+from steerpeft.positions import DecisionPosition
+from steerpeft.recording import ActivationRecorder
+from steerpeft.selectors import FixedLayers
+from steerpeft.steerer import Steerer
 
 TARGETS = {"record_full": (">=", 1.0), "record_early": (">", 1.0), "steerer_fit": (">=", 1.0)}
 BASELINES = {"record_full": "plain_forward", "record_early": "plain_forward", "steerer_fit": "plain_forward_text"}

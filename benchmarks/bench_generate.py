@@ -7,7 +7,7 @@ Rows (same model, same prompts, greedy, every run generates exactly --new-tokens
 - `mars`: a MARS trust-region scaler (built by hand, gate open) at one layer, decision position.
 - `ablate_hooks`: directional ablation at every decoder layer output and the embedding, via hooks.
 - `ablate_writers`: the same at every residual writer (o_proj, down_proj) and the embedding
-  (`site="writers"`, 2 hooks per layer; skipped when this steerkit has no writer site).
+  (`site="writers"`, 2 hooks per layer; skipped when this steerpeft has no writer site).
 - `ablate_merged`: the ablation merged into a copy of the weights (no hooks at all); it equals
   `ablate_writers` exactly, and `ablate_hooks` only approximately (the MLP there still reads the
   attention output's component along the direction).
@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B
 
-from steerkit.plan import Plan
+from steerpeft.plan import Plan
 
 TARGETS = {"actadd": 0.98, "mars": 0.98, "ablate_hooks": 0.90, "ablate_writers": 0.90, "ablate_merged": 0.98}
 MERGED_NOISE = 0.02
@@ -49,7 +49,7 @@ MERGED_NOISE = 0.02
 class Row:
     """One configuration: which model object runs, and what steers it while it runs.
 
-    `plan` is a steerkit plan applied around each run; `context` (for other libraries) is a
+    `plan` is a steerpeft plan applied around each run; `context` (for other libraries) is a
     callable returning a context manager that steers `model` while it is open.
     """
 
@@ -193,7 +193,7 @@ def compile_check(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_token
                 out = generate(row.model, batch, new_tokens, disable_compile=True, **common)
                 eager = torch.stack(out.logits, 1).float()
                 eager_logits[row.name] = eager
-                # A static cache makes generate pass 4-D masks: steerkit must still steer the same tokens.
+                # A static cache makes generate pass 4-D masks: steerpeft must still steer the same tokens.
                 entry["max_abs_logit_diff_static_vs_dynamic_eager"] = B.max_abs_diff(eager, dynamic)
                 start = time.perf_counter()
                 out = generate(row.model, batch, new_tokens, compile_config=config, **common)

@@ -1,12 +1,12 @@
-"""steerkit vs peer libraries (steering-vectors, repeng) in one run, same model, same intervention.
+"""steerpeft vs peer libraries (steering-vectors, repeng) in one run, same model, same intervention.
 
 Generation: ActAdd at one layer, every token, the same vector added by each library
-(unsteered / steerkit / steering_vectors / repeng), timed round-robin as in bench_generate.
-Before timing, each library's steered logits are compared with steerkit's (they should agree
+(unsteered / steerpeft / steering_vectors / repeng), timed round-robin as in bench_generate.
+Before timing, each library's steered logits are compared with steerpeft's (they should agree
 exactly: it is the same operation), so the comparison is like for like.
 
 Extraction: prompts/s of fitting a direction at one layer from the same prompt strings:
-steerkit `Steerer.fit` (difference of means, decision position, early stop), steering-vectors
+steerpeft `Steerer.fit` (difference of means, decision position, early stop), steering-vectors
 `train_steering_vector` (mean aggregator = difference of means, last token) and repeng
 `ControlVector.train` (its only methods are PCA-based: `pca_diff`, timed as is).
 
@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_generate as G
 import benchlib as B
 
-from steerkit.selectors import FixedLayers
-from steerkit.steerer import Steerer
+from steerpeft.selectors import FixedLayers
+from steerpeft.steerer import Steerer
 
 CAPABILITIES: dict[str, dict[str, str]] = {
-    "steerkit": {
+    "steerpeft": {
         "actadd_one_layer": "yes",
         "mars_gating": "yes: TrustRegionScaler, per-row gate decided at the decision position, kept while decoding",
         "positions": "all / prompt / decision / generated / first_generated:n, exact under padding and KV cache",
@@ -136,7 +136,7 @@ def generation_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
     on_device = vector.to(loaded.device, next(loaded.model.parameters()).dtype)
     model = loaded.model
     rows = [G.Row("unsteered", model, None),
-            G.Row("steerkit", model, B.actadd_plan(loaded, layer, vector), f"layer {layer}, all tokens")]
+            G.Row("steerpeft", model, B.actadd_plan(loaded, layer, vector), f"layer {layer}, all tokens")]
     if not isinstance(peers["steering_vectors"], str):
         rows.append(G.Row("steering_vectors", model, None, "SteeringVector.apply",
                           steering_vectors_context(peers["steering_vectors"], model, layer, on_device)))
@@ -147,7 +147,7 @@ def generation_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
     for batch_size in args.batch_list:
         batch = B.generation_batch(loaded, batch_size, args.prompt_len, args.seed + batch_size)
         checks = G.check_rows(rows, batch, min(args.new_tokens, 8))
-        # Same operation, so every library's logits should equal steerkit's.
+        # Same operation, so every library's logits should equal steerpeft's.
         reference = None
         with torch.no_grad(), B.maybe(rows[1].applied()):
             mask = batch["attention_mask"].long()
@@ -156,21 +156,21 @@ def generation_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
         for row in rows[2:]:
             with torch.no_grad(), B.maybe(row.applied()):
                 logits = model(**batch, position_ids=positions, use_cache=False).logits[:, -1, :].float()
-            checks[row.name]["logit_diff_vs_steerkit"] = B.max_abs_diff(logits, reference)
+            checks[row.name]["logit_diff_vs_steerpeft"] = B.max_abs_diff(logits, reference)
         B.log(f"generation, batch {batch_size}: timing {len(rows)} rows")
         samples = G.time_rows(rows, batch, args.new_tokens, args.repeats, args.warmup, loaded.device)
         table = G.summarize(samples, batch_size, int(batch["attention_mask"].sum()), args.new_tokens)
         for name, entry in table.items():
             entry["check"] = checks[name]
-            if name not in ("unsteered", "steerkit"):
-                entry["steerkit_over_peer_total_tok_s"] = B.ratio(table["steerkit"]["total_tok_s"], entry["total_tok_s"])
-                entry["steerkit_over_peer_decode_tok_s"] = B.ratio(table["steerkit"]["decode_tok_s"],
+            if name not in ("unsteered", "steerpeft"):
+                entry["steerpeft_over_peer_total_tok_s"] = B.ratio(table["steerpeft"]["total_tok_s"], entry["total_tok_s"])
+                entry["steerpeft_over_peer_decode_tok_s"] = B.ratio(table["steerpeft"]["decode_tok_s"],
                                                                    entry["decode_tok_s"])
             B.log(f"  {name:17s} total {entry['total_tok_s']:9.1f} tok/s  ratio {entry['ratio_total_tok_s']:.3f}")
         section["batches"][str(batch_size)] = {"rows": table, "targets": {
-            name: {"steerkit_over_peer": table[name]["steerkit_over_peer_total_tok_s"], "target": ">= 1.0",
-                   "pass": bool(table[name]["steerkit_over_peer_total_tok_s"] >= 1.0)}
-            for name in table if name not in ("unsteered", "steerkit")}}
+            name: {"steerpeft_over_peer": table[name]["steerpeft_over_peer_total_tok_s"], "target": ">= 1.0",
+                   "pass": bool(table[name]["steerpeft_over_peer_total_tok_s"] >= 1.0)}
+            for name in table if name not in ("unsteered", "steerpeft")}}
     return section
 
 
@@ -188,13 +188,13 @@ def extraction_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
         for i in range(0, len(texts), batch_size):
             model(**B.encode(loaded, texts[i:i + batch_size]), use_cache=False)
 
-    def steerkit_fit() -> torch.Tensor:
+    def steerpeft_fit() -> torch.Tensor:
         steerer = Steerer(selector=FixedLayers(layer), validation_fraction=0.0, batch_size=batch_size)
         return steerer.fit(model, tokenizer, positive, negative).steps[0].directions[layer]
 
-    rows: dict[str, Callable[[], Any]] = {"plain_forward_text": plain_forward, "steerkit": steerkit_fit}
+    rows: dict[str, Callable[[], Any]] = {"plain_forward_text": plain_forward, "steerpeft": steerpeft_fit}
     notes = {"plain_forward_text": "tokenise + model(**batch) over both sets",
-             "steerkit": "Steerer.fit, FixedLayers, diff-means at the decision position, early stop"}
+             "steerpeft": "Steerer.fit, FixedLayers, diff-means at the decision position, early stop"}
     sv = peers["steering_vectors"]
     if not isinstance(sv, str):
         pairs = list(zip(pos_texts, neg_texts))
@@ -209,15 +209,15 @@ def extraction_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
         notes["repeng"] = "ControlVector.train, pca_diff (its default; no diff-means), last token"
     checks: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
-        reference = steerkit_fit().float().cpu()
+        reference = steerpeft_fit().float().cpu()
         for name, run in rows.items():
-            if name in ("plain_forward_text", "steerkit"):
+            if name in ("plain_forward_text", "steerpeft"):
                 continue
             try:
                 direction = run().float().cpu()
                 cosine = torch.nn.functional.cosine_similarity(direction, reference, dim=0)
-                checks[name] = {"cosine_vs_steerkit": float(cosine),
-                                "rel_diff_vs_steerkit": float((direction - reference).norm() / reference.norm())}
+                checks[name] = {"cosine_vs_steerpeft": float(cosine),
+                                "rel_diff_vs_steerpeft": float((direction - reference).norm() / reference.norm())}
             except Exception as exc:  # noqa: BLE001 - recorded in the results
                 checks[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     broken = [name for name, check in checks.items() if "error" in check]
@@ -239,14 +239,14 @@ def extraction_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
             table[name]["check"] = checks[name]
     for name, entry in table.items():
         entry["ratio_vs_plain_forward_text"] = B.ratio(entry["prompts_s"], table["plain_forward_text"]["prompts_s"])
-        if name not in ("plain_forward_text", "steerkit"):
-            entry["steerkit_over_peer"] = B.ratio(table["steerkit"]["prompts_s"], entry["prompts_s"])
+        if name not in ("plain_forward_text", "steerpeft"):
+            entry["steerpeft_over_peer"] = B.ratio(table["steerpeft"]["prompts_s"], entry["prompts_s"])
         B.log(f"  {name:18s} {entry['prompts_s']:9.1f} prompts/s")
     for name in broken:
         table[name] = {"check": checks[name]}
-    targets = {name: {"steerkit_over_peer": entry["steerkit_over_peer"], "target": ">= 1.0",
-                      "pass": bool(entry["steerkit_over_peer"] >= 1.0)}
-               for name, entry in table.items() if "steerkit_over_peer" in entry}
+    targets = {name: {"steerpeft_over_peer": entry["steerpeft_over_peer"], "target": ">= 1.0",
+                      "pass": bool(entry["steerpeft_over_peer"] >= 1.0)}
+               for name, entry in table.items() if "steerpeft_over_peer" in entry}
     return {"batch_size": batch_size, "prompts_per_class": args.prompts, "rows": table, "targets": targets}
 
 

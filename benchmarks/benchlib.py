@@ -1,11 +1,11 @@
-"""Shared pieces of the steerkit benchmarks: models, prompts, plans, timing and results.
+"""Shared pieces of the steerpeft benchmarks: models, prompts, plans, timing and results.
 
 Every benchmark script imports this module (they run as `python benchmarks/<script>.py`, so
-this folder is on `sys.path`).  Nothing here is part of the steerkit package.
+this folder is on `sys.path`).  Nothing here is part of the steerpeft package.
 
 Models are either random-weight Llamas built from real configs (`1b`: Llama-3.2-1B-shaped,
 `8b`: Llama-3-8B-shaped, `tiny`: a few-layer model for smoke runs) or the embedded
-SmolLM2-135M-Instruct (`smollm2`, real weights via `steerkit.models.load_model`).  Random
+SmolLM2-135M-Instruct (`smollm2`, real weights via `steerpeft.models.load_model`).  Random
 models get a synthetic word-level tokenizer (`w0 w1 ...`), built in code, so the libraries
 that only accept strings (Steerer.fit, the peers) can be fed exactly the same token ids.
 """
@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerkit.architectures import ModelLayout, decoder_layers, get_module, resolve_layout
-from steerkit.interventions import Ablate, AddDirection
-from steerkit.plan import EMBEDDING, Plan, SteeringStep
-from steerkit.scalers import ConstantScaler, TrustRegionScaler
-from steerkit.scalers.trust_region import LayerRegion
-from steerkit.steerer import model_info
+from steerpeft.architectures import ModelLayout, decoder_layers, get_module, resolve_layout
+from steerpeft.interventions import Ablate, AddDirection
+from steerpeft.plan import EMBEDDING, Plan, SteeringStep
+from steerpeft.scalers import ConstantScaler, TrustRegionScaler
+from steerpeft.scalers.trust_region import LayerRegion
+from steerpeft.steerer import model_info
 
 # Real model shapes (weights are random: throughput depends on shapes, not values).
 LLAMA_3_ROPE = {
@@ -172,7 +172,7 @@ class Loaded:
 def build_model(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Loaded:
     """The benchmark model: random weights built directly on `device`, or the embedded SmolLM2."""
     if name == "smollm2":
-        from steerkit.models import load_model
+        from steerpeft.models import load_model
 
         model, tokenizer = load_model(dtype=dtype, device=device)
         model.eval()
@@ -226,7 +226,7 @@ def contrast_prompts(loaded: Loaded, count: int, prompt_len: int, seed: int) -> 
     two sets drawn from different halves of the vocabulary (so their means differ).
     """
     if loaded.real_weights:
-        from steerkit.data import builtin_prompts
+        from steerpeft.data import builtin_prompts
 
         harmful = list(builtin_prompts("harmful").prompts)
         harmless = list(builtin_prompts("harmless").prompts)
@@ -239,8 +239,8 @@ def contrast_prompts(loaded: Loaded, count: int, prompt_len: int, seed: int) -> 
 
 
 def rendered(loaded: Loaded, prompts: Sequence[str]) -> list[str]:
-    """Prompts as the model sees them (chat template for SmolLM2, as steerkit renders them)."""
-    from steerkit.prompting import render_chat
+    """Prompts as the model sees them (chat template for SmolLM2, as steerpeft renders them)."""
+    from steerpeft.prompting import render_chat
 
     return [render_chat(loaded.tokenizer, p) for p in prompts]
 
@@ -256,7 +256,7 @@ def generation_batch(loaded: Loaded, batch_size: int, prompt_len: int, seed: int
     """Prompts for generation: `prompt_len` random ids per row (random models, no padding), or
     SmolLM2's built-in prompts through its chat template (left-padded)."""
     if loaded.real_weights:
-        from steerkit.data import builtin_prompts
+        from steerpeft.data import builtin_prompts
 
         pool = list(builtin_prompts("harmless").prompts) + list(builtin_prompts("harmful").prompts)
         return encode(loaded, rendered(loaded, [pool[(seed + i) % len(pool)] for i in range(batch_size)]))
@@ -327,14 +327,14 @@ def mars_plan(loaded: Loaded, layer: int, unit: torch.Tensor, stats: dict[str, f
 
 
 def supports_writer_site() -> bool:
-    """True when this steerkit's SteeringStep can act at the residual writers (`site="writers"`)."""
+    """True when this steerpeft's SteeringStep can act at the residual writers (`site="writers"`)."""
     return "site" in {f.name for f in dataclasses.fields(SteeringStep)}
 
 
 def ablation_plan(loaded: Loaded, unit: torch.Tensor, site: str = "output") -> Plan:
     """Directional ablation (Arditi et al.) at every decoder layer and the embedding, every token.
 
-    `site="output"` hooks each layer's output; `site="writers"` (when steerkit has it) hooks the
+    `site="output"` hooks each layer's output; `site="writers"` (when steerpeft has it) hooks the
     attention and MLP output projections, which is exactly the merged-weights edit.
     """
     directions = {layer: unit.float().cpu() for layer in range(loaded.layout.num_layers)}
@@ -385,14 +385,14 @@ def orthogonalize_in_place(model: nn.Module, layout: ModelLayout, unit: torch.Te
 def merged_ablation_model(loaded: Loaded, plan: Plan, unit: torch.Tensor) -> tuple[nn.Module, str]:
     """A copy of the model with the ablation merged into its weights, and how it was made.
 
-    Uses `steerkit.adapters.export_adapter(kind="lora")` + PEFT `merge_and_unload` when steerkit
-    has it: exported from the writer-site plan where steerkit has that site (an exact LoRA), else
+    Uses `steerpeft.adapters.export_adapter(kind="lora")` + PEFT `merge_and_unload` when steerpeft
+    has it: exported from the writer-site plan where steerpeft has that site (an exact LoRA), else
     from `plan` (weight orthogonalization).  Otherwise, or if that fails, the in-place weight
     edit above on a deep copy.
     """
-    reason = "steerkit.adapters.export_adapter is not available"
+    reason = "steerpeft.adapters.export_adapter is not available"
     try:
-        from steerkit.adapters import export_adapter
+        from steerpeft.adapters import export_adapter
     except ImportError:
         export_adapter = None
     if export_adapter is not None:
@@ -479,9 +479,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
-        import steerkit
+        import steerpeft
 
-        info["steerkit"] = getattr(steerkit, "__version__", "?")
+        info["steerpeft"] = getattr(steerpeft, "__version__", "?")
     except ImportError:
         pass
     if device.type == "cuda":

@@ -20,11 +20,11 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from steerkit.architectures import resolve_layout
-from steerkit.interventions import Ablate, AddDirection
-from steerkit.plan import EMBEDDING, Plan, SteeringStep
-from steerkit.scalers import ConstantScaler
-from steerkit.steerer import model_info
+from steerpeft.architectures import resolve_layout
+from steerpeft.interventions import Ablate, AddDirection
+from steerpeft.plan import EMBEDDING, Plan, SteeringStep
+from steerpeft.scalers import ConstantScaler
+from steerpeft.steerer import model_info
 
 
 def plans(model) -> dict[str, Plan]:

@@ -2,10 +2,10 @@
 
 Decoding in eager transformers is bound by kernel launches, so the number of extra aten ops a
 hook adds per step is what decides the steered/unsteered ratio.  Configurations: no hooks,
-identity hooks (the floor any hook-based library pays), steerkit ActAdd / MARS / ablation
+identity hooks (the floor any hook-based library pays), steerpeft ActAdd / MARS / ablation
 (layer outputs and, when available, writers), and a hand-fused ablation hook
 (`addcmul(h, (h @ u)[..., None], u, value=-1)`: what a fused implementation would cost).
-steerkit's ablation is timed twice: as it runs (one GEMM with I - u u^T on decoding-sized
+steerpeft's ablation is timed twice: as it runs (one GEMM with I - u u^T on decoding-sized
 chunks on an accelerator) and with that projector form switched off (matvec + rank-1 update).
 
     python benchmarks/profile_hooks.py --model 1b --out hooks-1b.json
@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B
 
-from steerkit.architectures import decoder_layers, get_module
-from steerkit.session import generation
+from steerpeft.architectures import decoder_layers, get_module
+from steerpeft.session import generation
 
 
 @contextmanager
@@ -44,8 +44,8 @@ def plain_hooks(loaded: B.Loaded, hook: Callable[..., Any], layers: int, embeddi
 
 @contextmanager
 def rank_one_ablation(loaded: B.Loaded, unit: torch.Tensor) -> Iterator[None]:
-    """steerkit's ablation with the one-GEMM projector form switched off (matvec + rank-1 update)."""
-    from steerkit.interventions import ablate
+    """steerpeft's ablation with the one-GEMM projector form switched off (matvec + rank-1 update)."""
+    from steerpeft.interventions import ablate
 
     original = ablate.uses_projector
     ablate.uses_projector = lambda hidden: False
@@ -106,16 +106,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "unsteered": (lambda: None, 0),
         "identity hook x1": (lambda: plain_hooks(loaded, lambda m, a, o: o, 1, False), 1),
         f"identity hooks x{layers + 1}": (lambda: plain_hooks(loaded, lambda m, a, o: o, layers, True), layers + 1),
-        "steerkit actadd x1": (lambda: B.actadd_plan(loaded, layer, unit * stats["mean_norm"]).apply(loaded.model), 1),
-        "steerkit mars x1 (gate idle when decoding)": (lambda: B.mars_plan(loaded, layer, unit, stats).apply(loaded.model),
+        "steerpeft actadd x1": (lambda: B.actadd_plan(loaded, layer, unit * stats["mean_norm"]).apply(loaded.model), 1),
+        "steerpeft mars x1 (gate idle when decoding)": (lambda: B.mars_plan(loaded, layer, unit, stats).apply(loaded.model),
                                                        1),
-        f"steerkit ablate outputs x{layers + 1}": (lambda: B.ablation_plan(loaded, unit).apply(loaded.model), layers + 1),
-        f"steerkit ablate outputs, rank-1 form x{layers + 1}": (lambda: rank_one_ablation(loaded, unit), layers + 1),
+        f"steerpeft ablate outputs x{layers + 1}": (lambda: B.ablation_plan(loaded, unit).apply(loaded.model), layers + 1),
+        f"steerpeft ablate outputs, rank-1 form x{layers + 1}": (lambda: rank_one_ablation(loaded, unit), layers + 1),
         f"fused ablate hook x{layers + 1}": (lambda: plain_hooks(loaded, fused_ablation_hook(unit_on), layers, True),
                                              layers + 1),
     }
     if B.supports_writer_site():
-        configs[f"steerkit ablate writers x{2 * layers + 1}"] = (
+        configs[f"steerpeft ablate writers x{2 * layers + 1}"] = (
             lambda: B.ablation_plan(loaded, unit, site="writers").apply(loaded.model), 2 * layers + 1)
     samples: dict[str, list[float]] = {name: [] for name in configs}
     ops: dict[str, int] = {}

@@ -7,7 +7,7 @@
 #   gen-1b gen-8b       generation throughput, batch 1 and 64, 6 rows (~2 min / ~4 min)
 #   hooks-1b hooks-8b   per-hook time and aten ops of one decoding step, batch 1 (~30 s each)
 #   extract-1b extract-8b   extraction prompts/s vs a plain forward (~1 min each)
-#   peers-1b            steerkit vs steering-vectors / repeng, generation + extraction (~2 min)
+#   peers-1b            steerpeft vs steering-vectors / repeng, generation + extraction (~2 min)
 #   compile-1b          torch.compile check on the steered 1b model, batch 1 (~3-6 min: compiles 4 times)
 #   summary             OUT_DIR/RESULTS.md from every JSON in OUT_DIR
 #
@@ -49,7 +49,7 @@ if [ -n "${PEER_WHEELS:-}" ]; then
       echo "$req"
     done > "$OUT/peer-requirements.resolved.txt"
     "$PYTHON" -m pip install --no-deps --no-index --find-links "$PEER_WHEELS" -r "$OUT/peer-requirements.resolved.txt" \
-      || echo "peer install failed: bench_peers records the missing peers and times steerkit alone"
+      || echo "peer install failed: bench_peers records the missing peers and times steerpeft alone"
   fi
 fi
 

@@ -4,7 +4,7 @@
 
 With `--out`, only the block between the results markers of that file is replaced, so
 hand-written notes around it survive.  Each folder (or file) becomes one section headed by its machine (device name, versions) and
-the exact command of every run in it.  Ratios are steered / unsteered (or steerkit / peer)
+the exact command of every run in it.  Ratios are steered / unsteered (or steerpeft / peer)
 measured in the same process; the target columns are the lead's acceptance targets.
 """
 
@@ -22,7 +22,7 @@ INTRO = """## Method
 Scripts in `benchmarks/` (see `benchmarks/run_all.sh`).  Every number below comes from one
 process per table: steered and unsteered rows share the model, prompts and process, are timed
 round-robin (row order rotated every repeat, device synchronised around each run), and the
-medians of the repeats are reported.  Ratios are steered / unsteered throughput (or steerkit /
+medians of the repeats are reported.  Ratios are steered / unsteered throughput (or steerpeft /
 peer), so >= 1.0 means no slower.  *total* = generated tokens / wall time of
 `generate(max_new_tokens=N, min_new_tokens=N)`; *prefill* = `generate(max_new_tokens=1)`;
 *decode* = batch x (N - 1) / (total - prefill).  Each steered row's `check` is the max abs
@@ -78,7 +78,7 @@ def environment_lines(results: list[dict[str, Any]]) -> list[str]:
          + (f"; CPU threads: {env.get('cpu_threads')}" if env.get("device", "").startswith("cpu") else "")),
         f"- CPU: {env.get('cpu', '?')}",
         (f"- torch {env.get('torch')}, transformers {env.get('transformers')}, peft {env.get('peft')}, "
-         f"python {env.get('python')}, steerkit {env.get('steerkit', '?')}"),
+         f"python {env.get('python')}, steerpeft {env.get('steerpeft', '?')}"),
     ]
     loads = [r["environment"].get("load_average") for r in results if r["environment"].get("load_average")]
     if loads:
@@ -179,10 +179,10 @@ def peers_section(result: dict[str, Any]) -> list[str]:
                 check = entry["check"]
                 rows.append([f"`{name}`", fmt(entry["decode_tok_s"]), fmt(entry["total_tok_s"]),
                              fmt(entry["ratio_total_tok_s"], 3),
-                             fmt(entry.get("steerkit_over_peer_total_tok_s"), 3),
-                             fmt(check.get("logit_diff_vs_steerkit"), 6) if "logit_diff_vs_steerkit" in check else "-"])
-            lines += table(["row", "decode tok/s", "total tok/s", "vs unsteered", "steerkit / peer",
-                            "logit diff vs steerkit"], rows)
+                             fmt(entry.get("steerpeft_over_peer_total_tok_s"), 3),
+                             fmt(check.get("logit_diff_vs_steerpeft"), 6) if "logit_diff_vs_steerpeft" in check else "-"])
+            lines += table(["row", "decode tok/s", "total tok/s", "vs unsteered", "steerpeft / peer",
+                            "logit diff vs steerpeft"], rows)
     ext = result.get("extract")
     if ext:
         lines.append(f"Extraction, batch {ext['batch_size']}, {ext['prompts_per_class']} prompts per class:")
@@ -194,9 +194,9 @@ def peers_section(result: dict[str, Any]) -> list[str]:
                 rows.append([f"`{name}`", "failed", "-", "-", check["error"][:100]])
                 continue
             rows.append([f"`{name}`", fmt(entry["prompts_s"]), fmt(entry["ratio_vs_plain_forward_text"], 3),
-                         fmt(entry.get("steerkit_over_peer"), 3),
-                         fmt(check.get("cosine_vs_steerkit"), 4) if check else "-"])
-        lines += table(["row", "prompts/s", "vs plain forward", "steerkit / peer", "cosine vs steerkit"], rows)
+                         fmt(entry.get("steerpeft_over_peer"), 3),
+                         fmt(check.get("cosine_vs_steerpeft"), 4) if check else "-"])
+        lines += table(["row", "prompts/s", "vs plain forward", "steerpeft / peer", "cosine vs steerpeft"], rows)
     caps = result.get("capabilities", {})
     if caps:
         keys = list(next(iter(caps.values())).keys())
@@ -260,7 +260,7 @@ def write_between_markers(path: Path, text: str) -> None:
         tail = rest.split(END, 1)[1].lstrip("\n")
         path.write_text(head + block + ("\n" + tail if tail else ""))
     else:  # no generated block yet: add one after any existing text
-        path.write_text(old.rstrip("\n") + "\n\n" + block if old.strip() else "# steerkit benchmarks\n\n" + block)
+        path.write_text(old.rstrip("\n") + "\n\n" + block if old.strip() else "# steerpeft benchmarks\n\n" + block)
 
 
 if __name__ == "__main__":

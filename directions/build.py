@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from steerkit import load_recipe
-from steerkit.adapters import export_adapter, load_adapter
-from steerkit.data import builtin_prompts
-from steerkit.evaluation.kl import first_token_kl
-from steerkit.evaluation.runs import decision_logits
-from steerkit.io import atomic_write_text
-from steerkit.models import load_model
-from steerkit.prompting import encode_prompts
+from steerpeft import load_recipe
+from steerpeft.adapters import export_adapter, load_adapter
+from steerpeft.data import builtin_prompts
+from steerpeft.evaluation.kl import first_token_kl
+from steerpeft.evaluation.runs import decision_logits
+from steerpeft.io import atomic_write_text
+from steerpeft.models import load_model
+from steerpeft.prompting import encode_prompts
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"ablation": "smollm2-135m-refusal-ablation", "mars": "smollm2-135m-mars"}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs steerkit with its test extras and runs the whole test suite (CPU only).
+# Installs steerpeft with its test extras and runs the whole test suite (CPU only).
 # torch 2.14.1 + torchvision 0.29.1: the video processors of VLMs need torchvision.
 set -euo pipefail
 cd "$(dirname "$0")/.."

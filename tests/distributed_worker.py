@@ -18,12 +18,12 @@ from accelerate import PartialState
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from steerkit import Steerer
-from steerkit.architectures import resolve_layout
-from steerkit.errors import DataError
-from steerkit.extractors import DiffMeans
-from steerkit.positions import GeneratedTokens
-from steerkit.selectors import FixedLayers
+from steerpeft import Steerer
+from steerpeft.architectures import resolve_layout
+from steerpeft.errors import DataError
+from steerpeft.extractors import DiffMeans
+from steerpeft.positions import GeneratedTokens
+from steerpeft.selectors import FixedLayers
 
 LAYERS = [1, 2]
 

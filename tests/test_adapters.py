@@ -16,8 +16,8 @@ from plans import make_plan, random_direction
 from safetensors.torch import load_file
 from tiny_models import tiny_text_model, tiny_vlm
 
-import steerkit  # noqa: F401  (registers STEER)
-from steerkit.adapters import (
+import steerpeft  # noqa: F401  (registers STEER)
+from steerpeft.adapters import (
     UploadRequest,
     export_adapter,
     load_adapter,
@@ -25,14 +25,14 @@ from steerkit.adapters import (
     render_card,
     steer_method,
 )
-from steerkit.architectures import decoder_layers, get_module, resolve_layout
-from steerkit.errors import AdapterError, ConfigError, ShapeError
-from steerkit.interventions import AddDirection
-from steerkit.plan import EMBEDDING, Plan, SteeringStep
-from steerkit.scalers import ConditionalScaler, TrustRegionScaler
-from steerkit.scalers.trust_region import LayerRegion
-from steerkit.session import active_session
-from steerkit.steerer import model_info
+from steerpeft.architectures import decoder_layers, get_module, resolve_layout
+from steerpeft.errors import AdapterError, ConfigError, ShapeError
+from steerpeft.interventions import AddDirection
+from steerpeft.plan import EMBEDDING, Plan, SteeringStep
+from steerpeft.scalers import ConditionalScaler, TrustRegionScaler
+from steerpeft.scalers.trust_region import LayerRegion
+from steerpeft.session import active_session
+from steerpeft.steerer import model_info
 
 TOL = 1e-4
 FAMILIES = ["llama", "qwen2", "gemma2", "qwen2_vl", "idefics3"]
@@ -94,11 +94,11 @@ def assert_clean(model) -> None:
     assert hook_count(model) == 0
     assert active_session(model) is None and "generate" not in model.__dict__
     names = [n for n, _ in model.named_modules()]
-    assert not [n for n in names if "steerkit" in n or "lora_" in n]
+    assert not [n for n in names if "steerpeft" in n or "lora_" in n]
 
 
 def meta(folder) -> dict:
-    return json.loads((folder / "steerkit.json").read_text())
+    return json.loads((folder / "steerpeft.json").read_text())
 
 
 def trust_region_plan(model, batch, layer: int = 1, positions: str = "all") -> Plan:
@@ -154,11 +154,11 @@ def test_steer_is_registered_idempotently_and_version_guarded(monkeypatch):
 
     steer_method.register()
     steer_method.register()
-    assert PeftType.STEER.value == steer_method.STEER_PEFT_TYPE and "steerkit" in PeftType.STEER.value
+    assert PeftType.STEER.value == steer_method.STEER_PEFT_TYPE and "steerpeft" in PeftType.STEER.value
     assert PeftType(steer_method.STEER_PEFT_TYPE) is PeftType.STEER
     assert PEFT_TYPE_TO_CONFIG_MAPPING[steer_method.STEER_PEFT_TYPE] is steer_method.SteerConfig
     assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.STEER] is steer_method.SteerModel
-    assert PEFT_TYPE_TO_PREFIX_MAPPING[PeftType.STEER] == "steerkit_"
+    assert PEFT_TYPE_TO_PREFIX_MAPPING[PeftType.STEER] == "steerpeft_"
     assert list(PeftType).count(PeftType.STEER) == 1
     for version in ("0.20.1", "0.22.0"):
         monkeypatch.setattr(peft, "__version__", version)
@@ -411,7 +411,7 @@ def test_stacking_on_a_users_lora(tmp_path):
     assert hook_count(user) == 0
 
     both = load_adapter(user, export_adapter(add_plan, model, tmp_path / "lora"))
-    assert both is user and sorted(both.base_model.active_adapters) == ["default", "steerkit"]
+    assert both is user and sorted(both.base_model.active_adapters) == ["default", "steerpeft"]
     assert real_diff(logits(both, batch), add_reference, batch) < TOL
     with both.disable_adapter():
         assert torch.equal(logits(both, batch), base)
@@ -431,7 +431,7 @@ def test_lora_joins_a_transformers_integration_model_and_steer_adapters_stack(tm
     add_plan = make_plan(model, "add", layers=(2,), alpha=2.0)
     reference = steered(add_plan, user, batch)
     result = load_adapter(user, export_adapter(add_plan, model, tmp_path / "add"))
-    assert result is user and user.active_adapters() == ["default", "steerkit"]
+    assert result is user and user.active_adapters() == ["default", "steerpeft"]
     assert real_diff(logits(user, batch), reference, batch) < TOL
 
     first = make_plan(model, "ablate", layers=(EMBEDDING, 1), seed=1)
@@ -463,7 +463,7 @@ def test_steer_save_pretrained_and_transformers_load_adapter(tmp_path):
     reference = steered(plan, model, batch)
     folder = export_adapter(plan, model, tmp_path / "a", kind="steer")
     keys = load_file(str(folder / "adapter_model.safetensors"))
-    assert all(".steerkit.steerkit_tensors." in k for k in keys)
+    assert all(".steerpeft.steerpeft_tensors." in k for k in keys)
     loaded = load_adapter(fresh("llama")[0], folder)
     loaded.save_pretrained(str(tmp_path / "resaved"))
     resaved = load_file(str(tmp_path / "resaved" / "adapter_model.safetensors"))
@@ -479,9 +479,9 @@ def test_steer_save_pretrained_and_transformers_load_adapter(tmp_path):
     assert hook_count(loaded.base_model.model) == 0
 
 
-# --------------------------------------------------------------------------- without steerkit
+# --------------------------------------------------------------------------- without steerpeft
 
-_NO_STEERKIT = textwrap.dedent("""
+_NO_STEERPEFT = textwrap.dedent("""
     import json, sys, torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -515,12 +515,12 @@ _NO_STEERKIT = textwrap.dedent("""
         out["steer_transformers_error"] = None
     except Exception as exc:
         out["steer_transformers_error"] = f"{type(exc).__name__}: {exc}"
-    out["steerkit_imported"] = "steerkit" in sys.modules
+    out["steerpeft_imported"] = "steerpeft" in sys.modules
     print("RESULT" + json.dumps(out))
 """)
 
 
-def test_lora_exports_load_without_steerkit_and_steer_says_what_is_missing(tmp_path):
+def test_lora_exports_load_without_steerpeft_and_steer_says_what_is_missing(tmp_path):
     model, _ = fresh("llama")
     model.save_pretrained(str(tmp_path / "model"))
     ids = torch.randint(10, 1000, (2, 6), generator=torch.Generator().manual_seed(1))
@@ -534,20 +534,20 @@ def test_lora_exports_load_without_steerkit_and_steer_says_what_is_missing(tmp_p
                 "embedding": steered(emb_plan, model, batch)}, tmp_path / "expected.pt")
     args = [str(tmp_path / name) for name in ("model", "add", "emb", "steer", "expected.pt")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", _NO_STEERKIT, *args], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", _NO_STEERPEFT, *args], capture_output=True, text=True, timeout=300,
                           env=env, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT"):])
-    assert result["steerkit_imported"] is False
+    assert result["steerpeft_imported"] is False
     for key in ("peft_add", "transformers_add", "peft_embedding", "merged_embedding", "transformers_embedding"):
         assert result[key] < TOL, (key, result)
-    assert result["steer_error"] is not None and "pip install steerkit" in result["steer_error"]
-    assert "import steerkit" in result["steer_error"]
-    assert result["steer_transformers_error"] is not None and "pip install steerkit" in result["steer_transformers_error"]
+    assert result["steer_error"] is not None and "pip install steerpeft" in result["steer_error"]
+    assert "import steerpeft" in result["steer_error"]
+    assert result["steer_transformers_error"] is not None and "pip install steerpeft" in result["steer_transformers_error"]
 
 
-def test_import_steerkit_registers_steer_when_peft_is_imported_later(tmp_path):
+def test_import_steerpeft_registers_steer_when_peft_is_imported_later(tmp_path):
     model, _ = fresh("llama")
     model.save_pretrained(str(tmp_path / "model"))
     plan = make_plan(model, "add", layers=(1,), positions="decision")
@@ -556,8 +556,8 @@ def test_import_steerkit_registers_steer_when_peft_is_imported_later(tmp_path):
     torch.save({"ids": ids, "logits": steered(plan, model, {"input_ids": ids})}, tmp_path / "expected.pt")
     script = textwrap.dedent("""
         import sys, torch
-        import steerkit
-        assert "peft" not in sys.modules, "import steerkit must not import peft"
+        import steerpeft
+        assert "peft" not in sys.modules, "import steerpeft must not import peft"
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
         expected = torch.load(sys.argv[3])
@@ -605,7 +605,7 @@ def test_loading_refuses_models_that_do_not_fit(llama_adapters):
             load_adapter(_llama(hidden=64), folder)
         with pytest.raises(ShapeError, match="num_layers"):
             load_adapter(_llama(layers=2), folder)
-    (lora / "steerkit.json").unlink()  # a LoRA without steerkit's provenance: tensor shapes are still checked
+    (lora / "steerpeft.json").unlink()  # a LoRA without steerpeft's provenance: tensor shapes are still checked
     with pytest.raises(ShapeError, match="hidden size"):
         load_adapter(_llama(hidden=64), lora)
     with pytest.raises(ShapeError, match="layer count"):
@@ -654,7 +654,7 @@ def test_model_card_records_provenance(llama_adapters):
     lora, steer = llama_adapters
     card = (lora / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft\nbase_model: \"org/model-a\"")
-    for text in ("| add | add | 3 | all | constant |", "scaler.alpha=2", "peft version", "steerkit version",
+    for text in ("| add | add | 3 | all | constant |", "scaler.alpha=2", "peft version", "steerpeft version",
                  "hidden size | 32", "decoder layers | 4", "license"):
         assert text in card
     assert "decision" in (steer / "README.md").read_text()
@@ -673,8 +673,8 @@ def test_push_to_hub_sends_exactly_the_adapter_folder(llama_adapters, tmp_path):
     assert result == "https://hub/me/refusal-lora"
     (request,) = sent
     assert request.repo_id == "me/refusal-lora" and request.private and request.token == "hf_x"
-    assert request.files == ("README.md", "adapter_config.json", "adapter_model.safetensors", "steerkit.json")
-    assert request.commit_message == "Upload steerkit lora adapter for org/model-a"
+    assert request.files == ("README.md", "adapter_config.json", "adapter_model.safetensors", "steerpeft.json")
+    assert request.commit_message == "Upload steerpeft lora adapter for org/model-a"
     with pytest.raises(ConfigError, match="repo_id"):
         push_to_hub(lora, "no-namespace", upload=sent.append)
     (tmp_path / "empty").mkdir()
@@ -708,7 +708,7 @@ def test_push_to_hub_default_uploader_uses_huggingface_hub(llama_adapters, monke
     upload = calls[2][1]
     assert upload["repo_id"] == "me/adapter" and upload["folder_path"] == str(lora)
     assert upload["allow_patterns"] == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                        "steerkit.json"]
+                                        "steerpeft.json"]
 
 
 def test_no_warnings_leak_from_registration():

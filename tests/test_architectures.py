@@ -19,7 +19,7 @@ from tiny_models import (
 )
 from torch import nn
 
-from steerkit.architectures import (
+from steerpeft.architectures import (
     ModelLayout,
     decoder_layers,
     get_module,
@@ -27,8 +27,8 @@ from steerkit.architectures import (
     text_config,
     unwrap_model,
 )
-from steerkit.errors import ArchitectureError, ShapeError
-from steerkit.mars.inputs import video_frame_token_id
+from steerpeft.errors import ArchitectureError, ShapeError
+from steerpeft.mars.inputs import video_frame_token_id
 
 # The exact paths users will see, per family (transformers 5 module layout).
 EXPECTED_PATHS = {
@@ -54,7 +54,7 @@ def _model(family: str):
 
 
 def _language_model(model: nn.Module) -> nn.Module:
-    """The text backbone, found independently of steerkit: the module owning the input embeddings."""
+    """The text backbone, found independently of steerpeft: the module owning the input embeddings."""
     embedding = model.get_input_embeddings()
     owners = [m for m in model.modules() if any(c is embedding for c in m.children())]
     assert len(owners) == 1
@@ -272,7 +272,7 @@ def test_families_outside_the_table_are_probed_at_exact_paths() -> None:
 
 
 def test_a_moved_table_path_falls_back_to_probing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from steerkit import architectures
+    from steerpeft import architectures
 
     model, _ = _model("llama")
     expected = resolve_layout(model)
@@ -296,7 +296,7 @@ class _Block(nn.Module):
 
 
 class _Weird(nn.Module):
-    """An architecture steerkit has never seen: odd module names everywhere."""
+    """An architecture steerpeft has never seen: odd module names everywhere."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -416,7 +416,7 @@ def test_vlm_batched_mixed_modalities(family: str) -> None:
         [{"role": "user", "content": "Hi"}],
     ]
     # SmolVLMProcessor writes image and video pixels into one `pixel_values`, so a batch cannot
-    # mix the two there (the video's frames replace the images): steerkit batches one modality.
+    # mix the two there (the video's frames replace the images): steerpeft batches one modality.
     if supports_video(family) and family not in FRAMES_AS_IMAGES:
         video = [{"type": "video", "video": tiny_video(2)}, {"type": "text", "text": "And this?"}]
         conversations.append([{"role": "user", "content": video}])

@@ -10,10 +10,10 @@ import torch
 from plans import make_plan
 from tiny_models import tiny_text_model
 
-import steerkit.io
-import steerkit.plan
-from steerkit import Plan
-from steerkit.io import atomic_folder, atomic_write_text
+import steerpeft.io
+import steerpeft.plan
+from steerpeft import Plan
+from steerpeft.io import atomic_folder, atomic_write_text
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-# Plan.save looks the writers up in steerkit.plan (imported from steerkit.io): patch both names.
+# Plan.save looks the writers up in steerpeft.plan (imported from steerpeft.io): patch both names.
 @pytest.mark.parametrize("writer", ["write_json", "write_tensors"])
 @pytest.mark.parametrize("failure", [boom, interrupt], ids=["error", "ctrl-c"])
 def test_interrupted_plan_save_keeps_the_previous_version(llama, tmp_path, monkeypatch, writer, failure):
@@ -46,8 +46,8 @@ def test_interrupted_plan_save_keeps_the_previous_version(llama, tmp_path, monke
     target = tmp_path / "plan"
     make_plan(model, seed=1).save(target)
     before = snapshot(target)
-    monkeypatch.setattr(steerkit.io, writer, failure)
-    monkeypatch.setattr(steerkit.plan, writer, failure)
+    monkeypatch.setattr(steerpeft.io, writer, failure)
+    monkeypatch.setattr(steerpeft.plan, writer, failure)
     with pytest.raises((OSError, KeyboardInterrupt)):
         make_plan(model, seed=2).save(target)
     assert snapshot(target) == before
@@ -57,7 +57,7 @@ def test_interrupted_plan_save_keeps_the_previous_version(llama, tmp_path, monke
 
 def test_interrupted_first_save_leaves_nothing(llama, tmp_path, monkeypatch):
     model, _ = llama
-    monkeypatch.setattr(steerkit.plan, "write_json", boom)
+    monkeypatch.setattr(steerpeft.plan, "write_json", boom)
     with pytest.raises(OSError):
         make_plan(model).save(tmp_path / "plan")
     assert list(tmp_path.iterdir()) == []
@@ -77,7 +77,7 @@ def test_failed_final_rename_restores_the_previous_version(llama, tmp_path, monk
             raise OSError("rename failed")
         real_replace(src, dst)
 
-    monkeypatch.setattr(steerkit.io.os, "replace", replace)
+    monkeypatch.setattr(steerpeft.io.os, "replace", replace)
     with pytest.raises(OSError, match="rename failed"):
         make_plan(model, seed=2).save(target)
     monkeypatch.undo()
@@ -108,7 +108,7 @@ def test_interrupted_atomic_write_text_keeps_the_previous_file(tmp_path, monkeyp
     with pytest.raises(UnicodeEncodeError):
         atomic_write_text(path, "new text then a lone surrogate \ud800")  # fails inside the write
     assert path.read_text() == "old\n" and leftovers(tmp_path) == []
-    monkeypatch.setattr(steerkit.io.os, "replace", boom)
+    monkeypatch.setattr(steerpeft.io.os, "replace", boom)
     with pytest.raises(OSError):
         atomic_write_text(path, "new\n")
     monkeypatch.undo()

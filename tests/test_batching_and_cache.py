@@ -7,7 +7,7 @@ import torch
 from plans import make_plan
 from tiny_models import tiny_text_model
 
-from steerkit.prompting import encode_prompts
+from steerpeft.prompting import encode_prompts
 
 POSITIONS = ["all", "prompt", "decision", "generated", "first_generated:2"]
 PROMPTS = ["Hi", "Tell me a long story about a brave little robot", "What is two plus two?"]
@@ -98,7 +98,7 @@ def test_decoding_fast_path_is_taken_and_matches_the_masked_path(llama, kind, po
 
 def test_cacheless_manual_loop_inside_generation_equals_generate(llama):
     """`generation(model)` makes a loop that re-feeds the whole sequence continue the prompt."""
-    from steerkit.session import generation
+    from steerpeft.session import generation
 
     model, tok = llama
     plan = make_plan(model, "add", layers=(1,), positions="first_generated:1", alpha=6.0)
@@ -119,7 +119,7 @@ def test_cacheless_manual_loop_inside_generation_equals_generate(llama):
 
 def test_ablation_projector_form_equals_rank_one_form(llama, monkeypatch):
     """Decoding steps on a GPU ablate with one GEMM (I - u u^T); forced here on the CPU."""
-    from steerkit.interventions import ablate
+    from steerpeft.interventions import ablate
 
     model, tok = llama
     plan = make_plan(model, "ablate", layers=(0, 1, 2, 3), positions="all", alpha=1.0)

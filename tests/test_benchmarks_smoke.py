@@ -62,11 +62,11 @@ def test_generate_smoke(tmp_path: Path) -> None:
 
 
 def test_merged_weights_equal_writer_level_ablation() -> None:
-    """Both ways the benchmark merges the ablation (steerkit's LoRA export + PEFT merge when present,
+    """Both ways the benchmark merges the ablation (steerpeft's LoRA export + PEFT merge when present,
     its own in-place edit otherwise) equal ablating every residual writer and the embedding."""
     import copy
 
-    from steerkit.architectures import get_module
+    from steerpeft.architectures import get_module
 
     loaded = B.build_model("tiny", torch.device("cpu"), torch.float32)
     unit = B.random_unit(loaded.layout.hidden_size, 3)
@@ -133,16 +133,16 @@ def test_peers_smoke(tmp_path: Path) -> None:
         pytest.skip(f"peers installed but unusable: {result['peers']}")
     for batch in result["generate"]["batches"].values():
         rows = batch["rows"]
-        assert {"unsteered", "steerkit", *usable} <= set(rows)
-        for name in ("steerkit", *usable):
+        assert {"unsteered", "steerpeft", *usable} <= set(rows)
+        for name in ("steerpeft", *usable):
             assert rows[name]["check"]["steered"], name
         for name in usable:
-            assert rows[name]["check"]["logit_diff_vs_steerkit"] < 1e-4, name  # the same intervention
+            assert rows[name]["check"]["logit_diff_vs_steerpeft"] < 1e-4, name  # the same intervention
     extract = result["extract"]["rows"]
-    assert {"plain_forward_text", "steerkit", *usable} <= set(extract)
+    assert {"plain_forward_text", "steerpeft", *usable} <= set(extract)
     if "steering_vectors" in usable:
-        assert extract["steering_vectors"]["check"]["cosine_vs_steerkit"] > 0.999
-    assert set(result["capabilities"]) == {"steerkit", "steering_vectors", "repeng"}
+        assert extract["steering_vectors"]["check"]["cosine_vs_steerpeft"] > 0.999
+    assert set(result["capabilities"]) == {"steerpeft", "steering_vectors", "repeng"}
 
 
 def test_summarize_renders(tmp_path: Path) -> None:
@@ -162,5 +162,5 @@ def test_profile_hooks_smoke(tmp_path: Path) -> None:
     rows = _json(out)["rows"]
     assert rows["unsteered"]["extra_ops_per_step"] == 0
     assert rows["identity hooks x5"]["extra_ops_per_step"] == 0
-    assert rows["steerkit actadd x1"]["extra_ops_per_step"] > 0  # the hooks really ran in the profiled step
-    assert rows["steerkit ablate outputs x5"]["extra_ops_per_step"] > rows["fused ablate hook x5"]["extra_ops_per_step"] > 0
+    assert rows["steerpeft actadd x1"]["extra_ops_per_step"] > 0  # the hooks really ran in the profiled step
+    assert rows["steerpeft ablate outputs x5"]["extra_ops_per_step"] > rows["fused ablate hook x5"]["extra_ops_per_step"] > 0

@@ -1,4 +1,4 @@
-"""The `steerkit` command line: help, overrides, errors, info, eval/export of saved plans, and the real main job."""
+"""The `steerpeft` command line: help, overrides, errors, info, eval/export of saved plans, and the real main job."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from tiny_models import tiny_text_model
 
-from steerkit.cli import build_parser, main
-from steerkit.errors import ConfigError
-from steerkit.pipeline import run_recipe
-from steerkit.recipes import load_recipe
+from steerpeft.cli import build_parser, main
+from steerpeft.errors import ConfigError
+from steerpeft.pipeline import run_recipe
+from steerpeft.recipes import load_recipe
 
 SUBCOMMANDS = ["run", "fit", "eval", "export", "info", "recipes"]
 
@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model_dir = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    from steerkit.models import load_model
+    from steerpeft.models import load_model
 
     model, tokenizer = load_model(str(model_dir), device="cpu")  # the id the plan records is this folder
     run_dir = tmp_path_factory.mktemp("cli-run") / "run"
@@ -47,7 +47,7 @@ def test_help_exits_zero_and_shows_examples(command: str | None, capsys: pytest.
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "examples:" in out
-    assert "steerkit" in out
+    assert "steerpeft" in out
     if command in ("run", "fit", "eval"):
         assert "steps.0.selector.limits.kl=0.2" in out  # how to override list items
 
@@ -58,7 +58,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_overrides_may_follow_options_and_replace_the_recipe_position() -> None:
-    from steerkit.cli import _split_arguments
+    from steerpeft.cli import _split_arguments
 
     parser = build_parser()
     args, extras = parser.parse_known_args(["run", "data.limit=3", "--out", "x", "eval.generate=false", "--quiet"])
@@ -107,7 +107,7 @@ def test_missing_path_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_a_folder_that_is_neither_plan_nor_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(tmp_path)]) == 2
-    assert "neither a steerkit plan" in capsys.readouterr().err
+    assert "neither a steerpeft plan" in capsys.readouterr().err
 
 
 def test_recipes_lists_the_builtin_recipes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,7 +192,7 @@ def test_export_writes_an_adapter_or_explains_why_not(tiny_run: tuple[Path, Path
     code = main(["export", str(run_dir), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     try:
-        from steerkit.adapters import export_adapter  # noqa: F401
+        from steerpeft.adapters import export_adapter  # noqa: F401
     except ImportError:
         assert code == 2 and captured.err.startswith("error: ") and "Traceback" not in captured.err
         return
@@ -225,7 +225,7 @@ def test_fit_needs_a_recipe_before_the_overrides(capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.slow
-def test_steerkit_run_on_the_embedded_smollm2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_steerpeft_run_on_the_embedded_smollm2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = main(["run", "mars", "data.limit=24", "eval.max_new_tokens=8", "--out", str(out), "--quiet"])
     printed = capsys.readouterr().out

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from steerkit.data import PromptSet, builtin_pairs, builtin_prompts, load_prompts
-from steerkit.errors import ConfigError, DataError
+from steerpeft.data import PromptSet, builtin_pairs, builtin_prompts, load_prompts
+from steerpeft.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------
 # Built-in sets
@@ -36,7 +36,7 @@ def test_builtin_meta_counts_match_pairs() -> None:
     from importlib import resources
 
     document = json.loads(
-        resources.files("steerkit.data").joinpath("builtin_prompts.json").read_text(encoding="utf-8")
+        resources.files("steerpeft.data").joinpath("builtin_prompts.json").read_text(encoding="utf-8")
     )
     meta = document["_meta"]
     assert meta["count_harmful"] == meta["count_harmless"] == len(document["pairs"])

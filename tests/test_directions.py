@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from steerkit.adapters import load_adapter
-from steerkit.models import load_model
+from steerpeft.adapters import load_adapter
+from steerpeft.models import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import tiny_text_model
 
-from steerkit import Steerer
-from steerkit.extractors import DiffMeans
-from steerkit.selectors import FixedLayers
+from steerpeft import Steerer
+from steerpeft.extractors import DiffMeans
+from steerpeft.selectors import FixedLayers
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 LAYERS = [1, 2]

@@ -1,4 +1,4 @@
-"""steerkit.evaluation: keyword judge, first-token score, KL, model runs and `evaluate`."""
+"""steerpeft.evaluation: keyword judge, first-token score, KL, model runs and `evaluate`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from tiny_models import smollm2_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from steerkit.errors import ConfigError, DataError, ShapeError
-from steerkit.evaluation import (
+from steerpeft.errors import ConfigError, DataError, ShapeError
+from steerpeft.evaluation import (
     MAX_LOG_ODDS,
     REFUSAL_PHRASES,
     UNSTEERED,
@@ -26,7 +26,7 @@ from steerkit.evaluation import (
     refusal_rate,
     refusal_token_ids,
 )
-from steerkit.prompting import encode_prompts
+from steerpeft.prompting import encode_prompts
 
 # ---------------------------------------------------------------------------
 # Keyword judge

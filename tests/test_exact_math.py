@@ -7,8 +7,8 @@ import torch
 from plans import make_plan, random_direction
 from tiny_models import TEXT_FAMILIES, VLM_FAMILIES, tiny_text_model, tiny_vlm
 
-from steerkit.architectures import decoder_layers, get_module, resolve_layout
-from steerkit.plan import EMBEDDING
+from steerpeft.architectures import decoder_layers, get_module, resolve_layout
+from steerpeft.plan import EMBEDDING
 
 TOL = 1e-4
 
@@ -118,10 +118,10 @@ def test_decision_position_only_touches_last_token():
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
 def test_writer_site_ablation_matches_reference(family):
     """Ablation at every residual writer (and the embedding) keeps u out of the stream everywhere."""
-    from steerkit.interventions import Ablate
-    from steerkit.plan import Plan, SteeringStep, residual_output_paths
-    from steerkit.scalers import ConstantScaler
-    from steerkit.steerer import model_info
+    from steerpeft.interventions import Ablate
+    from steerpeft.plan import Plan, SteeringStep, residual_output_paths
+    from steerpeft.scalers import ConstantScaler
+    from steerpeft.steerer import model_info
 
     model, tok = tiny_text_model(family)
     layout = resolve_layout(model)

@@ -9,15 +9,15 @@ import torch
 from plans import HARMFUL, HARMLESS, make_plan
 from tiny_models import tiny_text_model
 
-from steerkit import Callback, JsonlLogger, Plan, Steerer
-from steerkit.architectures import decoder_layers, resolve_layout
-from steerkit.errors import AdapterError, DataError, ShapeError
-from steerkit.extractors import DiffMeans, LinearProbe, PairedPCA
-from steerkit.interventions import Ablate
-from steerkit.prompting import encode_prompts
-from steerkit.scalers import ConditionalScaler
-from steerkit.selectors import FixedLayers, SweepSelector
-from steerkit.session import active_session
+from steerpeft import Callback, JsonlLogger, Plan, Steerer
+from steerpeft.architectures import decoder_layers, resolve_layout
+from steerpeft.errors import AdapterError, DataError, ShapeError
+from steerpeft.extractors import DiffMeans, LinearProbe, PairedPCA
+from steerpeft.interventions import Ablate
+from steerpeft.prompting import encode_prompts
+from steerpeft.scalers import ConditionalScaler
+from steerpeft.selectors import FixedLayers, SweepSelector
+from steerpeft.session import active_session
 
 
 @pytest.fixture(scope="module")

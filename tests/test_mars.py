@@ -6,15 +6,15 @@ import pytest
 import torch
 from tiny_models import VLM_FAMILIES, supports_video, tiny_image, tiny_vlm
 
-from steerkit import Plan, load_recipe
-from steerkit.architectures import decoder_layers, resolve_layout
-from steerkit.interventions import AddDirection
-from steerkit.mars.calibration import MODALITY_INDEX
-from steerkit.mars.inputs import available_modalities, build_batch, media_for
-from steerkit.plan import SteeringStep
-from steerkit.scalers.trust_region import LayerRegion, TrustRegionScaler
-from steerkit.session import acquire_session, active_session, release_session
-from steerkit.steerer import model_info
+from steerpeft import Plan, load_recipe
+from steerpeft.architectures import decoder_layers, resolve_layout
+from steerpeft.interventions import AddDirection
+from steerpeft.mars.calibration import MODALITY_INDEX
+from steerpeft.mars.inputs import available_modalities, build_batch, media_for
+from steerpeft.plan import SteeringStep
+from steerpeft.scalers.trust_region import LayerRegion, TrustRegionScaler
+from steerpeft.session import acquire_session, active_session, release_session
+from steerpeft.steerer import model_info
 
 PROMPTS = ["Describe this.", "What colour is shown here, and why might it matter?", "Hi"]
 LAYER = 1
@@ -49,7 +49,7 @@ def _layer_output(model, batch, plan=None) -> torch.Tensor:
             model(**batch)
         else:
             with plan.apply(model):
-                handle = layers[LAYER].register_forward_hook(grab)  # runs after steerkit's hook
+                handle = layers[LAYER].register_forward_hook(grab)  # runs after steerpeft's hook
                 model(**batch)
         handle.remove()
     return captured["h"]
@@ -221,7 +221,7 @@ def test_a_fitted_plan_carries_the_frame_marker_to_inference():
 
 
 def test_unknown_segment_is_refused_with_a_suggestion():
-    from steerkit.errors import ConfigError
+    from steerpeft.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Did you mean 'modality'"):
         load_recipe("mars", ["data.limit=12", "media.segment=modalty"])

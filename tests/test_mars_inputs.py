@@ -1,4 +1,4 @@
-"""Neutral media and multimodal batches (steerkit.mars.media / steerkit.mars.inputs) on every tiny VLM."""
+"""Neutral media and multimodal batches (steerpeft.mars.media / steerpeft.mars.inputs) on every tiny VLM."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from tiny_models import FRAMES_AS_IMAGES, VLM_FAMILIES, supports_video, tiny_text_model, tiny_vlm
 
-from steerkit.architectures import resolve_layout
-from steerkit.errors import ConfigError, DataError
-from steerkit.mars.inputs import (
+from steerpeft.architectures import resolve_layout
+from steerpeft.errors import ConfigError, DataError
+from steerpeft.mars.inputs import (
     MODALITIES,
     available_modalities,
     build_batch,
@@ -19,14 +19,14 @@ from steerkit.mars.inputs import (
     modality_batches,
     video_frame_token_id,
 )
-from steerkit.mars.media import (
+from steerpeft.mars.media import (
     DEFAULT_IMAGE_SIZE,
     native_image_size,
     native_video_size,
     neutral_images,
     neutral_videos,
 )
-from steerkit.prompting import encode_prompts
+from steerpeft.prompting import encode_prompts
 
 # Three lengths, so left padding really happens.
 PROMPTS = [
@@ -91,7 +91,7 @@ def test_plain_tokenizer_is_text_only_and_matches_encode_prompts() -> None:
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_text_batch_through_processor_matches_encode_prompts(family: str) -> None:
     # Text and media batches share the rendering path; for text it must agree with the
-    # text-only encoding the rest of steerkit uses.
+    # text-only encoding the rest of steerpeft uses.
     _, processor = _vlm(family)
     batch = build_batch(processor, PROMPTS, "text")
     reference = encode_prompts(processor, PROMPTS)

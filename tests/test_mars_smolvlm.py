@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from steerkit import load_recipe
-from steerkit.mars.evaluation import eval_sets, gate_values, mars_step
-from steerkit.models import build_smolvlm_shaped
+from steerpeft import load_recipe
+from steerpeft.mars.evaluation import eval_sets, gate_values, mars_step
+from steerpeft.models import build_smolvlm_shaped
 
 pytestmark = pytest.mark.slow
 

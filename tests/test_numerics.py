@@ -10,12 +10,12 @@ from plans import HARMFUL, HARMLESS, make_plan
 from safetensors import safe_open
 from tiny_models import tiny_text_model
 
-from steerkit import Callback, Steerer
-from steerkit.architectures import decoder_layers, resolve_layout
-from steerkit.extractors import DiffMeans, LinearProbe, PairedPCA
-from steerkit.prompting import encode_prompts
-from steerkit.selectors import FixedLayers, SweepSelector
-from steerkit.session import active_session
+from steerpeft import Callback, Steerer
+from steerpeft.architectures import decoder_layers, resolve_layout
+from steerpeft.extractors import DiffMeans, LinearProbe, PairedPCA
+from steerpeft.prompting import encode_prompts
+from steerpeft.selectors import FixedLayers, SweepSelector
+from steerpeft.session import active_session
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from plans import make_plan
 from tiny_models import tiny_text_model
 
-from steerkit import load_recipe
-from steerkit.errors import ConfigError
-from steerkit.positions import POSITION_KINDS, Positions, parse_positions
-from steerkit.recipes import SCHEMA, STEP_KEYS
-from steerkit.scalers import SCALERS
-from steerkit.selectors import SELECTORS
+from steerpeft import load_recipe
+from steerpeft.errors import ConfigError
+from steerpeft.positions import POSITION_KINDS, Positions, parse_positions
+from steerpeft.recipes import SCHEMA, STEP_KEYS
+from steerpeft.scalers import SCALERS
+from steerpeft.selectors import SELECTORS
 
 SIMPLE_KINDS = [kind for kind in POSITION_KINDS if kind != "first_generated"]
 # database=None: no .hypothesis/ folder in the repository; failures print their reproducing example.

@@ -10,13 +10,13 @@ import pytest
 import torch
 from tiny_models import tiny_text_model
 
-from steerkit.errors import ConfigError
-from steerkit.evaluation import is_refusal
-from steerkit.pipeline import check_run_dir, run_recipe
-from steerkit.plan import Plan
-from steerkit.recipes import load_recipe
-from steerkit.report import plot_gate, plot_layers, plot_refusal, render_report, text_table
-from steerkit.report.terminal import summary_table
+from steerpeft.errors import ConfigError
+from steerpeft.evaluation import is_refusal
+from steerpeft.pipeline import check_run_dir, run_recipe
+from steerpeft.plan import Plan
+from steerpeft.recipes import load_recipe
+from steerpeft.report import plot_gate, plot_layers, plot_refusal, render_report, text_table
+from steerpeft.report.terminal import summary_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OVERRIDES = ["data.limit=12", "eval.max_new_tokens=3"]
@@ -37,7 +37,7 @@ def run(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
     model, tokenizer = tiny
     out = tmp_path_factory.mktemp("report") / "run"
     return run_recipe("mars", out_dir=out, model=model, processor=tokenizer, progress=False, overrides=OVERRIDES,
-                      command="steerkit run mars data.limit=12")
+                      command="steerpeft run mars data.limit=12")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_run_folder_holds_every_product(run: Any) -> None:
 def test_metrics_record_the_plan_the_evaluation_and_provenance(run: Any, metrics: dict[str, Any]) -> None:
     plan = Plan.load(run.out_dir / "plan")
     step = plan.steps[0]
-    assert metrics["format"] == "steerkit-run/1"
+    assert metrics["format"] == "steerpeft-run/1"
     assert metrics["plan"]["chosen_layer"] == step.layers[0]
     assert metrics["plan"]["tau"] == pytest.approx(step.scaler.tau)
     assert metrics["plan"]["reason"]
@@ -83,8 +83,8 @@ def test_metrics_record_the_plan_the_evaluation_and_provenance(run: Any, metrics
     assert metrics["gate"]["tau"] == pytest.approx(step.scaler.tau)
     assert set(metrics["gate"]["sets"]) == {"harmful/text", "harmless/text"}
     assert metrics["gate"]["sets"]["harmful/text"]["raw"] is None  # no offset to remove for text
-    assert {"python", "torch", "transformers", "steerkit"} <= set(metrics["versions"])
-    assert metrics["command"] == "steerkit run mars data.limit=12"
+    assert {"python", "torch", "transformers", "steerpeft"} <= set(metrics["versions"])
+    assert metrics["command"] == "steerpeft run mars data.limit=12"
     assert {"fit_s", "eval_s", "report_s", "total_s"} <= set(metrics["timings"])
     assert metrics["adapter"]["status"] in ("exported", "unavailable")
 
@@ -156,12 +156,12 @@ def test_refusal_rates_are_the_mean_of_the_saved_per_prompt_verdicts(metrics: di
 def test_report_shows_the_choice_the_results_and_how_to_load(metrics: dict[str, Any], run: Any) -> None:
     report = (run.out_dir / "report.md").read_text(encoding="utf-8")
     layer = metrics["plan"]["chosen_layer"]
-    for text in ("# steerkit run: mars", "## What was fitted", "## Chosen layer and why", f"**Layer {layer}**",
+    for text in ("# steerpeft run: mars", "## What was fitted", "## Chosen layer and why", f"**Layer {layer}**",
                  "![Per-layer scores](layers.png)", "![Refusal rates](refusal.png)", "![Gate values](gate.png)",
                  "refusal on harmful (higher = safer)", "over-refusal on harmless (lower = better)",
                  "KL on harmless (nats)",
                  "mars (no re-centering)", "mars (fixed strength)", "mars (all tokens)", "## Using the result",
-                 'Plan.load("plan")', f"tau = {metrics['plan']['tau']:.3f}", "steerkit run mars data.limit=12"):
+                 'Plan.load("plan")', f"tau = {metrics['plan']['tau']:.3f}", "steerpeft run mars data.limit=12"):
         assert text in report, text
     if metrics["adapter"]["status"] == "exported":
         assert 'load_adapter(model, "adapter")' in report
@@ -238,8 +238,8 @@ def test_text_table_aligns_numbers_right_and_text_left() -> None:
 
 
 def test_an_exported_adapter_evaluates_like_its_plan(tiny: tuple[Any, Any], tmp_path: Path) -> None:
-    pytest.importorskip("steerkit.adapters", reason="needs steerkit.adapters")
-    from steerkit.pipeline import evaluate_saved
+    pytest.importorskip("steerpeft.adapters", reason="needs steerpeft.adapters")
+    from steerpeft.pipeline import evaluate_saved
 
     model, tokenizer = tiny
     overrides = ["data.limit=12", "eval.generate=false", "steps.0.scaler.alpha=4.0"]

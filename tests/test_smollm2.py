@@ -12,17 +12,17 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from steerkit import Steerer
-from steerkit.architectures import decoder_layers, resolve_layout
-from steerkit.data import builtin_prompts
-from steerkit.extractors import DiffMeans
-from steerkit.interventions import Ablate, AddDirection
-from steerkit.models import load_model
-from steerkit.plan import EMBEDDING, Plan, SteeringStep
-from steerkit.prompting import encode_prompts
-from steerkit.scalers import ConstantScaler
-from steerkit.selectors import SweepSelector
-from steerkit.steerer import model_info
+from steerpeft import Steerer
+from steerpeft.architectures import decoder_layers, resolve_layout
+from steerpeft.data import builtin_prompts
+from steerpeft.extractors import DiffMeans
+from steerpeft.interventions import Ablate, AddDirection
+from steerpeft.models import load_model
+from steerpeft.plan import EMBEDDING, Plan, SteeringStep
+from steerpeft.prompting import encode_prompts
+from steerpeft.scalers import ConstantScaler
+from steerpeft.selectors import SweepSelector
+from steerpeft.steerer import model_info
 
 pytestmark = pytest.mark.slow
 

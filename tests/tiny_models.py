@@ -104,7 +104,7 @@ FRAMES_AS_IMAGES = frozenset({"smolvlm"})
 """Families whose video frames are image tokens (no video token id): a video row holds image tokens."""
 
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_ROOT = Path(os.environ.get("STEERKIT_TEST_CACHE", "~/.cache/steerkit-tests")).expanduser()
+_CACHE_ROOT = Path(os.environ.get("STEERPEFT_TEST_CACHE", "~/.cache/steerpeft-tests")).expanduser()
 _TOKENIZER_DIR = _CACHE_ROOT / "smollm2-tokenizer"
 
 # Tiny sizes shared by all models (hidden 32, 4 heads of 8, 2 KV heads).

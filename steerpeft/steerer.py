@@ -1,0 +1,308 @@
+"""The runner: fit (record -> extract -> select -> calibrate) and apply.
+
+`Steerer` owns one steering step's lifecycle, as Lightning's Trainer owns a
+training loop: components plug in, callbacks watch.  `fit` returns a `Plan`;
+`apply` is a context manager around `plan.apply` that also tells callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from steerpeft import distributed
+from steerpeft.activations import Activations, check_direction
+from steerpeft.architectures import ModelLayout, resolve_layout, unwrap_model
+from steerpeft.callbacks import Callback
+from steerpeft.errors import ConfigError, DataError
+from steerpeft.extractors import DiffMeans, Extractor
+from steerpeft.fitting import FitData
+from steerpeft.interventions import AddDirection, Intervention
+from steerpeft.plan import EMBEDDING, Plan, SteeringHandle, SteeringStep
+from steerpeft.positions import Positions, parse_positions
+from steerpeft.prompting import batched, check_prompt_lengths, context_length, encode_prompts
+from steerpeft.recording import ActivationRecorder
+from steerpeft.scalers import ConstantScaler, Scaler
+from steerpeft.selectors import LayerSelector, SweepSelector
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where inputs go: the device of the first parameter (the embedding, under device_map)."""
+    return next(model.parameters()).device
+
+
+def as_prompt_list(prompts: Sequence[str] | Any, what: str) -> list[str]:
+    items = list(getattr(prompts, "prompts", prompts))
+    if not items:
+        raise DataError(f"The {what} prompt set is empty: give at least one prompt.")
+    if not all(isinstance(p, str) and p.strip() for p in items):
+        raise DataError(f"The {what} prompt set holds empty or non-text entries; every prompt must be a non-empty string.")
+    return items
+
+
+class Steerer:
+    """Fits and applies one steering step.
+
+    `apply_layers`: "selected" steers the chosen layer(s) with their own
+    directions; "all" steers every layer with the chosen layer's direction
+    (Arditi-style ablation).  `embedding=True` also steers the embedding output.
+    `fit_positions` are where activations are recorded (the decision position
+    by default); `positions` are where the plan steers.
+    `accelerator` (an accelerate `Accelerator` or `PartialState`) spreads
+    recording over processes: each records its shard of every prompt set and
+    all get the combined activations (see `steerpeft.distributed`).
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor | None = None,
+        selector: LayerSelector | None = None,
+        scaler: Scaler | None = None,
+        intervention: Intervention | None = None,
+        *,
+        positions: Positions | str = "all",
+        fit_positions: Positions | str = "decision",
+        apply_layers: str | list[int] = "selected",
+        embedding: bool = False,
+        site: str = "output",
+        callbacks: Sequence[Callback] = (),
+        batch_size: int = 16,
+        validation_fraction: float = 0.25,
+        seed: int = 0,
+        name: str = "step",
+        layers_path: str | None = None,
+        embedding_path: str | None = None,
+        extra: dict[str, Any] | None = None,
+        accelerator: Any | None = None,
+    ) -> None:
+        self.extractor = extractor or DiffMeans()
+        self.selector = selector or SweepSelector()
+        self.scaler = scaler or ConstantScaler()
+        self.intervention = intervention or AddDirection()
+        self.positions = parse_positions(positions)
+        self.fit_positions = parse_positions(fit_positions)
+        if apply_layers not in ("selected", "all") and not (
+            isinstance(apply_layers, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in apply_layers)
+        ):
+            raise ConfigError(f"apply_layers must be 'selected', 'all' or a list of layer indices, got {apply_layers!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        if not 0.0 <= float(validation_fraction) < 1.0:
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}; 0 disables the split.")
+        self.apply_layers = apply_layers
+        self.embedding = embedding
+        self.site = site
+        self.callbacks = list(callbacks)
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.seed = seed
+        self.name = name
+        self.layers_path, self.embedding_path = layers_path, embedding_path
+        self.extra = dict(extra or {})
+        self.accelerator = accelerator
+
+    # -- callbacks ---------------------------------------------------------
+    def call(self, hook: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, **kwargs)
+
+    # -- recording -----------------------------------------------------------
+    def record(
+        self,
+        model: torch.nn.Module,
+        layout: ModelLayout,
+        batches: Iterable[dict[str, torch.Tensor]],
+        total: int,
+        layers: list[int],
+        split: str,
+        positions: Positions | None = None,
+        keep_per_prompt: bool = True,
+        sharded: bool = False,
+    ) -> Activations:
+        """Record activations of pre-built batches, reporting progress to callbacks.
+
+        `sharded`: the batches hold only this process's shard of the prompts
+        (see `record_prompts`); the shards are combined across processes.
+        """
+        recorder = ActivationRecorder(model, layout, layers, positions or self.fit_positions, keep_per_prompt=keep_per_prompt)
+        self.call("on_record_start", split=split, total=total)
+        gather = sharded and distributed.num_processes(self.accelerator) > 1
+        try:
+            activations = recorder.record(batches, on_batch=lambda rows: self.call("on_batch_end", split=split, rows=rows))
+        except BaseException:
+            if gather:
+                distributed.announce_failure(self.accelerator)
+            raise
+        if gather:
+            activations = distributed.gather_activations(self.accelerator, activations, recorder.layers,
+                                                         layout.hidden_size, keep_per_prompt)
+        self.call("on_record_end", split=split, activations=activations)
+        return activations
+
+    def text_batches(self, model: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+        device, limit = model_device(model), context_length(model)
+        for chunk in batched(prompts, self.batch_size):
+            yield encode_prompts(tokenizer, chunk, max_length=limit, device=device)
+
+    def record_prompts(
+        self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: list[str], layers: list[int], split: str,
+        positions: Positions | None = None,
+    ) -> Activations:
+        """Record `prompts`; with an accelerator, this process records only its shard."""
+        if distributed.num_processes(self.accelerator) > 1:
+            prompts = distributed.local_shard(self.accelerator, prompts)
+        return self.record(model, layout, self.text_batches(model, tokenizer, prompts), len(prompts), layers, split,
+                           positions, sharded=True)
+
+    # -- fit -------------------------------------------------------------------
+    def fit(self, model: torch.nn.Module, tokenizer: Any, positive: Sequence[str] | Any, negative: Sequence[str] | Any) -> Plan:
+        """Record both prompt sets, extract directions, select layers, calibrate the scaler."""
+        model = unwrap_model(model)
+        positive_prompts = as_prompt_list(positive, "positive")
+        negative_prompts = as_prompt_list(negative, "negative")
+        layout = resolve_layout(model, self.layers_path, self.embedding_path)
+        self.call("on_fit_start", model=model)
+        layers = sorted(set(self.selector.candidate_layers(layout.num_layers)) | self._extra_layers(layout))
+        pos_train, pos_val = self.split(positive_prompts)
+        neg_train, neg_val = self.split(negative_prompts)
+        self._check_before_recording(model, tokenizer, layout, {"positive": positive_prompts, "negative": negative_prompts},
+                                     {"positive": pos_train, "negative": neg_train})
+        with torch.no_grad():
+            positive_acts = self.record_prompts(model, tokenizer, layout, pos_train, layers, "positive")
+            negative_acts = self.record_prompts(model, tokenizer, layout, neg_train, layers, "negative")
+            positive_val = self.record_prompts(model, tokenizer, layout, pos_val, layers, "positive_validation") if pos_val else None
+            negative_val = self.record_prompts(model, tokenizer, layout, neg_val, layers, "negative_validation") if neg_val else None
+        directions = self.extractor.fit(positive_acts, negative_acts)
+        for layer, vector in directions.vectors.items():
+            check_direction(vector, layout.hidden_size, f"step {self.name!r}: {type(self.extractor).__name__} at layer {layer}")
+        self.call("on_directions_computed", directions=directions)
+        from steerpeft.data import PromptSet
+
+        prompt_sets = {
+            name: PromptSet(name, tuple(items))
+            for name, items in (("positive", pos_train), ("negative", neg_train), ("positive_validation", pos_val),
+                                ("negative_validation", neg_val)) if items
+        }
+        data = FitData(model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
+                       prompt_sets, self, extra=dict(self.extra))
+        selection = self.selector.select(data)
+        self.call("on_layer_selected", selection=selection)
+        step_directions = self._step_directions(directions, selection.layers, layout)
+        chosen = selection.layers[0]
+        p_plus, p_minus = directions.projections(chosen)
+        for layer in step_directions:
+            self.intervention.resolve(layer, p_plus, p_minus)
+        self.scaler.calibrate(data, selection.layers)
+        self.call("on_scaler_calibrated", scaler=self.scaler)
+        step = SteeringStep(step_directions, self.intervention, self.scaler, self.positions, self.name, self.site)
+        plan = Plan(
+            [step],
+            model_info=model_info(model, layout, tokenizer),
+            metadata={
+                "steps": {
+                    self.name: {
+                        "selected_layers": selection.layers,
+                        "layer_scores": selection.table,
+                        "extractor": self.extractor.to_config(),
+                        "selector": self.selector.to_config(),
+                        "fit_positions": self.fit_positions.to_config(),
+                        "prompts": {name: len(s) for name, s in prompt_sets.items()},
+                        "centroid_projections": {"positive": p_plus, "negative": p_minus},
+                    }
+                }
+            },
+        )
+        self.last_fit = data
+        self.call("on_fit_end", plan=plan)
+        return plan
+
+    def _check_before_recording(
+        self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: dict[str, list[str]],
+        train: dict[str, list[str]],
+    ) -> None:
+        """Refuse what would otherwise fail only after recording: layers, prompt counts and lengths."""
+        if isinstance(self.apply_layers, (list, tuple)):
+            for layer in self.apply_layers:
+                layout.layer_path(layer)
+        needed = getattr(self.extractor, "min_prompts_per_class", 1)
+        for name, items in train.items():
+            if len(items) < needed:
+                held_out = len(prompts[name]) - len(items)
+                reason = (f" after holding out {held_out} for validation (validation_fraction={self.validation_fraction}); "
+                         "add prompts or lower validation_fraction" if held_out else "; add prompts")
+                raise DataError(
+                    f"{type(self.extractor).__name__} needs at least {needed} {name} prompts to fit on, got "
+                    f"{len(items)}{reason}{'' if needed <= 1 else ', or use the diff_means extractor'}."
+                )
+        for name, items in prompts.items():
+            check_prompt_lengths(tokenizer, items, context_length(model), name)
+
+    def _extra_layers(self, layout: ModelLayout) -> set[int]:
+        condition = getattr(self.scaler, "condition_layer", None)
+        return {condition} if isinstance(condition, int) else set()
+
+    def split(self, prompts: list[str]) -> tuple[list[str], list[str]]:
+        """(train, validation) as `fit` splits them: a `seed`-ed permutation picks
+        round(len * validation_fraction) validation prompts; each part keeps the input order.
+        No split (all train) when validation_fraction <= 0 or fewer than 4 prompts."""
+        if self.validation_fraction <= 0 or len(prompts) < 4:
+            return prompts, []
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(prompts), generator=generator).tolist()
+        n_val = max(1, round(len(prompts) * self.validation_fraction))
+        val_index = set(order[:n_val])
+        return [p for i, p in enumerate(prompts) if i not in val_index], [p for i, p in enumerate(prompts) if i in val_index]
+
+    _split = split  # the name used before `split` was public
+
+    def _step_directions(self, directions: Any, selected: list[int], layout: ModelLayout) -> dict[int, torch.Tensor]:
+        if self.apply_layers == "selected":
+            chosen = {layer: directions.vectors[layer] for layer in selected}
+        else:
+            source = directions.vectors[selected[0]]
+            targets = range(layout.num_layers) if self.apply_layers == "all" else self.apply_layers
+            chosen = {}
+            for layer in targets:
+                layout.layer_path(layer)
+                chosen[int(layer)] = source
+        if self.embedding:
+            chosen[EMBEDDING] = directions.vectors[selected[0]]
+        return chosen
+
+    # -- apply -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def apply(self, plan: Plan, model: torch.nn.Module) -> Iterator[SteeringHandle]:
+        """`plan.apply(model)` with apply start/end callbacks."""
+        self.call("on_apply_start", plan=plan, model=model)
+        try:
+            with plan.apply(model) as handle:
+                yield handle
+        finally:
+            self.call("on_apply_end", plan=plan, model=model)
+
+
+def model_info(model: torch.nn.Module, layout: ModelLayout, processor: Any = None) -> dict[str, Any]:
+    """Provenance recorded in plans and adapters, checked when they are applied.
+
+    With a processor that sends video frames through image tokens (SmolVLM2), the id of its
+    per-frame marker is kept too, so applied plans can tell video rows from image rows.
+    """
+    config = getattr(model, "config", None)
+    info = {
+        "model_id": getattr(config, "_name_or_path", "") or getattr(model, "_steerpeft_model_id", ""),
+        "model_type": layout.family,
+        "hidden_size": layout.hidden_size,
+        "num_layers": layout.num_layers,
+        "layers_path": layout.layers_path,
+        "embedding_path": layout.embedding_path,
+    }
+    if processor is not None and layout.video_token_id is None:
+        from steerpeft.mars.inputs import video_frame_token_id
+
+        frame = video_frame_token_id(processor)
+        if frame is not None:
+            info["video_frame_token_id"] = frame
+    return info
