@@ -25,6 +25,7 @@ from steerpeft.formats import PLAN_FORMAT, is_plan_format
 from steerpeft.interventions import INTERVENTIONS, Intervention
 from steerpeft.io import atomic_folder, read_json, read_tensors, write_json, write_tensors
 from steerpeft.positions import Positions, parse_positions
+from steerpeft.provenance import check_shape
 from steerpeft.recording import layer_output
 from steerpeft.scalers import SCALERS, Scaler
 from steerpeft.session import ForwardContext, acquire_session, active_session, release_session
@@ -253,13 +254,8 @@ class Plan:
         """The model's layout, checked against the plan's recorded base model."""
         info = self.model_info
         layout = resolve_layout(model, info.get("layers_path"), info.get("embedding_path"))
-        expected = {"hidden_size": layout.hidden_size, "num_layers": layout.num_layers}
-        for key, actual in expected.items():
-            if key in info and int(info[key]) != actual and not force:
-                raise ShapeError(
-                    f"This plan was made for a model with {key}={info[key]}, but the model has {key}={actual}. "
-                    f"It was fitted on {info.get('model_id', 'another model')!r}: fit it again on this model."
-                )
+        if not force:
+            check_shape(info, layout.hidden_size, layout.num_layers, "plan")
         for step in self.steps:
             step.check_against(layout)
         return layout

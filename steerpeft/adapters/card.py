@@ -91,6 +91,9 @@ def render_card(plan: Plan, kind: str, extra: dict[str, Any]) -> str:
     lines += ["## Provenance", "", "| field | value |", "|---|---|"]
     provenance = {
         "base model": model_id or "(not recorded)",
+        "weights source file": info.get("source_file", ""),
+        "quantization": info.get("quantization", ""),
+        "weights fingerprint": info.get("weights_fingerprint", ""),
         "model type": info.get("model_type", ""),
         "hidden size": info.get("hidden_size", ""),
         "decoder layers": info.get("num_layers", ""),

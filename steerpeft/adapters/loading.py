@@ -27,6 +27,7 @@ from steerpeft.architectures import ArchitectureError, ModelLayout, get_module, 
 from steerpeft.errors import AdapterError, ShapeError
 from steerpeft.formats import CHILD_NAME, LEGACY_KEY_PARTS, TENSORS_ATTR, is_steer_peft_type
 from steerpeft.io import read_adapter_meta, read_json, read_tensors
+from steerpeft.provenance import check_model_id, check_shape
 
 __all__ = ["check_model", "load_adapter"]
 
@@ -51,7 +52,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, adapter_name: str
     steer_folder = folder / STEER_SUBFOLDER
     has_steer_part = root_kind == "lora" and (steer_folder / "adapter_config.json").is_file()
 
-    _check_model_id(base, _recorded_model_id(meta, root_config), force)
+    check_model_id(base, _recorded_model(meta, root_config), force)
     if meta.get("model"):
         check_model(base, meta["model"])
     parts = [(folder, root_kind, root_config)]
@@ -116,35 +117,11 @@ def _read_config(folder: Path) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _recorded_model_id(meta: dict[str, Any], config: dict[str, Any]) -> str:
-    model = meta.get("model") or (config.get("plan") or {}).get("model") or {}
-    return str(model.get("model_id") or config.get("base_model_name_or_path") or "")
-
-
-def _model_id(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return str(getattr(config, "_name_or_path", "") or getattr(model, "_steerpeft_model_id", "") or "")
-
-
-def _normalised_name(model_id: str) -> str:
-    text = model_id.rstrip("/")
-    cached = re.search(r"models--([^/]+)--([^/]+)", text)  # a Hub cache snapshot path
-    if cached:
-        text = f"{cached.group(1)}/{cached.group(2)}"
-    return text.rsplit("/", 1)[-1].lower()
-
-
-def _check_model_id(model: nn.Module, recorded: str, force: bool) -> None:
-    actual = _model_id(model)
-    if not recorded or not actual or force or recorded == actual:
-        return
-    if _normalised_name(recorded) == _normalised_name(actual):
-        return  # the same model from a local folder, a cache snapshot or the Hub
-    raise AdapterError(
-        f"This adapter was made for base model {recorded!r}, but the model is {actual!r}. Steering directions do not "
-        "transfer between models: load the right base model, or pass force=True if it is the same model under "
-        "another name."
-    )
+def _recorded_model(meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The recorded base model: the plan's model info, the PEFT config's base model as a fallback."""
+    model = dict(meta.get("model") or (config.get("plan") or {}).get("model") or {})
+    model["model_id"] = str(model.get("model_id") or config.get("base_model_name_or_path") or "")
+    return model
 
 
 def _check_lora_tensors(model: nn.Module, tensors: dict[str, Any], folder: Path) -> None:
@@ -207,13 +184,7 @@ def _check_steer_tensors(model: nn.Module, config: dict[str, Any], tensors: dict
 def check_model(model: nn.Module, info: dict[str, Any]) -> ModelLayout:
     """The model's layout, refusing a hidden size or layer count other than the adapter's."""
     layout = resolve_layout(unwrap_model(model), info.get("layers_path"), info.get("embedding_path"))
-    for key, actual in (("hidden_size", layout.hidden_size), ("num_layers", layout.num_layers)):
-        if key in info and int(info[key]) != actual:
-            raise ShapeError(
-                f"This adapter was made for a model with {key}={info[key]}, but this model has {key}={actual}: "
-                f"it was made for {info.get('model_id') or 'another model'!r}. Load it on that model, or export "
-                "the plan again from this one."
-            )
+    check_shape(info, layout.hidden_size, layout.num_layers, "adapter")
     return layout
 
 

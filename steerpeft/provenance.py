@@ -1,0 +1,88 @@
+"""Which model a plan or adapter was made for, and the one check that it fits the model at hand.
+
+A direction means nothing on another model's activations, so plans and adapters record the
+base model: its id (the Hub id or local path of `config._name_or_path`), where the weights
+came from when that is not the Hub (a GGUF file and its quantization), its shape, and a short
+fingerprint of its input embeddings.  A model fits when the shape matches and either the ids
+name the same model or the fingerprints match (the same weights under another name, e.g. the
+same GGUF loaded by steerpeft and by plain transformers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerpeft.errors import AdapterError, ShapeError
+
+_FINGERPRINT_ROWS = 16
+
+
+def model_id(model: nn.Module) -> str:
+    """The id plans and adapters record: `config._name_or_path`, or the id steerpeft set on the model."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or getattr(model, "_steerpeft_model_id", "") or "")
+
+
+def weight_provenance(model: nn.Module) -> dict[str, str]:
+    """Where the weights came from, when steerpeft loaded them from a file (source file, quantization)."""
+    record = getattr(getattr(model, "config", None), "steerpeft_provenance", None)
+    return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else {}
+
+
+def weights_fingerprint(model: nn.Module) -> str | None:
+    """A short hash of the first input-embedding rows (float32 bytes and the table's shape).
+
+    Cheap (16 rows) and exact: two loads of the same weights in float32 agree, any retraining or
+    other quantization does not.  None for models without an input embedding.
+    """
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    weight = getattr(embedding, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.is_meta:
+        return None
+    rows = weight.detach()[:_FINGERPRINT_ROWS].to("cpu", torch.float32).contiguous()
+    digest = hashlib.sha256(str(tuple(weight.shape)).encode())
+    digest.update(rows.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def normalised_name(name: str) -> str:
+    """The last part of a Hub id or path, lower case (a cache snapshot path counts as its repo)."""
+    text = name.rstrip("/")
+    cached = re.search(r"models--([^/]+)--([^/]+)", text)
+    if cached:
+        text = f"{cached.group(1)}/{cached.group(2)}"
+    return text.rsplit("/", 1)[-1].lower()
+
+
+def check_model_id(model: nn.Module, recorded: dict[str, Any], force: bool = False, what: str = "adapter") -> None:
+    """Refuse a model that is neither named like the recorded base model nor carries its weights."""
+    expected, actual = str(recorded.get("model_id") or ""), model_id(model)
+    if force or not expected or not actual or expected == actual:
+        return
+    if normalised_name(expected) == normalised_name(actual):
+        return  # the same model from a local folder, a cache snapshot or the Hub
+    fingerprint = recorded.get("weights_fingerprint")
+    if fingerprint and fingerprint == weights_fingerprint(model):
+        return  # the same weights under another name
+    raise AdapterError(
+        f"This {what} was made for base model {expected!r}, but the model is {actual!r}. Steering directions do not "
+        "transfer between models: load the right base model, or pass force=True if it is the same model under "
+        "another name."
+    )
+
+
+def check_shape(info: dict[str, Any], hidden_size: int, num_layers: int, what: str = "adapter") -> None:
+    """Refuse a model whose hidden size or layer count differs from the recorded one."""
+    for key, actual in (("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if key in info and int(info[key]) != actual:
+            fix = "fit it again on this model" if what == "plan" else "export the plan again from this one"
+            raise ShapeError(
+                f"This {what} was made for a model with {key}={info[key]}, but the model has {key}={actual}: it was "
+                f"made for {info.get('model_id') or 'another model'!r}. Load it on that model, or {fix}."
+            )
