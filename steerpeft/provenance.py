@@ -4,13 +4,14 @@ A direction means nothing on another model's activations, so plans and adapters 
 base model: its id (the Hub id or local path of `config._name_or_path`), where the weights
 came from when that is not the Hub (a GGUF file and its quantization), its shape, and a short
 fingerprint of its input embeddings.  A model fits when the shape matches and either the ids
-name the same model or the fingerprints match (the same weights under another name, e.g. the
-same GGUF loaded by steerpeft and by plain transformers).
+name the same model or, for a model loaded from a local path (which names nothing), the
+fingerprints match (e.g. the same GGUF loaded by steerpeft and by plain transformers).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from typing import Any
 
@@ -53,7 +54,8 @@ def weights_fingerprint(model: nn.Module) -> str | None:
 
 def normalised_name(name: str) -> str:
     """The last part of a Hub id or path, lower case (a cache snapshot path counts as its repo)."""
-    text = name.rstrip("/")
+    # steerpeft 0.1 folded the source into the id ("org/name (GGUF Q4_1 from ...)"): the id is the part before.
+    text = re.sub(r"\s+\(.*\)$", "", name.strip()).rstrip("/")
     cached = re.search(r"models--([^/]+)--([^/]+)", text)
     if cached:
         text = f"{cached.group(1)}/{cached.group(2)}"
@@ -68,13 +70,18 @@ def check_model_id(model: nn.Module, recorded: dict[str, Any], force: bool = Fal
     if normalised_name(expected) == normalised_name(actual):
         return  # the same model from a local folder, a cache snapshot or the Hub
     fingerprint = recorded.get("weights_fingerprint")
-    if fingerprint and fingerprint == weights_fingerprint(model):
-        return  # the same weights under another name
+    if fingerprint and _is_local_path(actual) and fingerprint == weights_fingerprint(model):
+        return  # the same weights loaded from a local file (e.g. the same GGUF through plain transformers)
     raise AdapterError(
         f"This {what} was made for base model {expected!r}, but the model is {actual!r}. Steering directions do not "
         "transfer between models: load the right base model, or pass force=True if it is the same model under "
         "another name."
     )
+
+
+def _is_local_path(name: str) -> bool:
+    """A path names no model (a Hub id does): there only the weights can tell."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
 
 
 def check_shape(info: dict[str, Any], hidden_size: int, num_layers: int, what: str = "adapter") -> None:

@@ -254,7 +254,8 @@ def test_an_exported_adapter_evaluates_like_its_plan(tiny: tuple[Any, Any], tmp_
     adapter_rows = {r["set"]: r for r in evaluated.metrics["eval"]["table"] if r["condition"] == "adapter"}
     for name, row in plan_rows.items():
         assert row["kl"] > 0  # the plan does steer
-        assert adapter_rows[name]["kl"] == pytest.approx(row["kl"], rel=1e-3, abs=1e-7)
+        # The LoRA export sums in another order than the hooks: on a KL of ~5e-5 that is ~3e-7 of float32 noise.
+        assert adapter_rows[name]["kl"] == pytest.approx(row["kl"], rel=1e-3, abs=1e-6)
         assert adapter_rows[name]["first_token_score"] == pytest.approx(row["first_token_score"], abs=1e-4)
     # the adapter came off again: the unsteered rows match the run's
     unsteered = {r["set"]: r["first_token_score"] for r in run.metrics["eval"]["table"] if r["condition"] == "unsteered"}
