@@ -37,7 +37,7 @@ from steerpeft.interventions import Ablate, AddDirection
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
 from steerpeft.scalers import ConstantScaler, TrustRegionScaler
 from steerpeft.scalers.trust_region import LayerRegion
-from steerpeft.steerer import model_info
+from steerpeft.provenance import model_info
 
 # Real model shapes (weights are random: throughput depends on shapes, not values).
 LLAMA_3_ROPE = {
@@ -240,7 +240,7 @@ def contrast_prompts(loaded: Loaded, count: int, prompt_len: int, seed: int) -> 
 
 def rendered(loaded: Loaded, prompts: Sequence[str]) -> list[str]:
     """Prompts as the model sees them (chat template for SmolLM2, as steerpeft renders them)."""
-    from steerpeft.prompting import render_chat
+    from steerpeft.inputs.text import render_chat
 
     return [render_chat(loaded.tokenizer, p) for p in prompts]
 

@@ -24,7 +24,7 @@ from steerpeft.architectures import resolve_layout
 from steerpeft.interventions import Ablate, AddDirection
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
 from steerpeft.scalers import ConstantScaler
-from steerpeft.steerer import model_info
+from steerpeft.provenance import model_info
 
 
 def plans(model) -> dict[str, Plan]:

@@ -23,7 +23,7 @@ from steerpeft.evaluation.kl import first_token_kl
 from steerpeft.evaluation.runs import decision_logits
 from steerpeft.io import atomic_write_text
 from steerpeft.models import load_model
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"ablation": "smollm2-135m-refusal-ablation", "mars": "smollm2-135m-mars"}

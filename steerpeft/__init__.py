@@ -6,10 +6,11 @@ The public API is small:
 - `Plan.apply(model)` steers inside a `with` block; `Plan.save` / `Plan.load` persist it;
 - `load_recipe` reads a YAML recipe; `Recipe.fit` chains its steps into one plan;
 - the component families live in `steerpeft.extractors`, `.selectors`, `.scalers`, `.interventions`,
-  `.callbacks`; positions in `steerpeft.positions`.
+  `.callbacks`; positions in `steerpeft.positions`; the MARS recipe in `steerpeft.mars`.
 """
 
-import steerpeft.adapters  # noqa: F401  (registers the STEER PEFT method with PEFT)
+import steerpeft.adapters
+import steerpeft.mars  # noqa: F401  (the reference recipe registers its scaler, selector and `media` section)
 from steerpeft.callbacks import Callback, JsonlLogger, ProgressBar
 from steerpeft.errors import SteerpeftError
 from steerpeft.plan import Plan, SteeringStep

@@ -1,7 +1,7 @@
 """The `steerpeft` command line: fit, eval, export, run, info, recipes.
 
 `steerpeft run` is the main job (fit -> evaluate -> export -> report, see
-`steerpeft.pipeline`); the other commands do one part each.  Recipe keys are
+`steerpeft.run`); the other commands do one part each.  Recipe keys are
 overridden with trailing `key.path=value` arguments.  Errors print
 `error: <message>` and exit with status 2; `--debug` adds the traceback.
 """
@@ -238,7 +238,7 @@ def _quiet_libraries() -> None:
 
 
 def _plan_folder(path: str) -> Path:
-    from steerpeft.pipeline import describe_path
+    from steerpeft.run import describe_path
 
     kind, folder = describe_path(path)
     if kind == "adapter":
@@ -247,7 +247,7 @@ def _plan_folder(path: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from steerpeft.pipeline import run_recipe
+    from steerpeft.run import run_recipe
 
     result = run_recipe(args.recipe or "mars", overrides=args.overrides, out_dir=args.out, progress=not args.quiet,
                         export=not args.no_export, plots=not args.no_plots, device=args.device,
@@ -264,9 +264,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import time
 
     from steerpeft.callbacks import ProgressBar
-    from steerpeft.pipeline import load_recipe_model, say
     from steerpeft.recipes import load_recipe
     from steerpeft.report.metrics import plan_section
+    from steerpeft.run import load_recipe_model, say
 
     recipe = load_recipe(args.recipe, args.overrides)
     recipe.steerers()  # fail on bad options before the model loads
@@ -284,7 +284,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from steerpeft.pipeline import evaluate_saved
+    from steerpeft.run import evaluate_saved
 
     result = evaluate_saved(args.path, out_dir=args.out, model_name=args.model, recipe=args.recipe,
                             overrides=args.overrides, device=args.device, progress=not args.quiet,
@@ -295,8 +295,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from steerpeft.models import load_model
-    from steerpeft.pipeline import export_plan, say
     from steerpeft.plan import Plan
+    from steerpeft.run import export_plan, say
 
     folder = _plan_folder(args.path)
     plan = Plan.load(folder)
@@ -314,10 +314,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from steerpeft.pipeline import describe_path
     from steerpeft.plan import Plan
     from steerpeft.report.metrics import plan_section
     from steerpeft.report.terminal import summary_table
+    from steerpeft.run import describe_path
 
     kind, folder = describe_path(args.path)
     if kind == "adapter":

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from steerpeft.activations import check_direction
-from steerpeft.architectures import ModelLayout, decoder_layers, get_module, resolve_layout, unwrap_model
+from steerpeft.architectures import ModelLayout, decoder_layers, get_module, unwrap_model
 from steerpeft.errors import AdapterError, ConfigError, ShapeError
 from steerpeft.formats import PLAN_FORMAT, is_plan_format
 from steerpeft.interventions import INTERVENTIONS, Intervention
 from steerpeft.io import atomic_folder, read_json, read_tensors, write_json, write_tensors
 from steerpeft.positions import Positions, parse_positions
-from steerpeft.provenance import check_shape
+from steerpeft.provenance import fitting_layout
 from steerpeft.recording import layer_output
 from steerpeft.scalers import SCALERS, Scaler
 from steerpeft.session import ForwardContext, acquire_session, active_session, release_session
@@ -252,10 +252,7 @@ class Plan:
 
     def layout_for(self, model: nn.Module, *, force: bool = False) -> ModelLayout:
         """The model's layout, checked against the plan's recorded base model."""
-        info = self.model_info
-        layout = resolve_layout(model, info.get("layers_path"), info.get("embedding_path"))
-        if not force:
-            check_shape(info, layout.hidden_size, layout.num_layers, "plan")
+        layout = fitting_layout(model, self.model_info, "plan", force=force)
         for step in self.steps:
             step.check_against(layout)
         return layout

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerpeft.architectures import ModelLayout, resolve_layout, unwrap_model
 from steerpeft.errors import AdapterError, ShapeError
+from steerpeft.inputs.batches import video_frame_token_id
 
 _FINGERPRINT_ROWS = 16
 
@@ -93,3 +95,41 @@ def check_shape(info: dict[str, Any], hidden_size: int, num_layers: int, what: s
                 f"This {what} was made for a model with {key}={info[key]}, but the model has {key}={actual}: it was "
                 f"made for {info.get('model_id') or 'another model'!r}. Load it on that model, or {fix}."
             )
+
+
+def fitting_layout(model: nn.Module, info: dict[str, Any], what: str = "adapter", *, force: bool = False) -> ModelLayout:
+    """The model's layout, when a plan or adapter whose recorded model is `info` fits it.
+
+    The one check plans and adapters share: the recorded layer paths must resolve and, unless
+    `force`, the hidden size and layer count must match.  (The model id is checked by
+    `check_model_id`, which only loaders of shared files need.)
+    """
+    layout = resolve_layout(unwrap_model(model), info.get("layers_path"), info.get("embedding_path"))
+    if not force:
+        check_shape(info, layout.hidden_size, layout.num_layers, what)
+    return layout
+
+
+def model_info(model: nn.Module, layout: ModelLayout, processor: Any = None) -> dict[str, Any]:
+    """Provenance recorded in plans and adapters, checked when they are applied.
+
+    With a processor that sends video frames through image tokens (SmolVLM2), the id of its
+    per-frame marker is kept too, so applied plans can tell video rows from image rows.
+    """
+    info: dict[str, Any] = {
+        "model_id": model_id(model),
+        "model_type": layout.family,
+        "hidden_size": layout.hidden_size,
+        "num_layers": layout.num_layers,
+        "layers_path": layout.layers_path,
+        "embedding_path": layout.embedding_path,
+    }
+    fingerprint = weights_fingerprint(model)
+    if fingerprint:
+        info["weights_fingerprint"] = fingerprint
+    info.update(weight_provenance(model))
+    if processor is not None and layout.video_token_id is None:
+        frame = video_frame_token_id(processor)
+        if frame is not None:
+            info["video_frame_token_id"] = frame
+    return info

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerpeft.inputs.modality import Modality
+
 _SESSION_ATTR = "_steerpeft_session"
 _LOCK = threading.Lock()
 
@@ -35,7 +37,7 @@ class ForwardContext:
 
     Tensors: `columns` [seq] (absolute column of each position of this chunk),
     `real_tokens` [batch, seq] bool, `last_prompt_column` [batch] long,
-    `modality` [batch] long (0 text, 1 image, 2 video) or None.
+    `modality` [batch] long (a `Modality` value per row) or None.
 
     Two flags answer the common questions without a kernel, a host sync or a
     Python int: `every_token_real` (the chunk holds no padding: no mask was given,
@@ -241,7 +243,7 @@ class SteeringSession:
             self._prompt_seen = True
 
     def _modality(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """Per row: 2 if it holds video tokens, else 1 if image tokens, else 0.
+        """Per row: `Modality.VIDEO` if it holds video tokens, else `IMAGE` if image tokens, else `TEXT`.
 
         Models that feed video frames through image tokens (SmolVLM2) have no video token; there
         a row that opens two or more frames (`frame_token_id`, recorded from the processor at fit
@@ -249,13 +251,13 @@ class SteeringSession:
         """
         if input_ids is None or (self.image_token_id is None and self.video_token_id is None):
             return None
-        modality = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        modality = torch.full((input_ids.shape[0],), int(Modality.TEXT), dtype=torch.long, device=input_ids.device)
         if self.image_token_id is not None:
-            modality = torch.where((input_ids == self.image_token_id).any(dim=1), 1, modality)
+            modality = torch.where((input_ids == self.image_token_id).any(dim=1), int(Modality.IMAGE), modality)
         if self.video_token_id is not None:
-            modality = torch.where((input_ids == self.video_token_id).any(dim=1), 2, modality)
+            modality = torch.where((input_ids == self.video_token_id).any(dim=1), int(Modality.VIDEO), modality)
         elif self.frame_token_id is not None:
-            modality = torch.where((input_ids == self.frame_token_id).sum(dim=1) >= 2, 2, modality)
+            modality = torch.where((input_ids == self.frame_token_id).sum(dim=1) >= 2, int(Modality.VIDEO), modality)
         return modality
 
 

@@ -8,7 +8,7 @@ training loop: components plug in, callbacks watch.  `fit` returns a `Plan`;
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,32 +16,27 @@ import torch
 from steerpeft import distributed
 from steerpeft.activations import Activations, check_direction
 from steerpeft.architectures import ModelLayout, resolve_layout, unwrap_model
-from steerpeft.callbacks import Callback
+from steerpeft.callbacks import Callback, call_hook, stage
+from steerpeft.data import PromptSet
+from steerpeft.data.splits import holdout_split
 from steerpeft.errors import ConfigError, DataError
 from steerpeft.extractors import DiffMeans, Extractor
 from steerpeft.fitting import FitData
+from steerpeft.inputs.text import (
+    as_prompt_list,
+    batched,
+    check_prompt_lengths,
+    context_length,
+    encode_prompts,
+    model_device,
+)
 from steerpeft.interventions import AddDirection, Intervention
 from steerpeft.plan import EMBEDDING, Plan, SteeringHandle, SteeringStep
 from steerpeft.positions import Positions, parse_positions
-from steerpeft.prompting import batched, check_prompt_lengths, context_length, encode_prompts
-from steerpeft.provenance import model_id, weight_provenance, weights_fingerprint
+from steerpeft.provenance import model_info
 from steerpeft.recording import ActivationRecorder
 from steerpeft.scalers import ConstantScaler, Scaler
 from steerpeft.selectors import LayerSelector, SweepSelector
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where inputs go: the device of the first parameter (the embedding, under device_map)."""
-    return next(model.parameters()).device
-
-
-def as_prompt_list(prompts: Sequence[str] | Any, what: str) -> list[str]:
-    items = list(getattr(prompts, "prompts", prompts))
-    if not items:
-        raise DataError(f"The {what} prompt set is empty: give at least one prompt.")
-    if not all(isinstance(p, str) and p.strip() for p in items):
-        raise DataError(f"The {what} prompt set holds empty or non-text entries; every prompt must be a non-empty string.")
-    return items
 
 
 class Steerer:
@@ -76,7 +71,7 @@ class Steerer:
         name: str = "step",
         layers_path: str | None = None,
         embedding_path: str | None = None,
-        extra: dict[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
         accelerator: Any | None = None,
     ) -> None:
         self.extractor = extractor or DiffMeans()
@@ -102,13 +97,13 @@ class Steerer:
         self.seed = seed
         self.name = name
         self.layers_path, self.embedding_path = layers_path, embedding_path
-        self.extra = dict(extra or {})
+        self.settings = dict(settings or {})
         self.accelerator = accelerator
 
     # -- callbacks ---------------------------------------------------------
     def call(self, hook: str, **kwargs: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(self, **kwargs)
+        """Tell every callback about `hook` (e.g. "on_layer_scored")."""
+        call_hook(self.callbacks, self, hook, **kwargs)
 
     # -- recording -----------------------------------------------------------
     def record(
@@ -161,6 +156,11 @@ class Steerer:
     # -- fit -------------------------------------------------------------------
     def fit(self, model: torch.nn.Module, tokenizer: Any, positive: Sequence[str] | Any, negative: Sequence[str] | Any) -> Plan:
         """Record both prompt sets, extract directions, select layers, calibrate the scaler."""
+        with stage(self.callbacks, self, "fit"):
+            return self._fit(model, tokenizer, positive, negative)
+
+    def _fit(self, model: torch.nn.Module, tokenizer: Any, positive: Sequence[str] | Any,
+             negative: Sequence[str] | Any) -> Plan:
         model = unwrap_model(model)
         positive_prompts = as_prompt_list(positive, "positive")
         negative_prompts = as_prompt_list(negative, "negative")
@@ -180,15 +180,13 @@ class Steerer:
         for layer, vector in directions.vectors.items():
             check_direction(vector, layout.hidden_size, f"step {self.name!r}: {type(self.extractor).__name__} at layer {layer}")
         self.call("on_directions_computed", directions=directions)
-        from steerpeft.data import PromptSet
-
         prompt_sets = {
             name: PromptSet(name, tuple(items))
             for name, items in (("positive", pos_train), ("negative", neg_train), ("positive_validation", pos_val),
                                 ("negative_validation", neg_val)) if items
         }
         data = FitData(model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
-                       prompt_sets, self, extra=dict(self.extra))
+                       prompt_sets, _BoundServices(self, model, tokenizer, layout), settings=dict(self.settings))
         selection = self.selector.select(data)
         self.call("on_layer_selected", selection=selection)
         step_directions = self._step_directions(directions, selection.layers, layout)
@@ -246,16 +244,8 @@ class Steerer:
         return {condition} if isinstance(condition, int) else set()
 
     def split(self, prompts: list[str]) -> tuple[list[str], list[str]]:
-        """(train, validation) as `fit` splits them: a `seed`-ed permutation picks
-        round(len * validation_fraction) validation prompts; each part keeps the input order.
-        No split (all train) when validation_fraction <= 0 or fewer than 4 prompts."""
-        if self.validation_fraction <= 0 or len(prompts) < 4:
-            return prompts, []
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(prompts), generator=generator).tolist()
-        n_val = max(1, round(len(prompts) * self.validation_fraction))
-        val_index = set(order[:n_val])
-        return [p for i, p in enumerate(prompts) if i not in val_index], [p for i, p in enumerate(prompts) if i in val_index]
+        """(train, validation) as `fit` splits them (`steerpeft.data.splits.holdout_split`)."""
+        return holdout_split(prompts, self.validation_fraction, self.seed)
 
     _split = split  # the name used before `split` was public
 
@@ -285,28 +275,19 @@ class Steerer:
             self.call("on_apply_end", plan=plan, model=model)
 
 
-def model_info(model: torch.nn.Module, layout: ModelLayout, processor: Any = None) -> dict[str, Any]:
-    """Provenance recorded in plans and adapters, checked when they are applied.
+class _BoundServices:
+    """The `FitServices` a fit hands its components: the steerer's recording and callbacks, bound to one model."""
 
-    With a processor that sends video frames through image tokens (SmolVLM2), the id of its
-    per-frame marker is kept too, so applied plans can tell video rows from image rows.
-    """
-    info: dict[str, Any] = {
-        "model_id": model_id(model),
-        "model_type": layout.family,
-        "hidden_size": layout.hidden_size,
-        "num_layers": layout.num_layers,
-        "layers_path": layout.layers_path,
-        "embedding_path": layout.embedding_path,
-    }
-    fingerprint = weights_fingerprint(model)
-    if fingerprint:
-        info["weights_fingerprint"] = fingerprint
-    info.update(weight_provenance(model))
-    if processor is not None and layout.video_token_id is None:
-        from steerpeft.mars.inputs import video_frame_token_id
+    def __init__(self, steerer: Steerer, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout) -> None:
+        self._steerer, self._model, self._tokenizer, self._layout = steerer, model, tokenizer, layout
+        self.batch_size = steerer.batch_size
 
-        frame = video_frame_token_id(processor)
-        if frame is not None:
-            info["video_frame_token_id"] = frame
-    return info
+    def record(self, batches: Iterable[dict[str, torch.Tensor]], total: int, layers: list[int], split: str,
+               positions: Positions | None = None) -> Activations:
+        return self._steerer.record(self._model, self._layout, batches, total, layers, split, positions)
+
+    def text_batches(self, prompts: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+        return self._steerer.text_batches(self._model, self._tokenizer, list(prompts))
+
+    def emit(self, hook: str, **kwargs: Any) -> None:
+        self._steerer.call(hook, **kwargs)

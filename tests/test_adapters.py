@@ -32,7 +32,7 @@ from steerpeft.plan import EMBEDDING, Plan, SteeringStep
 from steerpeft.scalers import ConditionalScaler, TrustRegionScaler
 from steerpeft.scalers.trust_region import LayerRegion
 from steerpeft.session import active_session
-from steerpeft.steerer import model_info
+from steerpeft.provenance import model_info
 
 TOL = 1e-4
 FAMILIES = ["llama", "qwen2", "gemma2", "qwen2_vl", "idefics3"]

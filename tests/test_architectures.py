@@ -28,7 +28,7 @@ from steerpeft.architectures import (
     unwrap_model,
 )
 from steerpeft.errors import ArchitectureError, ShapeError
-from steerpeft.mars.inputs import video_frame_token_id
+from steerpeft.inputs.batches import video_frame_token_id
 
 # The exact paths users will see, per family (transformers 5 module layout).
 EXPECTED_PATHS = {

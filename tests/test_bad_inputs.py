@@ -23,7 +23,7 @@ from steerpeft import Callback, Plan, Steerer, load_recipe
 from steerpeft.errors import AdapterError, ConfigError, DataError, ShapeError
 from steerpeft.extractors import DiffMeans, LinearProbe, PairedPCA
 from steerpeft.io import inside
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.selectors import FixedLayers, SweepSelector
 from steerpeft.session import active_session
 

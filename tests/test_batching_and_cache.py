@@ -7,7 +7,7 @@ import torch
 from plans import make_plan
 from tiny_models import tiny_text_model
 
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 
 POSITIONS = ["all", "prompt", "decision", "generated", "first_generated:2"]
 PROMPTS = ["Hi", "Tell me a long story about a brave little robot", "What is two plus two?"]

@@ -14,7 +14,7 @@ from tiny_models import tiny_text_model
 from torch._dynamo.utils import counters
 from transformers import CompileConfig
 
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 
 PROMPTS = ["Hi", "Tell me a long story about a brave little robot"]
 

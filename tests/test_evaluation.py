@@ -26,7 +26,7 @@ from steerpeft.evaluation import (
     refusal_rate,
     refusal_token_ids,
 )
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 
 # ---------------------------------------------------------------------------
 # Keyword judge

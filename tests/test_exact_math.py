@@ -121,7 +121,7 @@ def test_writer_site_ablation_matches_reference(family):
     from steerpeft.interventions import Ablate
     from steerpeft.plan import Plan, SteeringStep, residual_output_paths
     from steerpeft.scalers import ConstantScaler
-    from steerpeft.steerer import model_info
+    from steerpeft.provenance import model_info
 
     model, tok = tiny_text_model(family)
     layout = resolve_layout(model)

@@ -14,7 +14,7 @@ from steerpeft.architectures import decoder_layers, resolve_layout
 from steerpeft.errors import AdapterError, DataError, ShapeError
 from steerpeft.extractors import DiffMeans, LinearProbe, PairedPCA
 from steerpeft.interventions import Ablate
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.scalers import ConditionalScaler
 from steerpeft.selectors import FixedLayers, SweepSelector
 from steerpeft.session import active_session

@@ -1,4 +1,4 @@
-"""Neutral media and multimodal batches (steerpeft.mars.media / steerpeft.mars.inputs) on every tiny VLM."""
+"""Neutral media and multimodal batches (steerpeft.inputs.media / steerpeft.inputs.batches) on every tiny VLM."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tiny_models import FRAMES_AS_IMAGES, VLM_FAMILIES, supports_video, tiny_tex
 
 from steerpeft.architectures import resolve_layout
 from steerpeft.errors import ConfigError, DataError
-from steerpeft.mars.inputs import (
+from steerpeft.inputs.batches import (
     MODALITIES,
     available_modalities,
     build_batch,
@@ -19,14 +19,14 @@ from steerpeft.mars.inputs import (
     modality_batches,
     video_frame_token_id,
 )
-from steerpeft.mars.media import (
+from steerpeft.inputs.media import (
     DEFAULT_IMAGE_SIZE,
     native_image_size,
     native_video_size,
     neutral_images,
     neutral_videos,
 )
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 
 # Three lengths, so left padding really happens.
 PROMPTS = [

@@ -13,7 +13,7 @@ from tiny_models import tiny_text_model
 from steerpeft import Callback, Steerer
 from steerpeft.architectures import decoder_layers, resolve_layout
 from steerpeft.extractors import DiffMeans, LinearProbe, PairedPCA
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.selectors import FixedLayers, SweepSelector
 from steerpeft.session import active_session
 

@@ -12,7 +12,7 @@ from tiny_models import tiny_text_model
 
 from steerpeft.errors import ConfigError
 from steerpeft.evaluation import is_refusal
-from steerpeft.pipeline import check_run_dir, run_recipe
+from steerpeft.run import check_run_dir, run_recipe
 from steerpeft.plan import Plan
 from steerpeft.recipes import load_recipe
 from steerpeft.report import plot_gate, plot_layers, plot_refusal, render_report, text_table
@@ -239,7 +239,7 @@ def test_text_table_aligns_numbers_right_and_text_left() -> None:
 
 def test_an_exported_adapter_evaluates_like_its_plan(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     pytest.importorskip("steerpeft.adapters", reason="needs steerpeft.adapters")
-    from steerpeft.pipeline import evaluate_saved
+    from steerpeft.run import evaluate_saved
 
     model, tokenizer = tiny
     overrides = ["data.limit=12", "eval.generate=false", "steps.0.scaler.alpha=4.0"]

@@ -19,10 +19,10 @@ from steerpeft.extractors import DiffMeans
 from steerpeft.interventions import Ablate, AddDirection
 from steerpeft.models import load_model
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.scalers import ConstantScaler
 from steerpeft.selectors import SweepSelector
-from steerpeft.steerer import model_info
+from steerpeft.provenance import model_info
 
 pytestmark = pytest.mark.slow
 

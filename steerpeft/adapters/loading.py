@@ -23,11 +23,11 @@ from torch import nn
 
 from steerpeft.adapters.exporting import STEER_SUBFOLDER
 from steerpeft.adapters.lora_export import untie_embeddings
-from steerpeft.architectures import ArchitectureError, ModelLayout, get_module, resolve_layout, unwrap_model
+from steerpeft.architectures import ArchitectureError, ModelLayout, get_module, unwrap_model
 from steerpeft.errors import AdapterError, ShapeError
 from steerpeft.formats import CHILD_NAME, LEGACY_KEY_PARTS, TENSORS_ATTR, is_steer_peft_type
 from steerpeft.io import read_adapter_meta, read_json, read_tensors
-from steerpeft.provenance import check_model_id, check_shape
+from steerpeft.provenance import check_model_id, fitting_layout
 
 __all__ = ["check_model", "load_adapter"]
 
@@ -183,9 +183,7 @@ def _check_steer_tensors(model: nn.Module, config: dict[str, Any], tensors: dict
 
 def check_model(model: nn.Module, info: dict[str, Any]) -> ModelLayout:
     """The model's layout, refusing a hidden size or layer count other than the adapter's."""
-    layout = resolve_layout(unwrap_model(model), info.get("layers_path"), info.get("embedding_path"))
-    check_shape(info, layout.hidden_size, layout.num_layers, "adapter")
-    return layout
+    return fitting_layout(model, info, "adapter")
 
 
 # --------------------------------------------------------------------------- loading

@@ -7,7 +7,6 @@ against the unsteered model's logits on the very same batch.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -15,8 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from steerpeft.callbacks import Callback, ProgressBar, Runner, call_hook, stage
 from steerpeft.errors import ConfigError, DataError
 from steerpeft.evaluation.first_token import first_token_refusal_score, refusal_token_ids
 from steerpeft.evaluation.judge import is_refusal
@@ -27,6 +26,13 @@ UNSTEERED = "unsteered"
 """Name of the baseline condition when `conditions` lists none."""
 
 ConditionFactory = Callable[[], AbstractContextManager[Any]]
+
+
+@dataclass
+class Evaluation:
+    """The runner callbacks see during a stand-alone `evaluate` call."""
+
+    name: str = "evaluate"
 
 
 @dataclass
@@ -127,6 +133,8 @@ def evaluate(
     generate: bool = True,
     max_new_tokens: int = 32,
     progress: bool = True,
+    callbacks: Sequence[Callback] | None = None,
+    runner: Runner | None = None,
 ) -> EvalReport:
     """Score every condition on every prompt set.
 
@@ -138,6 +146,9 @@ def evaluate(
     is measured against its logits.  Per batch: one forward for the decision
     logits (first-token score, KL) and, if `generate`, greedy answers judged by
     `is_refusal`.  The model should be in eval mode.
+
+    Progress goes through the evaluation hooks of `callbacks` (default: a `ProgressBar`, silent
+    when `progress` is False), called with `runner` (default: an `Evaluation` named "evaluate").
     """
     if not sets:
         raise DataError("evaluate needs at least one prompt set; `sets` is empty.")
@@ -151,13 +162,14 @@ def evaluate(
     reference: dict[tuple[str, int], torch.Tensor] = {}
     rows: dict[str, dict[str, SetResult]] = {}
 
-    total = len(ordered) * sum(len(b) for b in sets.values())
-    bar = tqdm(
-        total=total, desc="evaluate", unit="batch", file=sys.stderr, disable=None if progress else True
-    )
-    try:
+    callbacks = [ProgressBar(disable=None if progress else True)] if callbacks is None else list(callbacks)
+    runner = runner or Evaluation()
+    per_condition = sum(len(b) for b in sets.values())
+    with stage(callbacks, runner, "evaluate"):
+        call_hook(callbacks, runner, "on_evaluate_start", conditions=[name for name, _ in ordered],
+                  total=len(ordered) * per_condition)
         for condition, factory in ordered:
-            bar.set_postfix_str(condition)
+            call_hook(callbacks, runner, "on_condition_start", condition=condition, total=per_condition)
             results: dict[str, SetResult] = {}
             with _enter(condition, factory):
                 for set_name, batches in sets.items():
@@ -173,14 +185,16 @@ def evaluate(
                             kls += first_token_kl(reference[(set_name, index)], logits).tolist()
                         if generate:
                             texts += generate_texts(model, tokenizer_or_processor, batch, max_new_tokens)
-                        bar.update(1)
+                        call_hook(callbacks, runner, "on_eval_batch_end", condition=condition, set_name=set_name,
+                                  rows=sizes[set_name][index])
                     results[set_name] = _set_result(
                         set_name, scores, None if factory is None else kls, texts, generate
                     )
             rows[condition] = results
-    finally:
-        bar.close()
-    return EvalReport(rows=rows, baseline=baseline)
+            call_hook(callbacks, runner, "on_condition_end", condition=condition)
+        report = EvalReport(rows=rows, baseline=baseline)
+        call_hook(callbacks, runner, "on_evaluate_end", report=report)
+    return report
 
 
 def _set_result(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from steerpeft.errors import ConfigError, ShapeError
-from steerpeft.prompting import text_tokenizer
+from steerpeft.inputs.text import text_tokenizer
 
 DEFAULT_REFUSAL_OPENINGS: tuple[str, ...] = (
     "I'm sorry",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from steerpeft.errors import ConfigError, DataError
-from steerpeft.prompting import text_tokenizer
+from steerpeft.inputs.text import text_tokenizer
 
 
 def _on_model_device(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def _attention_mask(batch: dict[str, Any]) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         raise DataError(
             "The batch needs a 2-D `attention_mask` tensor [batch, seq] to find each row's last real token; "
-            "build it with steerpeft.prompting.encode_prompts or a tokenizer called with padding=True."
+            "build it with steerpeft.inputs.text.encode_prompts or a tokenizer called with padding=True."
         )
     return mask
 

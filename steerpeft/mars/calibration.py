@@ -1,36 +1,55 @@
-"""Neutral-media statistics shared by the MARS selector and scaler (MARS.md steps 3-5).
+"""The trust region's statistics: per-layer regions and neutral-media statistics (MARS.md steps 2-5).
 
-Harmless prompts are recorded once text-only and once per media modality with
-neutral (solid random colour) images or videos.  The difference of means is
-the modality offset delta^m_l; the re-centred gate values t of the neutral-
-media prompts calibrate tau (calibration split) and measure the false-trigger
-rate (validation split).  With `media.segment: modality` the training harmful
-prompts are recorded with neutral media too, so each modality's segment gets its
-own length along u (its span), instead of the text span.  Results are memoised
-in `FitData.extra`.
+A `LayerRegion` is what the trust-region scaler needs at one layer: the unit direction, the
+centroids' projections, the modality offsets delta^m and (optionally) per-modality spans.
+
+Harmless prompts are recorded once text-only and once per media modality with neutral (solid
+random colour) images or videos.  The difference of means is the modality offset delta^m_l; the
+re-centred gate values t of the neutral-media prompts calibrate tau (calibration half) and measure
+the false-trigger rate (check half).  With `media.segment: modality` the training harmful prompts
+are recorded with neutral media too, so each modality's segment gets its own length along u (its
+span), instead of the text span.  Results are memoised in `FitData.cache`, so the selector and the
+scaler share one recording.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from steerpeft.activations import Activations
-from steerpeft.errors import ConfigError
 from steerpeft.fitting import FitData
+from steerpeft.inputs.batches import available_modalities, modality_batches
+from steerpeft.inputs.modality import Modality
+from steerpeft.inputs.text import model_device
+from steerpeft.mars.settings import media_options
 from steerpeft.positions import DecisionPosition
-from steerpeft.scalers.trust_region import LayerRegion
 
-MODALITY_INDEX = {"text": 0, "image": 1, "video": 2}
-SEGMENTS = ("text", "modality")
-"""`text`: every modality's segment has the text span (MARS.md as written: harmless data only).
-`modality`: the harmful end is measured per modality too (same harmful text prompts + neutral media)."""
+MODALITY_INDEX = {m.label: int(m) for m in Modality}
+"""Row of the per-modality tables for each modality label."""
 MIN_SPAN_FRACTION = 0.1
 """A measured span is kept at >= this fraction of the text span, so a modality where the direction
 barely separates cannot blow t up."""
 _CACHE_KEY = "mars_neutral_statistics"
+
+
+@dataclass
+class LayerRegion:
+    """Per-layer statistics of the trust region (float32)."""
+
+    unit: torch.Tensor
+    p_plus: float
+    p_minus: float
+    raw_norm: float
+    offsets: torch.Tensor  # [3, hidden], rows in `Modality` order (text row: zeros)
+    spans: torch.Tensor | None = None  # [3]: harmless->harmful length along u per modality; None = p+ - p- for all
+
+    def span_table(self) -> torch.Tensor:
+        """Per-modality span [3] (float32): measured, or the text span for every modality."""
+        if self.spans is not None:
+            return self.spans.float()
+        return torch.full((len(Modality),), self.p_plus - self.p_minus, dtype=torch.float32)
 
 
 @dataclass
@@ -58,7 +77,8 @@ class NeutralStatistics:
                 states = states[0::2]
             elif split == "check" and len(states) > 1:
                 states = states[1::2]
-            values.append(gate_values_of(states, region, MODALITY_INDEX[modality] if recenter else 0))
+            row = Modality.named(modality) if recenter else Modality.TEXT
+            values.append(gate_values_of(states, region, row))
         return torch.cat(values) if values else torch.empty(0)
 
     def tau(self, region: LayerRegion, layer: int, quantile: float) -> float:
@@ -67,13 +87,13 @@ class NeutralStatistics:
         return max(0.0, float(torch.quantile(values.double(), quantile)))
 
 
-def gate_value(projection: torch.Tensor, region: LayerRegion, modality: int = 0) -> torch.Tensor:
-    """t of re-centred projections of one modality (0 text, 1 image, 2 video)."""
+def gate_value(projection: torch.Tensor, region: LayerRegion, modality: int = Modality.TEXT) -> torch.Tensor:
+    """t of re-centred projections of one modality."""
     return (projection - region.p_minus) / region.span_table()[modality]
 
 
 def gate_values_of(states: torch.Tensor, region: LayerRegion, modality: int) -> torch.Tensor:
-    """t of decision states [n, hidden] carrying `modality` (0 = text, or no re-centering)."""
+    """t of decision states [n, hidden] carrying `modality` (`Modality.TEXT` = no re-centering)."""
     if modality:
         states = states - region.offsets[modality]
     return gate_value(states @ region.unit, region, modality)
@@ -94,9 +114,9 @@ def _spans(data: FitData, harmful: dict[str, Activations], offsets: dict[int, to
         unit = data.directions.unit(layer).float()
         p_plus, p_minus = data.directions.projections(layer)
         text_span = p_plus - p_minus
-        row = torch.full((3,), text_span, dtype=torch.float32)
+        row = torch.full((len(Modality),), text_span, dtype=torch.float32)
         for modality, recorded in harmful.items():
-            index = MODALITY_INDEX[modality]
+            index = Modality.named(modality)
             measured = float((recorded.mean(layer).float() - offsets[layer][index]) @ unit) - p_minus
             row[index] = max(measured, MIN_SPAN_FRACTION * text_span)
         spans[layer] = row
@@ -105,49 +125,38 @@ def _spans(data: FitData, harmful: dict[str, Activations], offsets: dict[int, to
 
 def neutral_statistics(data: FitData) -> NeutralStatistics:
     """Record harmless prompts with neutral media (once per fit) and derive offsets."""
-    cached = data.extra.get(_CACHE_KEY)
+    cached = data.cache.get(_CACHE_KEY)
     if cached is not None:
         return cached
-    from steerpeft.mars.inputs import available_modalities, modality_batches
-    from steerpeft.steerer import model_device
-
-    options: dict[str, Any] = dict(data.extra.get("media") or {})
+    options = media_options(data.settings)
     layers = data.negative.layers
     hidden = data.layout.hidden_size
-    media = [m for m in available_modalities(data.model, data.tokenizer) if m != "text"]
-    wanted = options.get("modalities")
-    if wanted:
-        media = [m for m in media if m in wanted]
+    media = [m for m in available_modalities(data.model, data.tokenizer) if m != Modality.TEXT.label]
+    if options.modalities:
+        media = [m for m in media if m in options.modalities]
     held_out_text = data.negative_validation or data.negative
     held_out: dict[str, dict[int, torch.Tensor]] = {"text": {layer: held_out_text.prompts(layer) for layer in layers}}
-    offsets = {layer: torch.zeros(3, hidden) for layer in layers}
-    steerer, device = data.steerer, model_device(data.model)
-    seed, frames = int(options.get("seed") or 0), int(options.get("video_frames") or 4)
-    segment = options.get("segment") or "text"
-    if segment not in SEGMENTS:
-        from steerpeft.registry import suggest
-
-        raise ConfigError(f"media.segment must be one of {', '.join(SEGMENTS)}, got {segment!r}.{suggest(str(segment), list(SEGMENTS))}")
+    offsets = {layer: torch.zeros(len(Modality), hidden) for layer in layers}
+    services, device = data.services, model_device(data.model)
     train_prompts = list(data.prompts["negative"].prompts)
     harmful_prompts = list(data.prompts["positive"].prompts)
     harmful: dict[str, Activations] = {}
     held_out_set = data.prompts.get("negative_validation") or data.prompts["negative"]
+
+    def record(prompts: list[str], modality: str, seed: int, split: str) -> Activations:
+        batches = modality_batches(data.tokenizer, prompts, modality, batch_size=services.batch_size,
+                                   seed=options.seed + seed, video_frames=options.video_frames, device=device)
+        return services.record(batches, len(prompts), layers, split, DecisionPosition())
+
     for modality in media:
-        recorded: dict[str, Activations] = {}
-        for split, prompts, offset in (("train", train_prompts, 0), ("held_out", list(held_out_set.prompts), 1000)):
-            batches = modality_batches(data.tokenizer, prompts, modality, batch_size=steerer.batch_size,
-                                       seed=seed + offset, video_frames=frames, device=device)
-            recorded[split] = steerer.record(data.model, data.layout, batches, len(prompts), layers,
-                                             f"harmless_{modality}_{split}", positions=DecisionPosition())
-        held_out[modality] = {layer: recorded["held_out"].prompts(layer) for layer in layers}
+        train = record(train_prompts, modality, 0, f"harmless_{modality}_train")
+        held = record(list(held_out_set.prompts), modality, 1000, f"harmless_{modality}_held_out")
+        held_out[modality] = {layer: held.prompts(layer) for layer in layers}
         for layer in layers:
-            offsets[layer][MODALITY_INDEX[modality]] = recorded["train"].mean(layer) - data.negative.mean(layer)
-        if segment == "modality":
-            batches = modality_batches(data.tokenizer, harmful_prompts, modality, batch_size=steerer.batch_size,
-                                       seed=seed + 2000, video_frames=frames, device=device)
-            harmful[modality] = steerer.record(data.model, data.layout, batches, len(harmful_prompts), layers,
-                                               f"harmful_{modality}_train", positions=DecisionPosition())
-    spans = _spans(data, harmful, offsets) if segment == "modality" else {}
+            offsets[layer][Modality.named(modality)] = train.mean(layer) - data.negative.mean(layer)
+        if options.segment == "modality":
+            harmful[modality] = record(harmful_prompts, modality, 2000, f"harmful_{modality}_train")
+    spans = _spans(data, harmful, offsets) if options.segment == "modality" else {}
     stats = NeutralStatistics(offsets, held_out, media, spans)
-    data.extra[_CACHE_KEY] = stats
+    data.cache[_CACHE_KEY] = stats
     return stats

@@ -17,13 +17,16 @@ from typing import Any
 import torch
 
 from steerpeft.architectures import resolve_layout
+from steerpeft.inputs.batches import available_modalities, modality_batches
+from steerpeft.inputs.modality import Modality
+from steerpeft.inputs.text import model_device
 from steerpeft.interventions import AddDirection
-from steerpeft.mars.calibration import MODALITY_INDEX, gate_values_of
+from steerpeft.mars.calibration import gate_values_of
+from steerpeft.mars.scaler import TrustRegionScaler
 from steerpeft.plan import Plan, SteeringStep
 from steerpeft.positions import AllTokens, DecisionPosition
 from steerpeft.recording import ActivationRecorder
 from steerpeft.scalers import ConstantScaler
-from steerpeft.scalers.trust_region import TrustRegionScaler
 
 Condition = Callable[[], AbstractContextManager[Any]] | None
 
@@ -37,9 +40,6 @@ def eval_sets(model: Any, processor: Any, harmful: Sequence[str], harmless: Sequ
               modalities: Sequence[str] | None = None, batch_size: int = 16, seed: int = 0,
               video_frames: int = 4) -> dict[str, list[dict[str, torch.Tensor]]]:
     """Input batches per set name `"<harmful|harmless>/<modality>"`; media rows get neutral media."""
-    from steerpeft.mars.inputs import available_modalities, modality_batches
-    from steerpeft.steerer import model_device
-
     device = model_device(model)
     chosen = list(modalities) if modalities else available_modalities(model, processor)
     sets: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -112,4 +112,4 @@ def gate_values(plan: Plan, model: Any, batches: list[dict[str, torch.Tensor]], 
     region = scaler.regions[layer]
     recorder = ActivationRecorder(model, resolve_layout(model), [layer], DecisionPosition())
     states = recorder.record(batches).prompts(layer)
-    return gate_values_of(states, region, MODALITY_INDEX[modality] if recenter and scaler.recenter != "none" else 0)
+    return gate_values_of(states, region, Modality.named(modality) if recenter and scaler.recenter != "none" else Modality.TEXT)

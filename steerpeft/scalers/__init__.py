@@ -1,8 +1,11 @@
 """Scalers: how strongly to steer, possibly per input row."""
 
+from steerpeft._moved import moved
 from steerpeft.scalers.base import SCALERS, Scaler
 from steerpeft.scalers.conditional import ConditionalScaler
 from steerpeft.scalers.constant import ConstantScaler
-from steerpeft.scalers.trust_region import TrustRegionScaler
 
-__all__ = ["SCALERS", "ConditionalScaler", "ConstantScaler", "Scaler", "TrustRegionScaler"]
+__all__ = ["SCALERS", "ConditionalScaler", "ConstantScaler", "Scaler"]
+
+
+__getattr__ = moved(__name__, "steerpeft.mars.scaler", ("TrustRegionScaler",))  # moved to the MARS wing; the old name stays one release

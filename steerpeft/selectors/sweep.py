@@ -43,7 +43,7 @@ class SweepSelector(LayerSelector):
             for name in names:
                 row[name] = SCORES.get(name)(data, layer)
             table.append(row)
-            data.steerer.call("on_layer_scored", layer=layer, scores=row)
+            data.services.emit("on_layer_scored", layer=layer, scores=row)
         if not table:
             raise ConfigError("The sweep has no candidate layers.")
         best = (max if self.maximize else min)(table, key=lambda row: row[self.score])

@@ -2,9 +2,10 @@
 
 A recipe names components by registry name (or, in a recipe you wrote, by
 `package.module:Class`), so custom extractors, selectors, scalers and
-interventions plug in without code changes.  Unknown keys fail early with the
-nearest valid name suggested.  YAML is parsed with a safe loader: tags such as
-`!!python/object` are refused.
+interventions plug in without code changes.  Its top-level mappings are typed
+sections (`steerpeft.recipes.sections`): unknown keys fail early with the
+nearest valid name suggested, and every value is checked when the recipe loads.
+YAML is parsed with a safe loader: tags such as `!!python/object` are refused.
 """
 
 from __future__ import annotations
@@ -19,36 +20,21 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from steerpeft.callbacks import Callback
+from steerpeft.data.splits import holdout_split
 from steerpeft.errors import ConfigError
 from steerpeft.extractors import EXTRACTORS
+from steerpeft.inputs.text import as_prompt_list
 from steerpeft.interventions import INTERVENTIONS
-from steerpeft.mars.calibration import SEGMENTS
 from steerpeft.plan import Plan
+from steerpeft.recipes.options import DataOptions, FitOptions, ModelOptions
+from steerpeft.recipes.overrides import apply_override
+from steerpeft.recipes.sections import STEP_KEYS, check_top_level, read_section, section_names
 from steerpeft.registry import Registry, suggest
 from steerpeft.scalers import SCALERS
 from steerpeft.selectors import SELECTORS
+from steerpeft.steerer import Steerer
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-SCHEMA: dict[str, Any] = {
-    "name": None,
-    "description": None,
-    "model": {"name": None, "dtype": None, "device": None, "revision": None, "layers_path": None, "embedding_path": None},
-    "data": {"positive": None, "negative": None, "column": None, "limit": None},
-    "fit": {"batch_size": None, "validation_fraction": None, "seed": None},
-    "steps": None,
-    "media": {"images": None, "videos": None, "video_frames": None, "seed": None, "segment": None},
-    "eval": {"max_new_tokens": None, "prompts": None, "generate": None, "batch_size": None, "ablations": None},
-    "output": {"dir": None, "export": None, "plots": None},
-}
-STEP_KEYS = ["name", "extractor", "selector", "scaler", "intervention", "positions", "fit_positions",
-             "apply_layers", "embedding", "site", "data"]
-DEFAULTS: dict[str, Any] = {
-    "model": {"name": None, "dtype": "float32"},
-    "data": {"positive": "builtin:harmful", "negative": "builtin:harmless"},
-    "fit": {"batch_size": 16, "validation_fraction": 0.25, "seed": 0},
-    "output": {"dir": None},
-}
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @dataclass
@@ -86,12 +72,15 @@ class Recipe:
         self.steerers()
         return self
 
-    # -- building ------------------------------------------------------------
-    def steerers(self, callbacks: Sequence[Callback] = ()) -> list[Any]:
-        from steerpeft.steerer import Steerer
+    def section(self, key: str) -> Any:
+        """Section `key` of this recipe as its typed dataclass (defaults where the recipe is silent)."""
+        return read_section(self.config, key, self.source)
 
-        fit = {**DEFAULTS["fit"], **(self.config.get("fit") or {})}
-        model = self.config.get("model") or {}
+    # -- building ------------------------------------------------------------
+    def steerers(self, callbacks: Sequence[Callback] = ()) -> list[Steerer]:
+        fit: FitOptions = self.section("fit")
+        model: ModelOptions = self.section("model")
+        settings = {key: self.section(key) for key in section_names()}
         steerers = []
         for index, step in enumerate(self.config["steps"]):
             where = f"steps[{index}]"
@@ -108,27 +97,31 @@ class Recipe:
                     embedding=bool(step.get("embedding", False)),
                     site=str(step.get("site", "output")),
                     callbacks=callbacks,
-                    batch_size=int(fit["batch_size"]),
-                    validation_fraction=float(fit["validation_fraction"]),
-                    seed=int(fit["seed"]),
+                    batch_size=fit.batch_size,
+                    validation_fraction=fit.validation_fraction,
+                    seed=fit.seed,
                     name=str(step.get("name") or f"step{index}"),
-                    layers_path=model.get("layers_path"),
-                    embedding_path=model.get("embedding_path"),
-                    extra={"media": dict(self.config.get("media") or {})},
+                    layers_path=model.layers_path,
+                    embedding_path=model.embedding_path,
+                    settings=settings,
                 )
             )
         return steerers
+
+    def data_options(self, step_index: int | None = None) -> DataOptions:
+        """The recipe's `data` section, with one step's own `data` keys on top."""
+        data = dict(self.config.get("data") or {})
+        if step_index is not None:
+            data.update(self.config["steps"][step_index].get("data") or {})
+        return read_section({"data": data}, "data", self.source)
 
     def prompts(self, step_index: int | None = None) -> tuple[Any, Any]:
         """(positive, negative) prompt sets of the recipe or of one step's own `data`."""
         from steerpeft.data import load_prompts
 
-        data = {**DEFAULTS["data"], **(self.config.get("data") or {})}
-        if step_index is not None:
-            data.update(self.config["steps"][step_index].get("data") or {})
-        limit = data.get("limit")
-        kwargs = {"column": data.get("column"), "limit": int(limit) if limit else None}
-        return load_prompts(data["positive"], **kwargs), load_prompts(data["negative"], **kwargs)
+        data = self.data_options(step_index)
+        kwargs = {"column": data.column, "limit": data.limit}
+        return load_prompts(data.positive, **kwargs), load_prompts(data.negative, **kwargs)
 
     def split_prompts(self, step_index: int = 0) -> dict[str, list[str]]:
         """The prompts step `step_index` fits on, split exactly as its fit splits them.
@@ -137,12 +130,10 @@ class Recipe:
         "negative_validation" (empty when the recipe makes no validation split).
         Deterministic: the same recipe (data, seed, validation_fraction) gives the same split.
         """
-        from steerpeft.steerer import as_prompt_list
-
-        steerer = self.steerers()[step_index]
+        fit: FitOptions = self.section("fit")
         positive, negative = self.prompts(step_index)
-        pos_train, pos_val = steerer.split(as_prompt_list(positive, "positive"))
-        neg_train, neg_val = steerer.split(as_prompt_list(negative, "negative"))
+        pos_train, pos_val = holdout_split(as_prompt_list(positive, "positive"), fit.validation_fraction, fit.seed)
+        neg_train, neg_val = holdout_split(as_prompt_list(negative, "negative"), fit.validation_fraction, fit.seed)
         return {"positive": pos_train, "negative": neg_train, "positive_validation": pos_val,
                 "negative_validation": neg_val}
 
@@ -156,47 +147,6 @@ class Recipe:
         plan.metadata["recipe"] = self.config
         plan.metadata["recipe_name"] = self.name
         return plan
-
-
-def apply_override(config: DictConfig, item: str) -> None:
-    """Set one `key.path=value` override in place, with a clear error for impossible paths."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"Override {item!r} must look like key.path=value (e.g. model.dtype=bfloat16).")
-    try:
-        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]  # type: ignore[index]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"Override {item!r}: cannot parse the value {raw!r} ({exc}).") from exc
-    parts = key.replace("[", ".").replace("]", "").split(".")
-    if any(not part for part in parts):
-        raise ConfigError(f"Override {item!r}: {key!r} is not a valid key path (empty part).")
-    node: Any = config
-    for depth, part in enumerate(parts[:-1]):
-        where = ".".join(parts[: depth + 1])
-        if isinstance(node, ListConfig):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"Override {item!r}: {'.'.join(parts[:depth]) or 'the recipe'} is a list of "
-                                  f"{len(node)} item(s); address one by index 0..{len(node) - 1}, e.g. "
-                                  f"{'.'.join(parts[:depth])}.0.{'.'.join(parts[depth + 1:])}=...")
-            node = node[int(part)]
-        elif isinstance(node, DictConfig):
-            if part not in node or node[part] is None:
-                break  # a new subtree: validate() judges the keys
-            node = node[part]
-        else:
-            raise ConfigError(f"Override {item!r}: {'.'.join(parts[:depth])} is the value {node!r}, not a "
-                              f"mapping, so it has no key {part!r} ({where}).")
-    if isinstance(node, ListConfig):
-        last = parts[-1]
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"Override {item!r}: index {last!r} is out of range for a list of {len(node)} item(s).")
-    elif not isinstance(node, (DictConfig, ListConfig)):
-        raise ConfigError(f"Override {item!r}: {'.'.join(parts[:-1])} is the value {node!r}, not a mapping.")
-    try:
-        OmegaConf.update(config, ".".join(parts), value, merge=True)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"Bad override {item!r}: {exc}") from exc
 
 
 def chain_plans(plans: Sequence[Plan]) -> Plan:
@@ -237,8 +187,10 @@ def _plain(config: Any) -> dict[str, Any]:
 
 
 def validate(config: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check keys against the schema, suggesting the nearest name for typos."""
-    _check_mapping(config, SCHEMA, source)
+    """Check keys and values against the registered sections, suggesting the nearest name for typos."""
+    check_top_level(config, source)
+    for key in section_names():
+        read_section(config, key, source)
     steps = config.get("steps")
     if not steps or not isinstance(steps, list):
         raise ConfigError(f"{source}: 'steps' must be a non-empty list of steering steps.")
@@ -249,23 +201,9 @@ def validate(config: dict[str, Any], source: str) -> dict[str, Any]:
             if key not in STEP_KEYS:
                 raise ConfigError(f"{source}: steps[{index}] has unknown key {key!r}.{suggest(key, STEP_KEYS)} "
                                   f"Valid keys: {', '.join(STEP_KEYS)}.")
-    segment = (config.get("media") or {}).get("segment")
-    if segment is not None and segment not in SEGMENTS:
-        raise ConfigError(f"{source}: media.segment must be one of {', '.join(SEGMENTS)}, got {segment!r}."
-                          f"{suggest(str(segment), list(SEGMENTS))}")
+        if step.get("data") is not None:
+            read_section({"data": step["data"]}, "data", f"{source}: steps[{index}]")
     return config
-
-
-def _check_mapping(config: dict[str, Any], schema: dict[str, Any], where: str) -> None:
-    for key, value in config.items():
-        if key not in schema:
-            raise ConfigError(f"{where}: unknown recipe key {key!r}.{suggest(str(key), list(schema))} "
-                              f"Valid keys here: {', '.join(schema)}.")
-        sub = schema[key]
-        if isinstance(sub, dict) and value is not None:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: '{key}' must be a mapping.")
-            _check_mapping(value, sub, f"{where}: {key}")
 
 
 def load_recipe(source: str | os.PathLike | dict[str, Any], overrides: Sequence[str] = ()) -> Recipe:

@@ -1,0 +1,148 @@
+"""MARS trust-region strength with a ReLU gate (see MARS.md, step 4).
+
+For each row, the re-centred state h~ = h - delta^m (m = the row's modality)
+is placed on the harmless->harmful segment: t = (<h~,u> - p-) / s^m, where the
+span s^m = p+ - p- (MARS.md as written), or, when the fit measured it (recipe
+`media.segment: modality`), the re-centred harmful centroid of the same text
+prompts with neutral media of modality m: s^m = <mu+^m - delta^m, u> - p-.
+Rows with t <= tau get strength exactly 0 and so stay bit-for-bit unchanged.
+
+- `form="traversal"` (default): h' = h + g * ReLU(p- + s^m - <h~,u>) * u,
+  g = clip((t - tau) / (1 - tau), 0, 1): never past the harmful centroid.
+- `form="beta"`: h' = h + min(beta * ReLU(t - tau), rho) * (s^m / s^text) * r.
+
+`recenter`: "measure" (only the gate sees h~), "shift" (h itself is re-centred
+at steered positions too) or "none" (offsets ignored, for ablations).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from steerpeft.errors import ConfigError
+from steerpeft.mars.calibration import LayerRegion, layer_region, neutral_statistics
+from steerpeft.scalers.base import SCALERS, Scaler
+
+if TYPE_CHECKING:
+    from steerpeft.fitting import FitData
+    from steerpeft.session import ForwardContext
+
+RECENTER_MODES = ("measure", "shift", "none")
+FORMS = ("traversal", "beta")
+
+
+@SCALERS.register("trust_region")
+@dataclass
+class TrustRegionScaler(Scaler):
+    """Adaptive, ReLU-gated strength; pair it with `add` (normalize: true)."""
+
+    form: str = "traversal"
+    beta: float = 2.0
+    rho: float = 1.5
+    tau: float | None = None
+    tau_quantile: float = 0.95
+    recenter: str = "measure"
+    regions: dict[int, LayerRegion] = field(default_factory=dict, init=False, repr=False)
+    _device_cache: dict[Any, tuple[torch.Tensor, ...]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ConfigError(f"trust_region form must be one of {FORMS}, got {self.form!r}.")
+        if self.recenter not in RECENTER_MODES:
+            raise ConfigError(f"trust_region recenter must be one of {RECENTER_MODES}, got {self.recenter!r}.")
+        if not 0.0 < self.tau_quantile < 1.0:
+            raise ConfigError(f"tau_quantile must be in (0, 1), got {self.tau_quantile}.")
+        if self.tau is not None and not math.isfinite(self.tau):
+            raise ConfigError(f"tau must be a finite number (0 = harmless centroid, 1 = harmful), got {self.tau}.")
+
+    # -- fit -----------------------------------------------------------------
+    def calibrate(self, data: FitData, layers: list[int]) -> None:
+        stats = neutral_statistics(data)
+        for layer in layers:
+            self.regions[layer] = layer_region(data, stats, layer)
+        if self.tau is None:
+            self.tau = stats.tau(self.regions[layers[0]], layers[0], self.tau_quantile)
+        self._device_cache.clear()
+
+    # -- inference ---------------------------------------------------------------
+    def _tensors(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(unit in h's dtype, offsets float32, offsets' projections, spans), cached per device and dtype."""
+        key = (layer, hidden.device, hidden.dtype)
+        cached = self._device_cache.get(key)
+        if cached is None:
+            region = self._region(layer)
+            unit = region.unit.to(hidden.device, torch.float32)
+            offsets = region.offsets.to(hidden.device, torch.float32)
+            spans = region.span_table().to(hidden.device)
+            cached = (unit.to(hidden.dtype), offsets, offsets @ unit, spans)
+            self._device_cache[key] = cached
+        return cached
+
+    def _region(self, layer: int) -> LayerRegion:
+        region = self.regions.get(layer)
+        if region is None or self.tau is None:
+            raise ConfigError(f"trust_region scaler is not calibrated for layer {layer}: fit the plan first.")
+        return region
+
+    def gate_position(self, hidden: torch.Tensor, layer: int, fc: ForwardContext | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t, <h~,u>, span) per position, float32 [batch, seq] (span [batch, 1] or a 0-d tensor)."""
+        unit, _, offset_projections, spans = self._tensors(layer, hidden)
+        region = self._region(layer)
+        projection = torch.matmul(hidden, unit).float()
+        span = spans[0]
+        if self.recenter != "none" and fc is not None and fc.modality is not None:
+            projection = projection - offset_projections[fc.modality].unsqueeze(-1)
+            span = spans[fc.modality].unsqueeze(-1)
+        t = (projection - region.p_minus) / span
+        return t, projection, span
+
+    def strength(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
+        region = self._region(layer)
+        tau = float(self.tau)  # type: ignore[arg-type]
+        t, projection, span = self.gate_position(hidden, layer, fc)
+        if self.form == "traversal":
+            # tau >= 1 means harmless inputs already sit past the harmful centroid: the gate may
+            # open, but ReLU(p+ - <h~,u>) is 0 there, so nothing moves.
+            gate = ((t - tau) / max(1.0 - tau, 1e-6)).clamp(0.0, 1.0)
+            value = gate * torch.relu(region.p_minus + span - projection)
+        else:
+            scale = region.raw_norm / (region.p_plus - region.p_minus)
+            value = torch.clamp(self.beta * torch.relu(t - tau), max=self.rho) * span * scale
+        return value.unsqueeze(-1).to(hidden.dtype)
+
+    def shift(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor | None:
+        if self.recenter != "shift" or fc.modality is None:
+            return None
+        _, offsets, _, _ = self._tensors(layer, hidden)
+        return offsets[fc.modality].unsqueeze(1).to(hidden.dtype)
+
+    # -- persistence ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for layer, region in self.regions.items():
+            state[f"{layer}.unit"] = region.unit.float().cpu()
+            state[f"{layer}.offsets"] = region.offsets.float().cpu()
+            state[f"{layer}.centroids"] = torch.tensor([region.p_plus, region.p_minus, region.raw_norm], dtype=torch.float64)
+            if region.spans is not None:
+                state[f"{layer}.spans"] = region.spans.float().cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        layers = {int(key.split(".")[0]) for key in state}
+        for layer in layers:
+            p_plus, p_minus, raw_norm = state[f"{layer}.centroids"].tolist()
+            self.regions[layer] = LayerRegion(state[f"{layer}.unit"], p_plus, p_minus, raw_norm, state[f"{layer}.offsets"],
+                                              state.get(f"{layer}.spans"))
+        self._device_cache.clear()
+
+    def describe(self) -> dict[str, object]:
+        info: dict[str, object] = dict(self.to_config()["params"])
+        for layer, region in self.regions.items():
+            info[f"layer_{layer}"] = {"p_plus": region.p_plus, "p_minus": region.p_minus,
+                                      "offset_norms": region.offsets.norm(dim=1).tolist(),
+                                      "spans": region.span_table().tolist()}
+        return info

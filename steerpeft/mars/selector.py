@@ -1,0 +1,115 @@
+"""MARS layer selection (MARS.md step 5): best separation within utility and safety limits.
+
+For each candidate layer (default [0.2 L, 0.8 L)) on validation data:
+- `separation`: AUROC of t between harmful and harmless text prompts;
+- `induce`: mean rise of the first-token refusal score on harmless prompts
+  when the decision state is pushed to the harmful centroid (> 0 wanted);
+- `kl`: mean first-token KL on harmless prompts under the MARS scaler;
+- `false_trigger`: share of held-out harmless prompts (text and neutral media) whose
+  gate opens; tau comes from the other half of the held-out prompts.
+The layer with the best separation among those within `limits` wins; the
+whole table is returned either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from steerpeft.errors import ConfigError
+from steerpeft.evaluation.first_token import first_token_refusal_score, refusal_token_ids
+from steerpeft.evaluation.kl import first_token_kl
+from steerpeft.evaluation.runs import decision_logits
+from steerpeft.fitting import FitData
+from steerpeft.interventions import AddDirection, Clamp
+from steerpeft.mars.calibration import LayerRegion, gate_value, layer_region, neutral_statistics
+from steerpeft.mars.scaler import TrustRegionScaler
+from steerpeft.plan import Plan, SteeringStep
+from steerpeft.provenance import model_info
+from steerpeft.registry import suggest
+from steerpeft.scalers import ConstantScaler
+from steerpeft.selectors.base import SELECTORS, LayerSelector, Selection, layer_range
+from steerpeft.selectors.scores import auroc
+
+DEFAULT_LIMITS = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0}
+
+
+@SELECTORS.register("mars")
+@dataclass
+class MarsSelector(LayerSelector):
+    """Scores every candidate layer on separation, induce, KL and false triggers."""
+
+    candidates: Any = field(default_factory=lambda: {"start": 0.2, "stop": 0.8})
+    limits: dict[str, float] = field(default_factory=dict)
+    tau_quantile: float = 0.95
+    form: str = "traversal"
+
+    def __post_init__(self) -> None:
+        for key in self.limits:
+            if key not in DEFAULT_LIMITS:
+                raise ConfigError(f"mars selector limit {key!r} is unknown.{suggest(key, list(DEFAULT_LIMITS))} "
+                                  f"Limits: {', '.join(DEFAULT_LIMITS)}.")
+        self.limits = {**DEFAULT_LIMITS, **{k: float(v) for k, v in self.limits.items()}}
+
+    def candidate_layers(self, num_layers: int) -> list[int]:
+        return layer_range(self.candidates, num_layers)
+
+    def select(self, data: FitData) -> Selection:
+        stats = neutral_statistics(data)
+        positive, negative = data.validation()
+        harmless_prompts = data.prompts.get("negative_validation") or data.prompts["negative"]
+        batches = list(data.services.text_batches(list(harmless_prompts.prompts)))
+        refusal_ids = refusal_token_ids(data.tokenizer)
+        base_logits = _decision_logits(data.model, batches)
+        base_scores = first_token_refusal_score(base_logits, refusal_ids)
+        table: list[dict[str, Any]] = []
+        for layer in self.candidate_layers(data.layout.num_layers):
+            region = layer_region(data, stats, layer)
+            tau = stats.tau(region, layer, self.tau_quantile)
+            t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
+            t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
+            neutral = stats.gate_values(region, layer, "check")
+            induce_logits = _decision_logits(data.model, batches, _push_to_harmful(data, layer, region))
+            mars_logits = _decision_logits(data.model, batches, _mars_plan(data, layer, region, tau, self.form))
+            row = {
+                "layer": layer,
+                "separation": auroc(t_pos, t_neg),
+                "induce": float((first_token_refusal_score(induce_logits, refusal_ids) - base_scores).mean()),
+                "kl": float(first_token_kl(base_logits, mars_logits).mean()),
+                "false_trigger": float((neutral > tau).double().mean()) if len(neutral) else 0.0,
+                "tau": tau,
+                "t_harmful_mean": float(t_pos.mean()),
+                "t_harmless_mean": float(t_neg.mean()),
+            }
+            row["within_limits"] = (row["kl"] <= self.limits["kl"] and row["false_trigger"] <= self.limits["false_trigger"]
+                                    and row["induce"] > self.limits["induce"])
+            table.append(row)
+            data.services.emit("on_layer_scored", layer=layer, scores=row)
+        eligible = [row for row in table if row["within_limits"]] or table
+        best = max(eligible, key=lambda row: (row["separation"], -row["kl"]))
+        for row in table:
+            row["chosen"] = row is best
+        return Selection([best["layer"]], table)
+
+
+def _decision_logits(model: Any, batches: list[dict[str, torch.Tensor]], plan: Plan | None = None) -> torch.Tensor:
+    if plan is None:
+        return torch.cat([decision_logits(model, batch) for batch in batches])
+    with plan.apply(model):
+        return torch.cat([decision_logits(model, batch) for batch in batches])
+
+
+def _push_to_harmful(data: FitData, layer: int, region: LayerRegion) -> Plan:
+    """Full steering for the induce score: clamp the decision state's projection to p+."""
+    step = SteeringStep({layer: data.directions.vectors[layer]}, Clamp(target=region.p_plus), ConstantScaler(1.0),
+                        "decision", "induce")
+    return Plan([step], model_info(data.model, data.layout, data.tokenizer))
+
+
+def _mars_plan(data: FitData, layer: int, region: LayerRegion, tau: float, form: str) -> Plan:
+    scaler = TrustRegionScaler(form=form, tau=tau)
+    scaler.regions[layer] = region
+    step = SteeringStep({layer: data.directions.vectors[layer]}, AddDirection(normalize=True), scaler, "decision", "mars")
+    return Plan([step], model_info(data.model, data.layout, data.tokenizer))

@@ -1,0 +1,99 @@
+"""What a run evaluates: which prompts, on which inputs, under which conditions, plus the gate values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from steerpeft.architectures import resolve_layout
+from steerpeft.callbacks import Callback, Runner
+from steerpeft.evaluation import EvalReport, evaluate
+from steerpeft.inputs.batches import available_modalities
+from steerpeft.mars.evaluation import conditions, eval_sets, gate_values, mars_step
+from steerpeft.mars.settings import MediaOptions
+from steerpeft.plan import Plan
+from steerpeft.provenance import model_id
+from steerpeft.recipes import EvalOptions, Recipe
+from steerpeft.report.metrics import gate_summary, step_tau
+
+
+def eval_batch_size(recipe: Recipe) -> int:
+    """`eval.batch_size`, falling back to `fit.batch_size`."""
+    options: EvalOptions = recipe.section("eval")
+    return options.batch_size if options.batch_size is not None else recipe.section("fit").batch_size
+
+
+def eval_prompts(recipe: Recipe) -> tuple[list[str], list[str], str]:
+    """(harmful, harmless, where they come from) for the evaluation, per the recipe's `eval.prompts`.
+
+    - "validation" (default): the validation split the fit held out, recomputed exactly with
+      `Recipe.split_prompts` (same data, seed and validation_fraction); the training
+      prompts when the recipe makes no split;
+    - "train" / "all": the training split / every prompt of the recipe's data;
+    - a mapping `{positive: SOURCE, negative: SOURCE, limit: N}`: prompt files or built-in
+      sets read with `steerpeft.data.load_prompts`.
+    """
+    choice = recipe.section("eval").prompts
+    if isinstance(choice, Mapping):
+        from steerpeft.data import load_prompts
+
+        kwargs = {"limit": choice.get("limit"), "column": choice.get("column")}
+        positive, negative = load_prompts(choice["positive"], **kwargs), load_prompts(choice["negative"], **kwargs)
+        return list(positive), list(negative), f"{choice['positive']} vs {choice['negative']}"
+    splits = recipe.split_prompts(0)
+    if choice == "validation":
+        if splits["positive_validation"] and splits["negative_validation"]:
+            return (splits["positive_validation"], splits["negative_validation"],
+                    ("the validation split held out from the fit (the prompts the layers were scored on; the "
+                    "direction never saw them)"))
+        return splits["positive"], splits["negative"], "the training prompts (the recipe makes no validation split)"
+    if choice == "train":
+        return splits["positive"], splits["negative"], "the training prompts of the fit"
+    return (splits["positive"] + splits["positive_validation"], splits["negative"] + splits["negative_validation"],
+            "every prompt of the recipe's data")
+
+
+def model_section(model: Any, modalities: Sequence[str]) -> dict[str, Any]:
+    """Provenance of the evaluated model for metrics.json."""
+    layout = resolve_layout(model)
+    parameter = next(model.parameters())
+    return {"id": model_id(model), "type": layout.family, "num_layers": layout.num_layers,
+            "hidden_size": layout.hidden_size, "dtype": str(parameter.dtype).removeprefix("torch."),
+            "device": str(parameter.device), "modalities": list(modalities)}
+
+
+def media_sets(model: Any, processor: Any, harmful: Sequence[str], harmless: Sequence[str], *, batch_size: int,
+               media: MediaOptions | None = None) -> tuple[dict[str, list[Any]], list[str]]:
+    """(prompt sets per modality the model takes, those modalities): text, and neutral image / video."""
+    media = media or MediaOptions()
+    modalities = available_modalities(model, processor)
+    sets = eval_sets(model, processor, harmful, harmless, modalities=modalities, batch_size=batch_size,
+                     seed=media.seed, video_frames=media.video_frames)
+    return sets, modalities
+
+
+def evaluate_plan(
+    plan: Plan, model: Any, processor: Any, harmful: Sequence[str], harmless: Sequence[str], *, name: str,
+    options: EvalOptions, batch_size: int, media: MediaOptions | None = None, progress: bool = True,
+    callbacks: Sequence[Callback] | None = None, runner: Runner | None = None,
+) -> tuple[EvalReport, dict[str, Any] | None, list[str]]:
+    """Evaluate `plan` (and its ablations) on every modality the model takes; gate values for MARS plans.
+
+    Returns (report, gate section or None, modalities).
+    """
+    sets, modalities = media_sets(model, processor, harmful, harmless, batch_size=batch_size, media=media)
+    report = evaluate(model, processor, sets, conditions(plan, model, name=name, ablations=options.ablations),
+                      generate=options.generate, max_new_tokens=options.max_new_tokens, progress=progress,
+                      callbacks=callbacks, runner=runner)
+    step = mars_step(plan)
+    gate = None
+    if step is not None and step_tau(step) is not None:
+        tau = float(step_tau(step))  # type: ignore[arg-type]
+        gate = {"layer": step.layers[0], "tau": tau, "sets": {}}
+        for set_name, batches in sets.items():
+            modality = set_name.split("/", 1)[1]
+            recentered = gate_values(plan, model, batches, modality, recenter=True)
+            raw = gate_values(plan, model, batches, modality, recenter=False) if modality != "text" else None
+            gate["sets"][set_name] = {"recentered": gate_summary(recentered, tau),
+                                      "raw": None if raw is None else gate_summary(raw, tau)}
+    return report, gate, modalities
