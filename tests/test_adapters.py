@@ -23,8 +23,8 @@ from steerpeft.adapters import (
     load_adapter,
     push_to_hub,
     render_card,
-    steer_method,
 )
+from steerpeft.adapters import steer as steer_method
 from steerpeft.architectures import decoder_layers, get_module, resolve_layout
 from steerpeft.errors import AdapterError, ConfigError, ShapeError
 from steerpeft.interventions import AddDirection

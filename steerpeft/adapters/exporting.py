@@ -24,6 +24,7 @@ from torch import nn
 
 from steerpeft.adapters.card import render_card
 from steerpeft.adapters.lora_export import lora_payload, lora_support, plan_lora_support
+from steerpeft.adapters.peft_hook import require_steer
 from steerpeft.architectures import ModelLayout, unwrap_model
 from steerpeft.errors import AdapterError, ConfigError
 from steerpeft.formats import ADAPTER_FORMAT, META_FILE
@@ -123,8 +124,6 @@ def _choose(plan: Plan, layout: ModelLayout, kind: str) -> tuple[str, Plan | Non
 
 
 def _write_steer(folder: Path, plan: Plan, layout: ModelLayout, model_id: str, versions: dict[str, str]) -> None:
-    from steerpeft.adapters import require_steer
-
     steer = require_steer()
     spec, manifest, tensors = steer.steer_payload(plan, layout)
     config = steer.SteerConfig(

@@ -23,6 +23,7 @@ from torch import nn
 
 from steerpeft.adapters.exporting import STEER_SUBFOLDER
 from steerpeft.adapters.lora_export import untie_embeddings
+from steerpeft.adapters.peft_hook import require_steer
 from steerpeft.architectures import ArchitectureError, ModelLayout, get_module, unwrap_model
 from steerpeft.errors import AdapterError, ShapeError
 from steerpeft.formats import CHILD_NAME, LEGACY_KEY_PARTS, TENSORS_ATTR, is_steer_peft_type
@@ -163,8 +164,6 @@ def _check_lora_tensors(model: nn.Module, tensors: dict[str, Any], folder: Path)
 
 
 def _check_steer_tensors(model: nn.Module, config: dict[str, Any], tensors: dict[str, Any], folder: Path) -> None:
-    from steerpeft.adapters import require_steer
-
     steer = require_steer()
     plan = config.get("plan")
     if not isinstance(plan, dict) or not isinstance(config.get("tensors"), list):
@@ -222,8 +221,6 @@ def _load_lora(model: nn.Module, folder: Path, adapter_name: str | None) -> tupl
 
 def _load_steer(model: nn.Module, folder: Path, adapter_name: str | None, owns_inner: bool) -> nn.Module:
     from peft import PeftModel
-
-    from steerpeft.adapters import require_steer
 
     steer = require_steer()
     if _is_peft_model(model) and isinstance(model.base_model, steer.SteerModel):
