@@ -29,10 +29,10 @@ from steerpeft.architectures import decoder_layers, get_module, resolve_layout
 from steerpeft.errors import AdapterError, ConfigError, ShapeError
 from steerpeft.interventions import AddDirection
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
+from steerpeft.provenance import model_info
 from steerpeft.scalers import ConditionalScaler, TrustRegionScaler
 from steerpeft.scalers.trust_region import LayerRegion
 from steerpeft.session import active_session
-from steerpeft.provenance import model_info
 
 TOL = 1e-4
 FAMILIES = ["llama", "qwen2", "gemma2", "qwen2_vl", "idefics3"]

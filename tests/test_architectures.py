@@ -276,7 +276,7 @@ def test_a_moved_table_path_falls_back_to_probing(monkeypatch: pytest.MonkeyPatc
 
     model, _ = _model("llama")
     expected = resolve_layout(model)
-    stale = architectures._KnownPaths("decoder.layers", "decoder.embed_tokens")
+    stale = architectures.KnownPaths("decoder.layers", "decoder.embed_tokens")
     monkeypatch.setitem(architectures.KNOWN_ARCHITECTURES, "llama", stale)
     assert resolve_layout(model) == expected
 

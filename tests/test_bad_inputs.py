@@ -22,8 +22,8 @@ from tiny_models import tiny_text_model
 from steerpeft import Callback, Plan, Steerer, load_recipe
 from steerpeft.errors import AdapterError, ConfigError, DataError, ShapeError
 from steerpeft.extractors import DiffMeans, LinearProbe, PairedPCA
-from steerpeft.io import inside
 from steerpeft.inputs.text import encode_prompts
+from steerpeft.io import inside
 from steerpeft.selectors import FixedLayers, SweepSelector
 from steerpeft.session import active_session
 

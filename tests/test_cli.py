@@ -10,8 +10,8 @@ from tiny_models import tiny_text_model
 
 from steerpeft.cli import build_parser, main
 from steerpeft.errors import ConfigError
-from steerpeft.run import run_recipe
 from steerpeft.recipes import load_recipe
+from steerpeft.run import run_recipe
 
 SUBCOMMANDS = ["run", "fit", "eval", "export", "info", "recipes"]
 

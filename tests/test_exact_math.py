@@ -120,8 +120,8 @@ def test_writer_site_ablation_matches_reference(family):
     """Ablation at every residual writer (and the embedding) keeps u out of the stream everywhere."""
     from steerpeft.interventions import Ablate
     from steerpeft.plan import Plan, SteeringStep, residual_output_paths
-    from steerpeft.scalers import ConstantScaler
     from steerpeft.provenance import model_info
+    from steerpeft.scalers import ConstantScaler
 
     model, tok = tiny_text_model(family)
     layout = resolve_layout(model)

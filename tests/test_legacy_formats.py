@@ -17,8 +17,8 @@ from tiny_models import tiny_text_model
 
 from steerpeft.adapters import load_adapter
 from steerpeft.formats import LEGACY_STEER_PEFT_TYPES
-from steerpeft.plan import Plan
 from steerpeft.inputs.text import encode_prompts
+from steerpeft.plan import Plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy-steerkit-0.1"
 PROMPTS = ["Hi there", "Tell me a story about a robot"]

@@ -13,8 +13,8 @@ from steerpeft import Callback, JsonlLogger, Plan, Steerer
 from steerpeft.architectures import decoder_layers, resolve_layout
 from steerpeft.errors import AdapterError, DataError, ShapeError
 from steerpeft.extractors import DiffMeans, LinearProbe, PairedPCA
-from steerpeft.interventions import Ablate
 from steerpeft.inputs.text import encode_prompts
+from steerpeft.interventions import Ablate
 from steerpeft.scalers import ConditionalScaler
 from steerpeft.selectors import FixedLayers, SweepSelector
 from steerpeft.session import active_session

@@ -8,13 +8,13 @@ from tiny_models import VLM_FAMILIES, supports_video, tiny_image, tiny_vlm
 
 from steerpeft import Plan, load_recipe
 from steerpeft.architectures import decoder_layers, resolve_layout
+from steerpeft.inputs.batches import available_modalities, build_batch, media_for
 from steerpeft.interventions import AddDirection
 from steerpeft.mars.calibration import MODALITY_INDEX
-from steerpeft.inputs.batches import available_modalities, build_batch, media_for
 from steerpeft.plan import SteeringStep
+from steerpeft.provenance import model_info
 from steerpeft.scalers.trust_region import LayerRegion, TrustRegionScaler
 from steerpeft.session import acquire_session, active_session, release_session
-from steerpeft.provenance import model_info
 
 PROMPTS = ["Describe this.", "What colour is shown here, and why might it matter?", "Hi"]
 LAYER = 1

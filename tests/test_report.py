@@ -12,11 +12,11 @@ from tiny_models import tiny_text_model
 
 from steerpeft.errors import ConfigError
 from steerpeft.evaluation import is_refusal
-from steerpeft.run import check_run_dir, run_recipe
 from steerpeft.plan import Plan
 from steerpeft.recipes import load_recipe
 from steerpeft.report import plot_gate, plot_layers, plot_refusal, render_report, text_table
 from steerpeft.report.terminal import summary_table
+from steerpeft.run import check_run_dir, run_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OVERRIDES = ["data.limit=12", "eval.max_new_tokens=3"]

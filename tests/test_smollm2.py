@@ -16,13 +16,13 @@ from steerpeft import Steerer
 from steerpeft.architectures import decoder_layers, resolve_layout
 from steerpeft.data import builtin_prompts
 from steerpeft.extractors import DiffMeans
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.interventions import Ablate, AddDirection
 from steerpeft.models import load_model
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
-from steerpeft.inputs.text import encode_prompts
+from steerpeft.provenance import model_info
 from steerpeft.scalers import ConstantScaler
 from steerpeft.selectors import SweepSelector
-from steerpeft.provenance import model_info
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@
 """
 
 from steerpeft.run.evaluation import eval_prompts, evaluate_plan, model_section
-from steerpeft.run.folder import RUN_FILES, check_run_dir, default_run_dir, say
+from steerpeft.run.folder import RUN_FILES, check_run_dir, default_run_dir, describe_path, say
 from steerpeft.run.job import RunJob, load_recipe_model, run_recipe
-from steerpeft.run.saved import applied_adapter, describe_path, evaluate_saved
+from steerpeft.run.saved import applied_adapter, evaluate_saved
 from steerpeft.run.stages import AdapterExport, ReportWriter, adapter_card, export_plan, write_outputs
 from steerpeft.run.state import RunResult, RunState
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from steerpeft.errors import ConfigError
+from steerpeft.errors import AdapterError, ConfigError
 
 RUN_FILES = ("plan", "adapter", "metrics.json", "metrics.jsonl", "report.md", "recipe.yaml", "layers.png", "gate.png",
              "refusal.png")
@@ -37,3 +37,18 @@ def check_run_dir(path: str | os.PathLike) -> Path:
                               "choose an empty or new folder with --out.")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def describe_path(path: str | os.PathLike) -> tuple[str, Path]:
+    """("plan" | "adapter" | "run", folder) for a saved plan, adapter or run folder."""
+    folder = Path(path)
+    if not folder.exists():
+        raise AdapterError(f"{folder} does not exist.")
+    if (folder / "plan.json").is_file():
+        return "plan", folder
+    if (folder / "adapter_config.json").is_file():
+        return "adapter", folder
+    if (folder / "plan" / "plan.json").is_file():
+        return "run", folder
+    raise AdapterError(f"{folder} is neither a steerpeft plan (plan.json), an adapter (adapter_config.json) nor a run "
+                       "folder (plan/plan.json).")

@@ -6,12 +6,11 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from steerpeft.adapters import load_adapter
 from steerpeft.callbacks import Callback, ProgressBar, stage
-from steerpeft.errors import AdapterError, ConfigError, SteerpeftError
+from steerpeft.errors import ConfigError, SteerpeftError
 from steerpeft.evaluation import evaluate
 from steerpeft.io import read_adapter_meta, read_json
 from steerpeft.models import load_model
@@ -19,25 +18,10 @@ from steerpeft.plan import Plan
 from steerpeft.recipes import Recipe, load_recipe, validate
 from steerpeft.report.metrics import eval_section
 from steerpeft.run.evaluation import eval_batch_size, eval_prompts, evaluate_plan, media_sets, model_section
-from steerpeft.run.folder import check_run_dir, default_run_dir, say
+from steerpeft.run.folder import check_run_dir, default_run_dir, describe_path, say
 from steerpeft.run.job import RunJob, command_line
 from steerpeft.run.stages import ReportWriter
 from steerpeft.run.state import RunResult, RunState
-
-
-def describe_path(path: str | os.PathLike) -> tuple[str, Path]:
-    """("plan" | "adapter" | "run", folder) for a saved plan, adapter or run folder."""
-    folder = Path(path)
-    if not folder.exists():
-        raise AdapterError(f"{folder} does not exist.")
-    if (folder / "plan.json").is_file():
-        return "plan", folder
-    if (folder / "adapter_config.json").is_file():
-        return "adapter", folder
-    if (folder / "plan" / "plan.json").is_file():
-        return "run", folder
-    raise AdapterError(f"{folder} is neither a steerpeft plan (plan.json), an adapter (adapter_config.json) nor a run "
-                       "folder (plan/plan.json).")
 
 
 def _model_for(name: str | None, recorded: str | None, device: str | None, dtype: str) -> tuple[Any, Any]:

@@ -1,102 +1,24 @@
-"""Locate the language backbone of a model by exact module path.
-
-Steering hooks the decoder layers of the *language* model. Vision-language models hold other
-stacks of layers too (Qwen2.5-VL's vision blocks even have ``mlp.down_proj`` modules), so every
-module is found by its exact dotted path from the top model, never by a name suffix.
-
-Paths come from a table of known families (keyed by the top config's ``model_type``); other
-models are probed at a short list of exact candidate paths. Either way a layer stack is only
-accepted if it is an ``nn.ModuleList`` with ``num_hidden_layers`` entries that sits in the same
-module as the token embedding (which rules out vision towers). Paths are relative to the
-transformers model: a peft ``PeftModel`` is unwrapped first, so a LoRA-wrapped model gets the same
-layout as the plain one.
-"""
+"""`ModelLayout` and `resolve_layout`: where one model's language backbone lives, found and checked."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from steerpeft.architectures.known import (
+    ATTN_OUT,
+    ATTN_OUT_CANDIDATES,
+    FIX_HINT,
+    KNOWN_ARCHITECTURES,
+    LAYER_CANDIDATES,
+    MLP_OUT,
+    MLP_OUT_CANDIDATES,
+    KnownPaths,
+)
+from steerpeft.architectures.modules import get_module, text_config, unwrap_model
 from steerpeft.errors import ArchitectureError, ShapeError
-
-__all__ = [
-    "ModelLayout",
-    "decoder_layers",
-    "get_module",
-    "resolve_layout",
-    "text_config",
-    "unwrap_model",
-]
-
-# Residual-stream writers inside one decoder layer: attention output and MLP output projections.
-_ATTN_OUT = "self_attn.o_proj"
-_MLP_OUT = "mlp.down_proj"
-
-
-@dataclass(frozen=True)
-class _KnownPaths:
-    """Paths relative to the base model (``model.base_model``), so they hold for both the
-    ``*ForCausalLM`` / ``*ForConditionalGeneration`` head classes and the bare ``*Model``."""
-
-    layers: str
-    embedding: str
-    writers: tuple[str, ...] = (_ATTN_OUT, _MLP_OUT)
-
-
-_TEXT = _KnownPaths("layers", "embed_tokens")
-_LANGUAGE_MODEL = _KnownPaths("language_model.layers", "language_model.embed_tokens")
-_TEXT_MODEL = _KnownPaths("text_model.layers", "text_model.embed_tokens")
-
-# Verified with transformers 5.23 on tiny models (tests/test_architectures.py checks each one).
-KNOWN_ARCHITECTURES: dict[str, _KnownPaths] = {
-    "llama": _TEXT,
-    "mistral": _TEXT,
-    "qwen2": _TEXT,
-    "qwen3": _TEXT,
-    "gemma2": _TEXT,
-    "gemma3_text": _TEXT,  # Gemma3ForCausalLM
-    "phi3": _TEXT,  # fused qkv_proj / gate_up_proj, but o_proj and down_proj like Llama
-    "llava": _LANGUAGE_MODEL,
-    "llava_onevision": _LANGUAGE_MODEL,
-    "qwen2_vl": _LANGUAGE_MODEL,
-    "qwen2_5_vl": _LANGUAGE_MODEL,
-    "gemma3": _LANGUAGE_MODEL,  # Gemma3ForConditionalGeneration
-    "idefics3": _TEXT_MODEL,  # also SmolVLM-256M/500M
-    "smolvlm": _TEXT_MODEL,  # SmolVLM2
-}
-
-# Exact full paths tried, in order, for models outside the table.
-_LAYER_CANDIDATES: tuple[str, ...] = (
-    "model.layers",
-    "model.language_model.layers",
-    "model.text_model.layers",
-    "model.language_model.model.layers",  # transformers 4 style composite models
-    "language_model.model.layers",
-    "layers",
-    "language_model.layers",
-    "text_model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "transformer.layers",
-    "gpt_neox.layers",
-)
-_ATTN_OUT_CANDIDATES = (
-    _ATTN_OUT,
-    "self_attn.out_proj",
-    "attn.o_proj",
-    "attention.o_proj",
-    "self_attention.dense",
-)
-_MLP_OUT_CANDIDATES = (_MLP_OUT, "mlp.fc2", "feed_forward.w2", "mlp.dense_4h_to_h")
-
-_FIX_HINT = (
-    "Pass the exact dotted paths by hand: resolve_layout(model, layers_path='model.layers', "
-    "embedding_path='model.embed_tokens') in Python, or the recipe keys `model.layers_path` / "
-    "`model.embedding_path`."
-)
 
 
 @dataclass(frozen=True)
@@ -116,7 +38,7 @@ class ModelLayout:
     post_norm: bool
     image_token_id: int | None
     video_token_id: int | None
-    residual_writer_names: tuple[str, ...] = (_ATTN_OUT, _MLP_OUT)
+    residual_writer_names: tuple[str, ...] = (ATTN_OUT, MLP_OUT)
 
     def _check_index(self, index: int) -> None:
         if isinstance(index, bool) or not isinstance(index, int):
@@ -147,69 +69,6 @@ class ModelLayout:
                 f"outputs ({layer}) instead"
             )
         return [f"{layer}.{name}" for name in self.residual_writer_names]
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip peft (``PeftModel``, ``LoraModel``) and ``torch.compile`` wrappers.
-
-    Layouts are expressed relative to the transformers model so that they do not change when an
-    adapter is attached; the wrapped and unwrapped models share their modules.
-    """
-    for _ in range(8):  # wrappers nest at most a few deep
-        inner = _unwrap_once(model)
-        if inner is model:
-            return model
-        model = inner
-    return model
-
-
-def _unwrap_once(model: nn.Module) -> nn.Module:
-    if "peft" in sys.modules:  # a peft wrapper can only exist once peft is imported
-        from peft import PeftModel
-        from peft.tuners.tuners_utils import BaseTuner
-
-        if isinstance(model, PeftModel):
-            return model.get_base_model()
-        if isinstance(model, BaseTuner):
-            return model.model
-    orig = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-    if isinstance(orig, nn.Module):
-        return orig
-    return model
-
-
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at exact dotted ``path`` of the unwrapped model; ``""`` is the model itself."""
-    root = unwrap_model(model)
-    if path == "":
-        return root
-    module: nn.Module = root
-    walked: list[str] = []
-    for part in path.split("."):
-        children = dict(module.named_children())
-        if part not in children:
-            where = ".".join(walked) or "the model"
-            options = ", ".join(sorted(children)) or "none"
-            raise ArchitectureError(
-                f"module path {path!r} does not exist: {where} ({type(module).__name__}) has no child "
-                f"{part!r} (children: {options})"
-            )
-        module = children[part]
-        walked.append(part)
-    return module
-
-
-def text_config(model: nn.Module) -> Any:
-    """The language backbone's config: ``config.text_config`` when present, else ``config``."""
-    root = unwrap_model(model)
-    config = getattr(root, "config", None)
-    if config is None:
-        raise ArchitectureError(
-            f"{type(root).__name__} has no `config`; steerpeft expects a transformers model "
-            "(PreTrainedModel) whose config names model_type, hidden_size and num_hidden_layers"
-        )
-    sub = getattr(config, "text_config", None)
-    return sub if sub is not None else config
 
 
 def decoder_layers(model: nn.Module, layout: ModelLayout) -> nn.ModuleList:
@@ -323,22 +182,22 @@ def _validate_layers(root: nn.Module, path: str, expected: int | None, given: bo
     try:
         layers = get_module(root, path)
     except ArchitectureError as err:
-        raise ArchitectureError(f"{source} {path!r} is wrong: {err}. {_FIX_HINT}") from None
+        raise ArchitectureError(f"{source} {path!r} is wrong: {err}. {FIX_HINT}") from None
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise ArchitectureError(
             f"{source} {path!r} is a {type(layers).__name__}, not a non-empty nn.ModuleList of decoder "
-            f"layers. ModuleLists in this model: {_module_lists(root)}. {_FIX_HINT}"
+            f"layers. ModuleLists in this model: {_module_lists(root)}. {FIX_HINT}"
         )
     if expected is not None and len(layers) != expected:
         raise ArchitectureError(
             f"{source} {path!r} holds {len(layers)} modules but the text config has "
-            f"num_hidden_layers={expected}. ModuleLists in this model: {_module_lists(root)}. {_FIX_HINT}"
+            f"num_hidden_layers={expected}. ModuleLists in this model: {_module_lists(root)}. {FIX_HINT}"
         )
     return layers
 
 
 def _probe_layers(root: nn.Module, family: str, expected: int | None) -> tuple[str, nn.ModuleList]:
-    for path in _LAYER_CANDIDATES:
+    for path in LAYER_CANDIDATES:
         try:
             layers = get_module(root, path)
         except ArchitectureError:
@@ -351,8 +210,8 @@ def _probe_layers(root: nn.Module, family: str, expected: int | None) -> tuple[s
             return path, layers
     raise ArchitectureError(
         f"unknown architecture {family!r} ({type(root).__name__}): no decoder layer list with "
-        f"num_hidden_layers={expected} at any known path ({', '.join(_LAYER_CANDIDATES)}). "
-        f"ModuleLists in this model: {_module_lists(root)}. {_FIX_HINT}"
+        f"num_hidden_layers={expected} at any known path ({', '.join(LAYER_CANDIDATES)}). "
+        f"ModuleLists in this model: {_module_lists(root)}. {FIX_HINT}"
     )
 
 
@@ -373,7 +232,7 @@ def _find_embedding(root: nn.Module, layers_path: str) -> str:
                 return name
     raise ArchitectureError(
         f"could not find the token embedding of {type(root).__name__} (no {sibling!r}, and "
-        f"get_input_embeddings() is not a submodule). {_FIX_HINT}"
+        f"get_input_embeddings() is not a submodule). {FIX_HINT}"
     )
 
 
@@ -395,16 +254,16 @@ def _validate_embedding(root: nn.Module, path: str, hidden_size: int | None) -> 
     try:
         module = get_module(root, path)
     except ArchitectureError as err:
-        raise ArchitectureError(f"embedding_path {path!r} is wrong: {err}. {_FIX_HINT}") from None
+        raise ArchitectureError(f"embedding_path {path!r} is wrong: {err}. {FIX_HINT}") from None
     embedding = _unwrap_layer(module, nn.Embedding)
     if embedding is None:
         raise ArchitectureError(
-            f"embedding_path {path!r} is a {type(module).__name__}, not an nn.Embedding. {_FIX_HINT}"
+            f"embedding_path {path!r} is a {type(module).__name__}, not an nn.Embedding. {FIX_HINT}"
         )
     if hidden_size is not None and embedding.embedding_dim != hidden_size:
         raise ArchitectureError(
             f"embedding_path {path!r} has dimension {embedding.embedding_dim} but the text config has "
-            f"hidden_size={hidden_size}: it is not the language model's token embedding. {_FIX_HINT}"
+            f"hidden_size={hidden_size}: it is not the language model's token embedding. {FIX_HINT}"
         )
     return module, embedding.embedding_dim
 
@@ -421,16 +280,16 @@ def _check_adjacent(root: nn.Module, layers_path: str, embedding: nn.Module, emb
         raise ArchitectureError(
             f"layers {layers_path!r} and token embedding {embedding_path!r} are not in the same "
             "module, so one of them is not the language model's (a vision tower's?). "
-            f"ModuleLists in this model: {_module_lists(root)}. {_FIX_HINT}"
+            f"ModuleLists in this model: {_module_lists(root)}. {FIX_HINT}"
         )
 
 
-def _writer_names(layer: nn.Module, known: _KnownPaths | None) -> tuple[str, ...]:
+def _writer_names(layer: nn.Module, known: KnownPaths | None) -> tuple[str, ...]:
     """Sub-paths of the attention-output and MLP-output projections in one layer, if present."""
     if known is not None:
         candidates: list[tuple[str, ...]] = [(name,) for name in known.writers]
     else:
-        candidates = [_ATTN_OUT_CANDIDATES, _MLP_OUT_CANDIDATES]
+        candidates = [ATTN_OUT_CANDIDATES, MLP_OUT_CANDIDATES]
     names: list[str] = []
     for options in candidates:
         found = next((name for name in options if _is_linear_at(layer, name)), None)
