@@ -65,8 +65,8 @@ class ImportGraph:
         return found
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -103,7 +103,7 @@ def _imports(tree: ast.AST, current: str, is_package: bool) -> list[tuple[str, l
 
 
 def build_graph(root: Path = ROOT) -> ImportGraph:
-    modules = {module_name(path): path for path in root.rglob("*.py")}
+    modules = {module_name(path, root): path for path in root.rglob("*.py")}
     graph = ImportGraph()
     for name, path in modules.items():
         source = path.read_text(encoding="utf-8")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from steerpeft.callbacks import Callback
+from steerpeft.data import load_prompts
 from steerpeft.data.splits import holdout_split
 from steerpeft.errors import ConfigError
 from steerpeft.extractors import EXTRACTORS
@@ -117,8 +118,6 @@ class Recipe:
 
     def prompts(self, step_index: int | None = None) -> tuple[Any, Any]:
         """(positive, negative) prompt sets of the recipe or of one step's own `data`."""
-        from steerpeft.data import load_prompts
-
         data = self.data_options(step_index)
         kwargs = {"column": data.column, "limit": data.limit}
         return load_prompts(data.positive, **kwargs), load_prompts(data.negative, **kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from steerpeft.models import EMBEDDED_MODEL_ID
 from steerpeft.report.metrics import modalities_of, result_rows
 
 ABLATION_NOTES = {
@@ -41,8 +42,6 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 
 def _load_call(model_id: str) -> str:
-    from steerpeft.models import EMBEDDED_MODEL_ID
-
     if model_id == EMBEDDED_MODEL_ID:
         return "load_model()  # the embedded SmolLM2-135M-Instruct"
     if not model_id or model_id.startswith("unnamed-"):

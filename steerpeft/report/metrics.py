@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from steerpeft.formats import RUN_FORMAT
+from steerpeft.mars.evaluation import mars_step
+from steerpeft.mars.scaler import TrustRegionScaler
 
 if TYPE_CHECKING:
     from steerpeft.evaluation import EvalReport
@@ -62,8 +64,6 @@ def clean(value: Any) -> Any:
 
 def main_step(plan: Plan) -> SteeringStep:
     """The step a report is about: the MARS (trust-region) step, else the first with a layer table."""
-    from steerpeft.mars.evaluation import mars_step
-
     step = mars_step(plan)
     if step is not None:
         return step
@@ -76,8 +76,6 @@ def main_step(plan: Plan) -> SteeringStep:
 
 def step_tau(step: SteeringStep) -> float | None:
     """The gate threshold of a trust-region step (None for other scalers)."""
-    from steerpeft.scalers.trust_region import TrustRegionScaler
-
     if isinstance(step.scaler, TrustRegionScaler) and step.scaler.tau is not None:
         return float(step.scaler.tau)
     return None

@@ -7,6 +7,7 @@ from typing import Any
 
 from steerpeft.architectures import resolve_layout
 from steerpeft.callbacks import Callback, Runner
+from steerpeft.data import load_prompts
 from steerpeft.evaluation import EvalReport, evaluate
 from steerpeft.inputs.batches import available_modalities
 from steerpeft.mars.evaluation import conditions, eval_sets, gate_values, mars_step
@@ -35,8 +36,6 @@ def eval_prompts(recipe: Recipe) -> tuple[list[str], list[str], str]:
     """
     choice = recipe.section("eval").prompts
     if isinstance(choice, Mapping):
-        from steerpeft.data import load_prompts
-
         kwargs = {"limit": choice.get("limit"), "column": choice.get("column")}
         positive, negative = load_prompts(choice["positive"], **kwargs), load_prompts(choice["negative"], **kwargs)
         return list(positive), list(negative), f"{choice['positive']} vs {choice['negative']}"

@@ -31,6 +31,7 @@ from typing import Any
 from steerpeft.callbacks import Callback, JsonlLogger, ProgressBar, call_hook, stage
 from steerpeft.errors import ConfigError
 from steerpeft.io import atomic_write_text
+from steerpeft.models import load_model
 from steerpeft.recipes import Recipe, load_recipe
 from steerpeft.report.metrics import eval_section
 from steerpeft.run.evaluation import eval_batch_size, eval_prompts, evaluate_plan, model_section
@@ -52,8 +53,6 @@ class RunJob:
 
 def load_recipe_model(recipe: Recipe, device: str | None = None) -> tuple[Any, Any]:
     """The model and processor named by the recipe's `model` section (`device` overrides `model.device`)."""
-    from steerpeft.models import load_model
-
     model = recipe.section("model")
     return load_model(model.name, dtype=model.dtype, device=device or model.device, revision=model.revision)
 
