@@ -12,7 +12,8 @@ Rows with t <= tau get strength exactly 0 and so stay bit-for-bit unchanged.
 - `form="beta"`: h' = h + min(beta * ReLU(t - tau), rho) * (s^m / s^text) * r.
 
 `recenter`: "measure" (only the gate sees h~), "shift" (h itself is re-centred
-at steered positions too) or "none" (offsets ignored, for ablations).
+too, at steered positions whose gate opens) or "none" (offsets ignored, for
+ablations).  In every mode a closed gate leaves the row bit-for-bit unchanged.
 """
 
 from __future__ import annotations
@@ -115,10 +116,17 @@ class TrustRegionScaler(Scaler):
         return value.unsqueeze(-1).to(hidden.dtype)
 
     def shift(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor | None:
+        """`recenter: shift`: delta^m at positions whose gate opens (t > tau), exactly 0 elsewhere.
+
+        A closed gate leaves the row bit-for-bit unchanged in every recenter mode: only rows the
+        gate steers are moved into the text frame before the update.
+        """
         if self.recenter != "shift" or fc.modality is None:
             return None
         _, offsets, _, _ = self._tensors(layer, hidden)
-        return offsets[fc.modality].unsqueeze(1).to(hidden.dtype)
+        t, _, _ = self.gate_position(hidden, layer, fc)
+        opens = (t > float(self.tau)).unsqueeze(-1)  # type: ignore[arg-type]
+        return offsets[fc.modality].unsqueeze(1).to(hidden.dtype) * opens.to(hidden.dtype)
 
     # -- persistence ---------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
