@@ -300,15 +300,51 @@ def residual_output_paths(layout: ModelLayout, layer: int) -> list[str]:
     return layout.residual_writer_paths(layer)
 
 
+def build_step_parts(index: int, spec: Any, where: str = "plan") -> tuple[Intervention, Scaler, Positions]:
+    """The intervention, scaler and positions a saved step names, built and checked without tensors.
+
+    Saved plans and adapters name registered components only: an import path, an unknown name or
+    option, a bad position spec or site fails here, with the step named, before anything touches a
+    model.  Nothing is imported or executed.
+    """
+    label = f"{where} step {index}"
+    if not isinstance(spec, dict):
+        raise AdapterError(f"{label} is not a mapping: the file is corrupt.")
+    try:
+        layers = [int(layer) for layer in spec["layers"]]
+        intervention = INTERVENTIONS.build(spec["intervention"]["name"], spec["intervention"].get("params"))
+        scaler = SCALERS.build(spec["scaler"]["name"], spec["scaler"].get("params"))
+        positions = parse_positions(spec["positions"])
+    except KeyError as exc:
+        raise AdapterError(f"{label} is incomplete: missing {exc}. The file is corrupt.") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise AdapterError(f"{label} is malformed ({exc}). The file is corrupt.") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{label} ({spec.get('name', 'step')!r}): {exc}") from exc
+    if not layers:
+        raise AdapterError(f"{label} lists no layers: the file is corrupt.")
+    site = spec.get("site", "output")
+    if site not in STEP_SITES:
+        raise ConfigError(f"{label} ({spec.get('name', 'step')!r}): site must be one of {STEP_SITES}, got {site!r}.")
+    return intervention, scaler, positions
+
+
+def check_plan_config(config: Any, where: str = "plan") -> None:
+    """Refuse a saved plan config (plan.json, or a STEER adapter's `plan`) whose steps do not build."""
+    steps = config.get("steps") if isinstance(config, dict) else None
+    if not isinstance(steps, list) or not steps:
+        raise AdapterError(f"The {where} holds no steps: the file is corrupt.")
+    for index, spec in enumerate(steps):
+        build_step_parts(index, spec, where)
+
+
 def _load_step(index: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SteeringStep:
+    intervention, scaler, positions = build_step_parts(index, spec)
     prefix = f"steps.{index}"
     try:
         directions = {int(layer): tensors[f"{prefix}.direction.{layer}"] for layer in spec["layers"]}
-        intervention = INTERVENTIONS.build(spec["intervention"]["name"], spec["intervention"].get("params"))
-        scaler = SCALERS.build(spec["scaler"]["name"], spec["scaler"].get("params"))
     except KeyError as exc:
         raise AdapterError(f"plan step {index} is incomplete: missing {exc}. The plan file is corrupt.") from exc
     scaler_prefix = f"{prefix}.scaler."
     scaler.load_state_dict({k[len(scaler_prefix):]: v for k, v in tensors.items() if k.startswith(scaler_prefix)})
-    return SteeringStep(directions, intervention, scaler, parse_positions(spec["positions"]), spec.get("name", "step"),
-                        spec.get("site", "output"))
+    return SteeringStep(directions, intervention, scaler, positions, spec.get("name", "step"), spec.get("site", "output"))

@@ -28,6 +28,7 @@ from steerpeft.architectures import ArchitectureError, ModelLayout, get_module, 
 from steerpeft.errors import AdapterError, ShapeError
 from steerpeft.formats import CHILD_NAME, LEGACY_KEY_PARTS, TENSORS_ATTR, is_steer_peft_type
 from steerpeft.io import read_adapter_meta, read_json, read_tensors
+from steerpeft.plan import check_plan_config
 from steerpeft.provenance import check_model_id, fitting_layout
 
 __all__ = ["check_model", "load_adapter"]
@@ -168,6 +169,7 @@ def _check_steer_tensors(model: nn.Module, config: dict[str, Any], tensors: dict
     plan = config.get("plan")
     if not isinstance(plan, dict) or not isinstance(config.get("tensors"), list):
         raise AdapterError(f"{folder / 'adapter_config.json'} is not a complete STEER config (plan or tensors missing).")
+    check_plan_config(plan, "STEER adapter")
     info = plan.get("model") or {}
     check_model(model, info)
     parts = next((p for p in LEGACY_KEY_PARTS if any(f".{p[0]}.{p[1]}." in k for k in tensors)), (CHILD_NAME, TENSORS_ATTR))

@@ -8,6 +8,7 @@ from peft import PeftConfig
 
 from steerpeft.errors import AdapterError
 from steerpeft.formats import PLAN_FORMAT, is_plan_format
+from steerpeft.plan import check_plan_config
 
 
 @dataclass
@@ -41,3 +42,6 @@ class SteerConfig(PeftConfig):
         for entry in self.tensors:
             if not isinstance(entry, dict) or not {"key", "host", "shape"} <= set(entry):
                 raise AdapterError(f"STEER tensor manifest entry {entry!r} is malformed: the config is corrupt.")
+        # Every step must build now, from registered names only: a bad adapter is refused at load,
+        # before PEFT injects anything, never at the model's first forward.
+        check_plan_config(self.plan, "STEER adapter")
