@@ -16,6 +16,7 @@ from steerpeft.errors import ConfigError, SteerpeftError
 from steerpeft.models.base import finish, resolve_dtype, set_model_id, set_provenance
 from steerpeft.models.embedded import DEFAULT_MODEL, LEGACY_EMBEDDED_MODEL_IDS, load_smollm2
 from steerpeft.models.gguf import gguf_folder, is_gguf_path, read_provenance
+from steerpeft.models.qwen_vl_shaped import is_qwen_vl_shaped_name, load_qwen_vl_shaped
 from steerpeft.models.smolvlm_shaped import SMOLVLM_SHAPED_MODELS, build_smolvlm_shaped
 
 if TYPE_CHECKING:
@@ -80,7 +81,9 @@ def load_model(
     `EMBEDDED_MODEL_ID`, loads the Hub's own weights, not the embedded Q4_1 ones); a local
     `.gguf` file, converted once into a cached float32 folder (its model id is the file's path);
     "smolvlm-shaped" / "smolvlm2-shaped" for the offline test VLMs of `build_smolvlm_shaped`
-    (images; images and video); otherwise a Hub id or a local folder (a str or a path), loaded with `from_pretrained`.  A config with a
+    (images; images and video); "qwen2.5-vl-shaped:/path/to/qwen2-text-model" (a .gguf file or a
+    folder) for `build_qwen_vl_shaped`: that Qwen2 text model's real weights in a Qwen2.5-VL layout
+    with a small random vision tower; otherwise a Hub id or a local folder (a str or a path), loaded with `from_pretrained`.  A config with a
     `vision_config` loads with `AutoModelForImageTextToText` and `AutoProcessor`, anything
     else with `AutoModelForCausalLM` and `AutoTokenizer`.  Tokenizers pad on the left and fall
     back to the eos token as pad token.
@@ -106,6 +109,10 @@ def load_model(
         if revision is not None:
             raise ConfigError(f"{name!r} is built locally and has no revisions; leave revision unset.")
         return build_smolvlm_shaped(torch_dtype, video=SMOLVLM_SHAPED_MODELS[name], device=device)
+    if is_qwen_vl_shaped_name(name):  # before the .gguf check: the name may end in .gguf
+        if revision is not None:
+            raise ConfigError(f"{name!r} is built locally and has no revisions; leave revision unset.")
+        return load_qwen_vl_shaped(name, torch_dtype, device=device)
     if is_gguf_path(name):
         return _load_gguf(name, torch_dtype, revision, device)
     model, processor = _load_pretrained(name, torch_dtype, revision, trust_remote_code)
