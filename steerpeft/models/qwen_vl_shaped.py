@@ -32,6 +32,7 @@ from steerpeft.errors import ConfigError, SteerpeftError
 from steerpeft.models.base import finish, resolve_dtype, set_model_id, set_provenance
 from steerpeft.models.cache import build_cached_folder, read_marker
 from steerpeft.models.gguf import drop_loading_details, gguf_folder, is_gguf_path, read_provenance
+from steerpeft.models.gguf_header import gguf_architecture
 
 if TYPE_CHECKING:
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
@@ -143,62 +144,6 @@ def qwen_vl_shaped_id(text_path: str | pathlib.Path, seed: int = 0) -> str:
 # --------------------------------------------------------------------------- the text model
 
 
-# GGUF value types (GGUF spec): fixed sizes in bytes; 8 is a string, 9 an array.
-_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _gguf_architecture(path: pathlib.Path, max_keys: int = 256) -> str | None:
-    """`general.architecture` of a GGUF file, read from the first keys of its header (milliseconds).
-
-    The full `gguf.GGUFReader` parses every tensor record and the whole vocabulary (seconds); the
-    architecture is among the first metadata keys.  None when the file is not a (little-endian)
-    GGUF file or the key is not found.
-    """
-    import struct
-
-    def read(handle: Any, fmt: str) -> Any:
-        data = handle.read(struct.calcsize(fmt))
-        if len(data) != struct.calcsize(fmt):
-            raise ValueError("truncated GGUF header")
-        return struct.unpack(fmt, data)[0]
-
-    def read_string(handle: Any) -> bytes:
-        length = read(handle, "<Q")
-        if length > 1 << 20:
-            raise ValueError("implausible GGUF string length")
-        return handle.read(length)
-
-    def skip(handle: Any, value_type: int) -> None:
-        if value_type == _GGUF_STRING:
-            read_string(handle)
-        elif value_type == _GGUF_ARRAY:
-            item_type, count = read(handle, "<I"), read(handle, "<Q")
-            if item_type in _GGUF_SIZES:
-                handle.seek(_GGUF_SIZES[item_type] * count, 1)
-            else:
-                for _ in range(count):
-                    skip(handle, item_type)
-        elif value_type in _GGUF_SIZES:
-            handle.seek(_GGUF_SIZES[value_type], 1)
-        else:
-            raise ValueError(f"unknown GGUF value type {value_type}")
-
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(4) != b"GGUF" or read(handle, "<I") not in (2, 3):
-                return None
-            read(handle, "<Q")  # tensor count
-            for _ in range(min(read(handle, "<Q"), max_keys)):
-                key, value_type = read_string(handle), read(handle, "<I")
-                if key == b"general.architecture" and value_type == _GGUF_STRING:
-                    return read_string(handle).decode("utf-8", errors="replace")
-                skip(handle, value_type)
-    except (OSError, ValueError, struct.error):
-        return None
-    return None
-
-
 def _folder_model_type(folder: pathlib.Path) -> str | None:
     try:
         config = json.loads((folder / "config.json").read_text())
@@ -232,7 +177,7 @@ def _text_folder(text_path: str) -> tuple[pathlib.Path, dict[str, Any], dict[str
             raise SteerpeftError(
                 f"{path} is a file but not a .gguf file: name a GGUF file or a Hugging Face model folder."
             )
-        architecture = _gguf_architecture(path)
+        architecture = gguf_architecture(path)
         if architecture != TEXT_MODEL_TYPE:
             raise _not_qwen2(path, architecture)
         folder = gguf_folder(path)
