@@ -29,3 +29,11 @@ class ArchitectureError(SteerpeftError, ValueError):
 
 class AdapterError(SteerpeftError, ValueError):
     """An adapter or plan file is corrupt, incomplete or made for another model."""
+
+
+class SelectionError(SteerpeftError):
+    """No candidate layer passed the selector's limits; the message says which limit excluded each one."""
+
+
+class SteeringWarning(UserWarning):
+    """The fit went on but its result needs care (a fallback layer, a model that barely refuses)."""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from plans import TINY_FALLBACK
 from tiny_models import tiny_text_model
 
 from steerpeft.cli import build_parser, main
@@ -33,7 +34,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model, tokenizer = load_model(str(model_dir), device="cpu")  # the id the plan records is this folder
     run_dir = tmp_path_factory.mktemp("cli-run") / "run"
     run_recipe("mars", out_dir=run_dir, model=model, processor=tokenizer, progress=False,
-               overrides=["data.limit=12", "eval.max_new_tokens=2"], command="pytest")
+               overrides=["data.limit=12", "eval.max_new_tokens=2", TINY_FALLBACK], command="pytest")
     return run_dir, model_dir
 
 
@@ -208,7 +209,7 @@ def test_fit_from_the_cli_saves_a_plan_and_prints_the_layer_table(tiny_run: tupl
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     _, model_dir = tiny_run
     out = tmp_path / "plan"
-    assert main(["fit", "mars", f"model.name={model_dir}", "data.limit=12", "--out", str(out), "--quiet",
+    assert main(["fit", "mars", f"model.name={model_dir}", "data.limit=12", TINY_FALLBACK, "--out", str(out), "--quiet",
                  "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert (out / "plan.json").is_file() and (out / "plan.safetensors").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from plans import TINY_FALLBACK
 from tiny_models import VLM_FAMILIES, supports_video, tiny_image, tiny_vlm
 
 from steerpeft import Plan, load_recipe
@@ -198,7 +199,7 @@ def test_batched_equals_unbatched_with_images():
                                                  ("smolvlm", "modality"), ("qwen2_vl", "modality")])
 def test_mars_recipe_fits_on_tiny_vlm(family, segment, tmp_path):
     model, processor = tiny_vlm(family)
-    recipe = load_recipe("mars", ["data.limit=12", "fit.batch_size=6", f"media.segment={segment}"])
+    recipe = load_recipe("mars", ["data.limit=12", "fit.batch_size=6", f"media.segment={segment}", TINY_FALLBACK])
     plan = recipe.fit(model, processor)
     step = plan.steps[0]
     layer = step.layers[0]

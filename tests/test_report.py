@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from plans import TINY_FALLBACK
 from tiny_models import tiny_text_model
 
 from steerpeft.errors import ConfigError
@@ -19,7 +20,7 @@ from steerpeft.report.terminal import summary_table
 from steerpeft.run import check_run_dir, run_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-OVERRIDES = ["data.limit=12", "eval.max_new_tokens=3"]
+OVERRIDES = ["data.limit=12", "eval.max_new_tokens=3", TINY_FALLBACK]
 
 
 @pytest.fixture(scope="module", autouse=True)

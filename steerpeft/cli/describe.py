@@ -10,7 +10,7 @@ from typing import Any
 from steerpeft.errors import ConfigError
 from steerpeft.io import read_adapter_meta
 from steerpeft.plan import Plan
-from steerpeft.report.metrics import plan_section
+from steerpeft.report.metrics import limits_cell, plan_section, plan_warnings
 from steerpeft.report.terminal import summary_table, text_table
 from steerpeft.run.folder import describe_path
 
@@ -59,6 +59,7 @@ def describe_plan_text(plan: Any, section: dict[str, Any], where: str) -> str:
         lines.append(f"  chosen layer {section['chosen_layer']}: {section['reason']}")
     if section.get("tau") is not None:
         lines.append(f"  tau          {section['tau']:.4f}")
+    lines += [f"  warning      {warning}" for warning in plan_warnings(section)]
     main = next((s for s in section["steps"] if s["name"] == section["main_step"]), None)
     table = (main or {}).get("layer_scores") or []
     if table:
@@ -67,7 +68,7 @@ def describe_plan_text(plan: Any, section: dict[str, Any], where: str) -> str:
         for row in table:
             cells = [row["layer"]] + [_cell(row.get(c), c) for c in columns]
             if "within_limits" in row:
-                cells.append("yes" if row["within_limits"] else "no")
+                cells.append(limits_cell(row))
             cells.append("<- chosen" if row.get("chosen") else "")
             rows.append(cells)
         headers = ["layer", *columns] + (["within limits"] if "within_limits" in table[0] else []) + [""]

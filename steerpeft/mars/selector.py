@@ -13,12 +13,13 @@ whole table is returned either way.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from steerpeft.errors import ConfigError
+from steerpeft.errors import ConfigError, SelectionError, SteeringWarning
 from steerpeft.evaluation.first_token import first_token_refusal_score, refusal_token_ids
 from steerpeft.evaluation.kl import first_token_kl
 from steerpeft.evaluation.runs import decision_logits
@@ -34,6 +35,9 @@ from steerpeft.selectors.base import SELECTORS, LayerSelector, Selection, layer_
 from steerpeft.selectors.scores import auroc
 
 DEFAULT_LIMITS = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0}
+NO_LAYER_CHOICES = ("fail", "best")
+"""What a fit does when no candidate layer is within the limits: stop with the reasons, or take the
+best-separating layer anyway with a `SteeringWarning` (and say so in the table and the report)."""
 
 
 @SELECTORS.register("mars")
@@ -45,8 +49,12 @@ class MarsSelector(LayerSelector):
     limits: dict[str, float] = field(default_factory=dict)
     tau_quantile: float = 0.95
     form: str = "traversal"
+    on_no_layer: str = "fail"
 
     def __post_init__(self) -> None:
+        if self.on_no_layer not in NO_LAYER_CHOICES:
+            raise ConfigError(f"mars selector on_no_layer must be one of {', '.join(NO_LAYER_CHOICES)}, got "
+                              f"{self.on_no_layer!r}.{suggest(str(self.on_no_layer), list(NO_LAYER_CHOICES))}")
         for key in self.limits:
             if key not in DEFAULT_LIMITS:
                 raise ConfigError(f"mars selector limit {key!r} is unknown.{suggest(key, list(DEFAULT_LIMITS))} "
@@ -83,15 +91,52 @@ class MarsSelector(LayerSelector):
                 "t_harmful_mean": float(t_pos.mean()),
                 "t_harmless_mean": float(t_neg.mean()),
             }
-            row["within_limits"] = (row["kl"] <= self.limits["kl"] and row["false_trigger"] <= self.limits["false_trigger"]
-                                    and row["induce"] > self.limits["induce"])
+            row["excluded_by"] = exclusions(row, self.limits, self.form)
+            row["within_limits"] = not row["excluded_by"]
             table.append(row)
             data.services.emit("on_layer_scored", layer=layer, scores=row)
-        eligible = [row for row in table if row["within_limits"]] or table
-        best = max(eligible, key=lambda row: (row["separation"], -row["kl"]))
+        eligible = [row for row in table if row["within_limits"]]
+        if not eligible:
+            message = no_layer_message(table, self.limits)
+            if self.on_no_layer == "fail":
+                raise SelectionError(message)
+            warnings.warn(f"{message}\nUsing the best-separating layer anyway (on_no_layer=best).", SteeringWarning,
+                          stacklevel=2)
+        best = max(eligible or table, key=lambda row: (row["separation"], -row["kl"]))
         for row in table:
             row["chosen"] = row is best
+            row["fallback"] = not eligible and row is best
         return Selection([best["layer"]], table)
+
+
+def exclusions(row: dict[str, Any], limits: dict[str, float], form: str) -> list[str]:
+    """Why a scored layer is outside the limits (empty when it is within), one phrase per reason."""
+    reasons = []
+    if form == "traversal" and row["tau"] >= 1.0:
+        reasons.append(f"tau {row['tau']:.3f} >= 1: harmless prompts reach past the harmful centroid, so the "
+                       "traversal gate cannot move anything")
+    if row["kl"] > limits["kl"]:
+        reasons.append(f"kl {row['kl']:.3g} > {limits['kl']:g}")
+    if row["false_trigger"] > limits["false_trigger"]:
+        reasons.append(f"false_trigger {row['false_trigger']:.1%} > {limits['false_trigger']:.1%}")
+    if not row["induce"] > limits["induce"]:
+        reasons.append(f"induce {row['induce']:.3g} <= {limits['induce']:g} (pushing to the harmful centroid does not "
+                       "raise refusal)")
+    return reasons
+
+
+def no_layer_message(table: list[dict[str, Any]], limits: dict[str, float]) -> str:
+    """The error of a fit whose candidate layers are all outside the limits: each layer's reasons, what to try."""
+    header = (f"No candidate layer is within the MARS selector's limits (kl <= {limits['kl']:g}, false_trigger <= "
+              f"{limits['false_trigger']:.0%}, induce > {limits['induce']:g}, and a gate that can act: tau < 1):")
+    lines = [header]
+    lines += [f"  layer {row['layer']} (separation {row['separation']:.3f}): {'; '.join(row['excluded_by'])}"
+              for row in table]
+    lines.append("What to try: more prompts, or prompts matched in style (data.positive / data.negative); other "
+                 "candidate layers (steps.0.selector.candidates=[12, 14]); a relaxed limit "
+                 "(steps.0.selector.limits.false_trigger=0.1); or take the best-separating layer anyway, with a "
+                 "warning, with steps.0.selector.on_no_layer=best.")
+    return "\n".join(lines)
 
 
 def _decision_logits(model: Any, batches: list[dict[str, torch.Tensor]], plan: Plan | None = None) -> torch.Tensor:

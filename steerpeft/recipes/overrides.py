@@ -45,7 +45,11 @@ def apply_override(config: DictConfig, item: str) -> None:
             raise ConfigError(f"Override {item!r}: index {last!r} is out of range for a list of {len(node)} item(s).")
     elif not isinstance(node, (DictConfig, ListConfig)):
         raise ConfigError(f"Override {item!r}: {'.'.join(parts[:-1])} is the value {node!r}, not a mapping.")
+    # Mappings merge into mappings (siblings kept); anything else replaces what was there, so a list
+    # may take the place of a `{start, stop}` mapping (`steps.0.selector.candidates=[14]`).
+    current = OmegaConf.select(config, ".".join(parts), default=None)
+    merge = isinstance(value, dict) and isinstance(current, DictConfig)
     try:
-        OmegaConf.update(config, ".".join(parts), value, merge=True)
+        OmegaConf.update(config, ".".join(parts), value, merge=merge)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"Bad override {item!r}: {exc}") from exc

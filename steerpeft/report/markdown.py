@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from steerpeft.models import EMBEDDED_MODEL_ID
-from steerpeft.report.metrics import modalities_of, result_rows
+from steerpeft.report.metrics import limits_cell, modalities_of, result_rows
 
 ABLATION_NOTES = {
     "no re-centering": "the gate ignores the modality offsets (tau unchanged)",
@@ -129,7 +129,7 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
                 value = r.get(c)
                 cells.append(_pct(value) if c == "false_trigger" else _num(value, 3))
             if gated:
-                cells.append("yes" if r.get("within_limits") else "no")
+                cells.append(limits_cell(r))
             cells.append("**<-**" if r.get("chosen") else "")
             rows.append(cells)
         lines += [("Scores on the validation prompts, per candidate layer: separation is the AUROC of the gate value t "

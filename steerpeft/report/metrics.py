@@ -98,9 +98,10 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
         if row.get("within_limits"):
             return (f"Layer {chosen} has the highest separation (AUROC {row['separation']:.3f}) of the "
                     f"{len(eligible)} of {len(table)} candidate layers within the limits ({rule}).")
-        return (f"No candidate layer met every limit ({rule}), so layer {chosen} was chosen for the highest "
-                f"separation overall (AUROC {row['separation']:.3f}). Treat this direction with care: fit on more "
-                "prompts, or relax the limits (steps.0.selector.limits.*).")
+        return (f"No candidate layer met every limit ({rule}), so layer {chosen} was taken anyway "
+                f"(on_no_layer=best) for the highest separation overall (AUROC {row['separation']:.3f}); it was "
+                f"excluded by: {'; '.join(row.get('excluded_by') or ['?'])}. Treat this direction with care: fit on "
+                "more prompts, or relax the limits (steps.0.selector.limits.*).")
     if name == "sweep" and row is not None:
         score = params.get("score", "separation")
         better = "highest" if params.get("maximize", True) else "lowest"
@@ -108,6 +109,30 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
         shown = f" ({value:.3f})" if isinstance(value, (int, float)) else ""
         return f"Layer {chosen} has the {better} {score}{shown} of the {len(table)} candidate layers."
     return f"Layer {chosen} was given by the recipe (selector {name!r})."
+
+
+def limits_cell(row: Mapping[str, Any]) -> str:
+    """"yes", or "no (tau, kl)": which limits excluded a scored layer, in a table cell."""
+    if row.get("within_limits"):
+        return "yes"
+    reasons = [str(reason).split()[0] for reason in row.get("excluded_by") or []]
+    return f"no ({', '.join(reasons)})" if reasons else "no"
+
+
+def plan_warnings(section: Mapping[str, Any]) -> list[str]:
+    """What a reader of this plan must know before trusting it: a fallback layer, a gate that cannot act."""
+    found = []
+    main = next((s for s in section.get("steps", []) if s.get("name") == section.get("main_step")), {})
+    chosen = next((r for r in main.get("layer_scores") or [] if r.get("chosen")), {})
+    if chosen.get("fallback"):
+        found.append(f"no candidate layer met the selector's limits; layer {chosen.get('layer')} was taken anyway "
+                     f"(excluded by: {'; '.join(chosen.get('excluded_by') or [])})")
+    tau = section.get("tau")
+    form = ((main.get("scaler") or {}).get("params") or {}).get("form")
+    if tau is not None and tau >= 1 and form == "traversal":
+        found.append(f"tau {tau:.3f} >= 1: the traversal gate opens only past the harmful centroid, where its update "
+                     "is 0, so this plan changes (almost) nothing")
+    return found
 
 
 def plan_section(plan: Plan) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from steerpeft.report.metrics import result_rows
+from steerpeft.report.metrics import plan_warnings, result_rows
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, indent: str = "") -> str:
@@ -56,9 +56,8 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     total = plan.get("num_layers")
     facts = [("chosen layer", f"{layer}" + (f" of {total} (0-based)" if total else ""))] if layer is not None else []
     if plan.get("tau") is not None:
-        note = "  (>= 1: the gate opens only past the harmful centroid, where the update is 0; see report.md)" \
-            if plan["tau"] >= 1 else ""
-        facts.append(("tau", f"{plan['tau']:.3f}{note}"))
+        facts.append(("tau", f"{plan['tau']:.3f}"))
+    facts += [("warning", warning) for warning in plan_warnings(plan)]
     lines += [f"  {k:<13} {v}" for k, v in facts]
     if plan.get("reason"):
         import textwrap
@@ -94,9 +93,11 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
         lines.append(f"\n  adapter: {adapter.get('path')} (evaluated)")
     elif adapter.get("status"):
         lines.append(f"\n  adapter: not exported ({adapter.get('status')}: {adapter.get('message', '')})")
-    total_s = (metrics.get("timings") or {}).get("total_s")
-    if total_s is not None:
-        lines.append(f"  wall time: {total_s:.1f} s")
+    timings = metrics.get("timings") or {}
+    if timings.get("total_s") is not None:
+        stages = ", ".join(f"{key.removesuffix('_s').replace('_', ' ')} {value:.1f} s"
+                           for key, value in timings.items() if key != "total_s")
+        lines.append(f"  wall time: {timings['total_s']:.1f} s" + (f" ({stages})" if stages else ""))
     if run_dir is not None:
         lines.append(f"  run folder: {run_dir}  (report.md, metrics.json, plots)")
     return "\n".join(lines)
