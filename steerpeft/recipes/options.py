@@ -13,7 +13,7 @@ from typing import Any
 from steerpeft.errors import ConfigError
 from steerpeft.recipes.sections import recipe_section
 
-EVAL_PROMPT_CHOICES = ("validation", "train", "all")
+EVAL_PROMPT_CHOICES = ("test", "validation", "train", "all")
 
 
 def _whole(value: Any, what: str, minimum: int) -> int:
@@ -53,19 +53,25 @@ class DataOptions:
 @recipe_section("fit")
 @dataclass
 class FitOptions:
-    """Batch size, the share of prompts held out for layer selection and calibration, the seed."""
+    """Batch size, how the prompts are split, the seed.
+
+    Three disjoint parts per prompt set: `test_fraction` of the prompts is held out from the whole
+    fit (the run reports on it: no decision saw those prompts); of the rest, `validation_fraction`
+    selects the layer and calibrates the scaler, and the remainder extracts the direction.
+    """
 
     batch_size: int = 16
     validation_fraction: float = 0.25
+    test_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         _whole(self.batch_size, "batch_size", 1)
-        if isinstance(self.validation_fraction, bool) or not isinstance(self.validation_fraction, (int, float)) \
-                or not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}; "
-                              "0 disables the split.")
-        self.validation_fraction = float(self.validation_fraction)
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {value!r}; 0 disables that split.")
+            setattr(self, name, float(value))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"fit.seed must be a whole number, got {self.seed!r}.")
 
@@ -75,14 +81,15 @@ class FitOptions:
 class EvalOptions:
     """What the run evaluates: greedy answers (`generate`), how long, on which prompts, ablations.
 
-    `prompts`: "validation" (the split the fit held out), "train", "all", or a mapping
+    `prompts`: "test" (the split no fit decision saw; the validation split when the recipe holds
+    out none), "validation" (the split that chose the layer and calibrated the scaler), "train", "all", or a mapping
     `{positive: SOURCE, negative: SOURCE, limit: N, column: NAME}` of prompt sources.
     `batch_size`: None = the fit's batch size.
     """
 
     generate: bool = True
     max_new_tokens: int = 24
-    prompts: Any = "validation"
+    prompts: Any = "test"
     batch_size: int | None = None
     ablations: bool = True
 
@@ -97,7 +104,7 @@ class EvalOptions:
                 raise ConfigError("eval.prompts as a mapping needs 'positive' and 'negative' (and optionally 'limit', "
                                   f"'column'); got keys {sorted(self.prompts)}.")
         elif self.prompts not in EVAL_PROMPT_CHOICES:
-            raise ConfigError("eval.prompts must be 'validation', 'train', 'all' or a mapping of prompt sources, "
+            raise ConfigError("eval.prompts must be 'test', 'validation', 'train', 'all' or a mapping of prompt sources, "
                               f"got {self.prompts!r}.")
 
 

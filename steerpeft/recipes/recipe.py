@@ -123,24 +123,38 @@ class Recipe:
         return load_prompts(data.positive, **kwargs), load_prompts(data.negative, **kwargs)
 
     def split_prompts(self, step_index: int = 0) -> dict[str, list[str]]:
-        """The prompts step `step_index` fits on, split exactly as its fit splits them.
+        """The prompts of step `step_index`, split exactly as the fit and the run split them.
 
-        Keys "positive", "negative" (training) and "positive_validation",
-        "negative_validation" (empty when the recipe makes no validation split).
-        Deterministic: the same recipe (data, seed, validation_fraction) gives the same split.
+        Keys "positive", "negative" (training: the direction), "positive_validation",
+        "negative_validation" (layer selection and calibration) and "positive_test",
+        "negative_test" (held out from the whole fit); a part is empty when its fraction is 0.
+        Deterministic: the same recipe (data, seed, fractions) gives the same split.
         """
         fit: FitOptions = self.section("fit")
         positive, negative = self.prompts(step_index)
-        pos_train, pos_val = holdout_split(as_prompt_list(positive, "positive"), fit.validation_fraction, fit.seed)
-        neg_train, neg_val = holdout_split(as_prompt_list(negative, "negative"), fit.validation_fraction, fit.seed)
-        return {"positive": pos_train, "negative": neg_train, "positive_validation": pos_val,
-                "negative_validation": neg_val}
+        parts: dict[str, list[str]] = {}
+        for label, prompts in (("positive", positive), ("negative", negative)):
+            rest, test = holdout_split(as_prompt_list(prompts, label), fit.test_fraction, fit.seed)
+            train, validation = holdout_split(rest, fit.validation_fraction, fit.seed)
+            parts.update({label: train, f"{label}_validation": validation, f"{label}_test": test})
+        return parts
+
+    def fit_prompts(self, step_index: int = 0) -> tuple[list[str], list[str]]:
+        """(positive, negative) prompts step `step_index` fits on: everything but the test split."""
+        fit: FitOptions = self.section("fit")
+        positive, negative = self.prompts(step_index)
+        return (holdout_split(as_prompt_list(positive, "positive"), fit.test_fraction, fit.seed)[0],
+                holdout_split(as_prompt_list(negative, "negative"), fit.test_fraction, fit.seed)[0])
 
     def fit(self, model: Any, tokenizer: Any, callbacks: Sequence[Callback] = ()) -> Plan:
-        """Fit every step in order and chain them into one plan (steps apply in recipe order)."""
+        """Fit every step in order and chain them into one plan (steps apply in recipe order).
+
+        A step never sees the test split (`fit.test_fraction`); the Steerer splits the rest into
+        training and validation prompts itself, exactly as `split_prompts` does.
+        """
         plans = []
         for index, steerer in enumerate(self.steerers(callbacks)):
-            positive, negative = self.prompts(index)
+            positive, negative = self.fit_prompts(index)
             plans.append(steerer.fit(model, tokenizer, positive, negative))
         plan = chain_plans(plans)
         plan.metadata["recipe"] = self.config

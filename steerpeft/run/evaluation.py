@@ -27,9 +27,10 @@ def eval_batch_size(recipe: Recipe) -> int:
 def eval_prompts(recipe: Recipe) -> tuple[list[str], list[str], str]:
     """(harmful, harmless, where they come from) for the evaluation, per the recipe's `eval.prompts`.
 
-    - "validation" (default): the validation split the fit held out, recomputed exactly with
-      `Recipe.split_prompts` (same data, seed and validation_fraction); the training
-      prompts when the recipe makes no split;
+    - "test" (default): the split held out from the whole fit (`fit.test_fraction`), recomputed
+      exactly with `Recipe.split_prompts`; no fit decision saw these prompts.  When the recipe holds
+      out no test split, the validation split, and the source says the numbers are optimistic;
+    - "validation": the split that chose the layer and calibrated the scaler;
     - "train" / "all": the training split / every prompt of the recipe's data;
     - a mapping `{positive: SOURCE, negative: SOURCE, limit: N}`: prompt files or built-in
       sets read with `steerpeft.data.load_prompts`.
@@ -40,15 +41,22 @@ def eval_prompts(recipe: Recipe) -> tuple[list[str], list[str], str]:
         positive, negative = load_prompts(choice["positive"], **kwargs), load_prompts(choice["negative"], **kwargs)
         return list(positive), list(negative), f"{choice['positive']} vs {choice['negative']}"
     splits = recipe.split_prompts(0)
-    if choice == "validation":
+    if choice == "test" and splits["positive_test"] and splits["negative_test"]:
+        return (splits["positive_test"], splits["negative_test"],
+                ("the test split, held out from the whole fit (no decision saw these prompts: not the direction, "
+                "not the layer, not the threshold)"))
+    if choice in ("test", "validation"):
         if splits["positive_validation"] and splits["negative_validation"]:
+            caveat = " The recipe holds out no test split (fit.test_fraction), so these numbers are optimistic." \
+                if choice == "test" else ""
             return (splits["positive_validation"], splits["negative_validation"],
-                    ("the validation split held out from the fit (the prompts the layers were scored on; the "
-                    "direction never saw them)"))
-        return splits["positive"], splits["negative"], "the training prompts (the recipe makes no validation split)"
+                    ("the validation split (the prompts that chose the layer and calibrated the threshold; the "
+                    f"direction never saw them).{caveat}"))
+        return splits["positive"], splits["negative"], "the training prompts (the recipe makes no held-out split)"
     if choice == "train":
         return splits["positive"], splits["negative"], "the training prompts of the fit"
-    return (splits["positive"] + splits["positive_validation"], splits["negative"] + splits["negative_validation"],
+    return ([*splits["positive"], *splits["positive_validation"], *splits["positive_test"]],
+            [*splits["negative"], *splits["negative_validation"], *splits["negative_test"]],
             "every prompt of the recipe's data")
 
 
