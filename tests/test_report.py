@@ -262,3 +262,17 @@ def test_an_exported_adapter_evaluates_like_its_plan(tiny: tuple[Any, Any], tmp_
     unsteered = {r["set"]: r["first_token_score"] for r in run.metrics["eval"]["table"] if r["condition"] == "unsteered"}
     after = {r["set"]: r["first_token_score"] for r in evaluated.metrics["eval"]["table"] if r["condition"] == "unsteered"}
     assert after == pytest.approx(unsteered, abs=1e-5)
+
+
+def test_preflight_comes_first_and_matches_the_unsteered_evaluation(run: Any, metrics: dict[str, Any]) -> None:
+    profile = metrics["preflight"]
+    assert profile["harmful_n"] == len(metrics["eval"]["prompts"]["harmful"]) and profile["harmful_judged"] > 0
+    unsteered = {row["set"]: row for row in metrics["eval"]["table"] if row["condition"] == "unsteered"}
+    # the same prompts, the same unsteered model: the same mean first-token log-odds (other batching only)
+    assert profile["harmful_log_odds"] == pytest.approx(unsteered["harmful/text"]["first_token_score"], abs=1e-3)
+    assert profile["harmless_log_odds"] == pytest.approx(unsteered["harmless/text"]["first_token_score"], abs=1e-3)
+    report = (run.out_dir / "report.md").read_text(encoding="utf-8")
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## Your model before steering"
+    assert profile["barely_refuses"] and "little refusal to carry" in report  # a random tiny model never refuses
+    assert "your model" in summary_table(metrics)

@@ -83,6 +83,24 @@ def _header(metrics: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _preflight(metrics: Mapping[str, Any]) -> list[str]:
+    profile = metrics.get("preflight")
+    if not profile:
+        return []
+
+    def judged(label: str) -> str:
+        rate = profile.get(f"{label}_refused")
+        return "-" if rate is None else f"{_pct(rate)} of {profile.get(f'{label}_judged')}"
+
+    rows = [[label, profile.get(f"{label}_n"), _num(profile.get(f"{label}_log_odds"), 2),
+             _pct(profile.get(f"{label}_positive")), judged(label)] for label in ("harmful", "harmless")]
+    return ["## Your model before steering", "", f"**{profile.get('verdict', '')}**", "",
+            _table(["held-out text prompts", "n", "mean first-token refusal log-odds", "log-odds > 0",
+                    "judged answers refused"], rows, ["l", "r", "r", "r", "r"]), "",
+            ("Measured before fitting, on the same held-out prompts as the results below: the log-odds on every "
+             "prompt (one forward pass), the keyword judge on a sample of answers."), ""]
+
+
 def _fitted(metrics: Mapping[str, Any]) -> list[str]:
     plan = metrics.get("plan") or {}
     lines = ["## What was fitted", ""]
@@ -292,6 +310,6 @@ def _files(metrics: Mapping[str, Any]) -> list[str]:
 def render_report(metrics: Mapping[str, Any]) -> str:
     """The markdown report of a run (or of a plan evaluation) from its metrics dict."""
     plots = (metrics.get("files") or {}).get("plots") or {}
-    sections = [_header(metrics), _fitted(metrics), _layers(metrics, plots), _results(metrics, plots),
+    sections = [_header(metrics), _preflight(metrics), _fitted(metrics), _layers(metrics, plots), _results(metrics, plots),
                 _gate(metrics, plots), _usage(metrics), _caveats(metrics), _files(metrics)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"

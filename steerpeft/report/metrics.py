@@ -228,6 +228,7 @@ def build_metrics(
     timings: Mapping[str, float],
     command: str,
     files: Mapping[str, Any],
+    preflight: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready run record (see the module docstring); every value passes `clean`."""
     return clean({
@@ -237,6 +238,7 @@ def build_metrics(
         "recipe": dict(recipe) if recipe is not None else None,
         "model": dict(model),
         "versions": versions(),
+        "preflight": dict(preflight) if preflight is not None else None,
         "plan": plan_section(plan) if plan is not None else None,
         "eval": dict(evaluation) if evaluation is not None else None,
         "gate": dict(gate) if gate is not None else None,

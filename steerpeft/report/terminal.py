@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     model = metrics.get("model") or {}
     recipe = (metrics.get("recipe") or {}).get("name", "?")
     lines = [f"steerpeft: {recipe} on {model.get('id') or '?'}"]
+    profile = metrics.get("preflight")
+    if profile:
+        lines.append(textwrap.fill(profile.get("verdict", ""), width=100, initial_indent=f"  {'your model':<13} ",
+                                   subsequent_indent=" " * 16))
     layer = plan.get("chosen_layer")
     total = plan.get("num_layers")
     facts = [("chosen layer", f"{layer}" + (f" of {total} (0-based)" if total else ""))] if layer is not None else []
@@ -60,8 +65,6 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     facts += [("warning", warning) for warning in plan_warnings(plan)]
     lines += [f"  {k:<13} {v}" for k, v in facts]
     if plan.get("reason"):
-        import textwrap
-
         lines.append(textwrap.fill(plan["reason"], width=100, initial_indent=f"  {'why':<13} ",
                                    subsequent_indent=" " * 16))
     evaluation = metrics.get("eval")

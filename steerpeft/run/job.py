@@ -4,12 +4,14 @@
 callbacks observe (`steerpeft.callbacks.base` lists the hooks):
 
 1. load the model named by the recipe's `model` section (or use the one given);
-2. fit every step (`on_fit_*` hooks: progress bars, the JSONL log `metrics.jsonl`), save `plan/`;
-3. evaluate on the validation split the fit held out (`Recipe.split_prompts`, the very
+2. preflight: the unsteered model's own refusal on the held-out prompts (first-token log-odds on
+   all, judged answers on a sample), shown first in the report;
+3. fit every step (`on_fit_*` hooks: progress bars, the JSONL log `metrics.jsonl`), save `plan/`;
+4. evaluate on the test split the fit held out (`Recipe.split_prompts`, the very
    same seeded split), text-only and, for vision-language models, with neutral images
    and videos: the unsteered model, the plan, and for MARS plans its ablations
    (`on_evaluate_*` hooks); for MARS plans, the gate value t of every evaluation input;
-4. `on_run_end`: the export stage writes the PEFT adapter (`adapter/`), then the report stage
+5. `on_run_end`: the export stage writes the PEFT adapter (`adapter/`), then the report stage
    writes `metrics.json` (every number), `report.md` and the plots (`steerpeft.run.stages`).
 
 A failure in any stage calls `on_exception` on every callback before it propagates.  Every file
@@ -30,6 +32,7 @@ from typing import Any
 
 from steerpeft.callbacks import Callback, JsonlLogger, ProgressBar, call_hook, stage
 from steerpeft.errors import ConfigError
+from steerpeft.evaluation.preflight import refusal_profile
 from steerpeft.io import atomic_write_text
 from steerpeft.models import load_model
 from steerpeft.recipes import Recipe, load_recipe
@@ -113,19 +116,26 @@ def run_recipe(
         job.call("on_run_start", out_dir=out)
         say(progress, f"steerpeft: recipe {recipe.name!r}, run folder {out}")
         if model is None:
-            say(progress, "[1/5] loading the model ...")
+            say(progress, "[1/6] loading the model ...")
             tick = time.perf_counter()
             model, processor = load_recipe_model(recipe, device)
             timings["load_model_s"] = time.perf_counter() - tick
         atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
 
-        say(progress, "[2/5] fitting (recording activations, scoring layers) ...")
+        say(progress, "[2/6] preflight: how often does the model refuse on its own? ...")
+        tick = time.perf_counter()
+        profile = refusal_profile(model, processor, harmful, harmless, batch_size=eval_batch_size(recipe),
+                                  max_new_tokens=options.max_new_tokens)
+        timings["preflight_s"] = time.perf_counter() - tick
+        say(progress, f"        {profile.verdict()}")
+
+        say(progress, "[3/6] fitting (recording activations, scoring layers) ...")
         tick = time.perf_counter()
         plan = recipe.fit(model, processor, callbacks=job.callbacks)
         plan.save(out / "plan")
         timings["fit_s"] = time.perf_counter() - tick
 
-        say(progress, f"[3/5] evaluating on {len(harmful)} harmful + {len(harmless)} harmless prompts ...")
+        say(progress, f"[4/6] evaluating on {len(harmful)} harmful + {len(harmless)} harmless prompts ...")
         tick = time.perf_counter()
         report, gate, modalities = evaluate_plan(plan, model, processor, harmful, harmless, name=recipe.name,
                                                  options=options, batch_size=eval_batch_size(recipe),
@@ -140,7 +150,7 @@ def run_recipe(
             prompt_source=source,
             eval_record=eval_section(report, steered=recipe.name, prompts={"harmful": harmful, "harmless": harmless},
                                      source=source, generate=options.generate, max_new_tokens=options.max_new_tokens),
-            command=command_line(command), started=started, timings=timings,
+            command=command_line(command), started=started, timings=timings, preflight=profile.to_dict(),
             files_record={"plan": "plan", "log": "metrics.jsonl", "recipe": "recipe.yaml", "report": "report.md",
                           "metrics": "metrics.json", "plots": {}},
         )

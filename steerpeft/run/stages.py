@@ -98,7 +98,7 @@ def write_outputs(out: Path, metrics: dict[str, Any], *, plots: bool, started: f
 
 @dataclass
 class AdapterExport(Callback):
-    """Stage 4 of a run: export the plan as a PEFT adapter into `<run>/adapter`."""
+    """Stage 5 of a run: export the plan as a PEFT adapter into `<run>/adapter`."""
 
     progress: bool = True
 
@@ -106,7 +106,7 @@ class AdapterExport(Callback):
         state: RunState = run
         if state.plan is None or state.report is None:
             return
-        say(self.progress, "[4/5] exporting the adapter ...")
+        say(self.progress, "[5/6] exporting the adapter ...")
         tick = time.perf_counter()
         state.adapter = export_plan(state.plan, state.model, state.out_dir / "adapter", root=state.out_dir,
                                     card=adapter_card(state.name, state.report))
@@ -120,7 +120,7 @@ class AdapterExport(Callback):
 
 @dataclass
 class ReportWriter(Callback):
-    """Stage 5 of a run: metrics.json, report.md and the plots.
+    """Stage 6 of a run: metrics.json, report.md and the plots.
 
     `replaces_adapter`: this run owns `<run>/adapter`, so an earlier run's adapter left there (which
     would not match the new plan) is removed when this run exported none.
@@ -134,10 +134,10 @@ class ReportWriter(Callback):
         state: RunState = run
         if self.replaces_adapter and state.adapter_dir is None and (state.out_dir / "adapter").exists():
             shutil.rmtree(state.out_dir / "adapter", ignore_errors=True)
-        say(self.progress, "[5/5] writing the report ...")
+        say(self.progress, "[6/6] writing the report ...")
         state.metrics = build_metrics(
             recipe=state.recipe, plan=state.plan, model=state.model_record, evaluation=state.eval_record,
             gate=state.gate, adapter=state.adapter, timings=state.timings, command=state.command,
-            files=state.files_record,
+            files=state.files_record, preflight=state.preflight,
         )
         state.files.update(write_outputs(state.out_dir, state.metrics, plots=self.plots, started=state.started))

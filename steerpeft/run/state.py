@@ -35,6 +35,7 @@ class RunState:
     command: str
     started: float
     timings: dict[str, float] = field(default_factory=dict)
+    preflight: dict[str, Any] | None = None
     adapter: dict[str, Any] = field(default_factory=lambda: {"status": "skipped", "message": "export switched off"})
     adapter_dir: Path | None = None
     files_record: dict[str, Any] = field(default_factory=dict)
