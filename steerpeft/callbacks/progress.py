@@ -67,7 +67,8 @@ class ProgressBar(Callback):
         if self._lines_only():
             done = f"{stage.count}/{stage.total}" if stage.total is not None else str(stage.count)
             state = "stopped" if interrupted else "done"
-            print(f"{stage.description}: {done} {stage.unit}s {state} in {time.perf_counter() - stage.started:.1f} s",
+            units = stage.unit + ("es" if stage.unit.endswith("ch") else "s")
+            print(f"{stage.description}: {done} {units} {state} in {time.perf_counter() - stage.started:.1f} s",
                   file=sys.stderr, flush=True)
 
     # -- fit --------------------------------------------------------------------------
