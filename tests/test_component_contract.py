@@ -81,8 +81,7 @@ def fitted_scalers():
     model, tok = tiny_text_model("llama")
     fitted = {}
     for name in SCALERS.names():
-        selector = SELECTORS.build("mars", {"candidates": [1, 2], "limits": {"kl": 10.0, "false_trigger": 1.0,
-                                                                               "induce": -100.0}}) \
+        selector = SELECTORS.build("mars", {"candidates": [1, 2], "on_no_layer": "best"}) \
             if name == "trust_region" else SELECTORS.build("fixed", {"layers": 1})
         steerer = Steerer(EXTRACTORS.build("diff_means"), selector, SCALERS.build(name), INTERVENTIONS.build("add"),
                           positions="decision", batch_size=4, validation_fraction=0.5)
