@@ -325,23 +325,33 @@ class SteeringSession:
         media, self._media_without_cache = self._media_without_cache, None
         cache = getattr(output, "past_key_values", None)
         if cache is not None:
-            self._media[cache] = media
+            self._remember_media(cache, media)
 
     def _prompt_modality(self, input_ids: torch.Tensor | None, cache: Any, past: int, batch: int,
                          use_cache: bool | None) -> torch.Tensor | None:
         """Each row's modality: its new tokens' media, or, on a cache this session filled, the media already in it."""
+        self._media_without_cache = None
         modality = self._modality(input_ids)
         if modality is None:
             return None
-        if past > 0 and cache is not None:
-            earlier = self._media.get(cache)
-            if earlier is not None and earlier.shape[0] == batch:
-                modality = torch.maximum(modality, earlier.to(modality.device))
+        earlier = self._media_in(cache) if past > 0 else None
+        if earlier is not None and earlier.shape[0] == batch:
+            modality = torch.maximum(modality, earlier.to(modality.device))
         if cache is not None:
-            self._media[cache] = modality
+            self._remember_media(cache, modality)
         elif use_cache is not False:
-            self._media_without_cache = modality
+            self._media_without_cache = modality  # the model makes the cache: `_after_forward` files it
         return modality
+
+    def _media_in(self, cache: Any) -> torch.Tensor | None:
+        try:
+            return self._media.get(cache)
+        except TypeError:  # a cache that takes no weak reference: its media are not tracked
+            return None
+
+    def _remember_media(self, cache: Any, modality: torch.Tensor) -> None:
+        with contextlib.suppress(TypeError):
+            self._media[cache] = modality
 
     def _modality(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
         """Per row: 2 if it holds video tokens, else 1 if image tokens, else 0.
