@@ -504,13 +504,13 @@ def test_mars_protects_the_second_turn_like_a_fresh_run(llama):
     model, tok = llama
     turns = TwoTurns(model, tok, "generate_returned_cache", "dynamic", "single")
     cache, ids, mask, _ = turns.turn_one()
-    unit = mars_unit(model)
-    first = projection_at_last(model, turns.ids, unit)
-    second = projection_at_last(model, ids, unit)
-    if second < first:
-        unit, first, second = -unit, -first, -second
-    # harmless centroid between the two decision states: turn 1 below it (t < 0), turn 2 above it
-    steering = mars_steering(model, "decision", unit, p_plus=second + 1.0, p_minus=(first + second) / 2, tau=0.0)
+    first_state, second_state = decision_state(model, turns.ids), decision_state(model, ids)
+    unit = (second_state - first_state) / (second_state - first_state).norm()
+    first, second = float(first_state @ unit), float(second_state @ unit)
+    gap = second - first
+    # the harmless centroid a quarter of the way from turn 1's decision state to turn 2's: turn 1
+    # sits below it (t < 0, gate shut), turn 2 above it (gate open)
+    steering = mars_steering(model, "decision", unit, p_plus=second + 2 * gap, p_minus=first + gap / 4, tau=0.0)
     with torch.no_grad():
         plain_second = generate_logits(model, ids, mask, past_key_values=turns.turn_one()[0])
     with steering.plan.apply(model):
@@ -520,16 +520,20 @@ def test_mars_protects_the_second_turn_like_a_fresh_run(llama):
         fresh = fresh_logits(model, ids, mask)
     assert (protected - fresh).abs().max() < TOLERANCE
     assert (protected - plain_second).abs().max() > 1e-2, "the gate opened on turn 2"
+    with torch.no_grad(), steering.plan.apply(model):
+        first_turn = generate_logits(model, turns.ids, turns.mask)
+    assert torch.equal(first_turn, generate_logits(model, turns.ids, turns.mask)), "and stayed shut on turn 1"
 
 
-def projection_at_last(model, ids, unit) -> float:
+def decision_state(model, ids) -> torch.Tensor:
+    """The MARS layer's output at the last token of an unpadded, unsteered forward."""
     seen = {}
     handle = decoder_layers_of(model)[MARS_LAYER].register_forward_hook(
         lambda module, args, output: seen.setdefault("h", output[0] if isinstance(output, tuple) else output))
     with torch.no_grad():
         model(input_ids=ids)
     handle.remove()
-    return float(seen["h"][0, -1] @ unit)
+    return seen["h"][0, -1]
 
 
 @pytest.mark.parametrize("spec", ["decision", "first_generated:1"])
