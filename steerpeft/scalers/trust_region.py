@@ -101,6 +101,9 @@ class TrustRegionScaler(Scaler):
             self._device_cache[key] = cached
         return cached
 
+    def prepare(self, layer: int, like: torch.Tensor) -> None:
+        self._tensors(layer, like)
+
     def _region(self, layer: int) -> LayerRegion:
         region = self.regions.get(layer)
         if region is None or self.tau is None:
