@@ -19,12 +19,23 @@ they were computed).  Outside a generation, a forward on a filled cache of the
 same batch continues the last prompt (a hand-written decoding loop); wrap a new
 turn fed by hand in `generation(model)` to make it a prompt.
 
+So a turn generated from a cache equals a fresh cache-less run over the whole
+conversation that steers, for every turn, the positions that turn's call chose.
+It equals the same plan run fresh on the whole conversation when the earlier
+turns steered nothing the fresh run would not: always for `all` (each token is
+steered once, by the call that fed it); for `decision`, `generated`,
+`first_generated:N` and MARS gates when the earlier turns ran outside the block
+or changed nothing (a gate that stayed shut on a benign turn 1); never for
+`prompt` (a fresh run counts earlier answers as prompt).  Chunked prefill
+(`prefill_chunk_size`) is not followed: its first chunk is taken for the prompt.
+
 Columns are known before any layer runs, from the 2-D mask width, or from the
 cache length where the cache reports it as a Python int (`DynamicCache`).  A
-cache that counts on the device (`StaticCache`) is read once per prompt; after
-that the session counts the tokens each decoding step feeds: on the host in
-eager mode, and in a device tensor under `torch.compile`, so a compiled step
-neither syncs nor specialises on its column.
+cache that counts on the device (`StaticCache`) is read once per prompt (a host
+sync); after that the session counts the tokens each decoding step of the
+generation feeds: on the host in eager mode, and in a device tensor under
+`torch.compile`, so a compiled step neither syncs nor specialises on its column.
+(A hand-written loop outside a generation reads such a cache at every step.)
 
 Rows keep the modality of the media they saw: a cache filled by a prompt with
 an image (seen by this session) makes a later text-only turn on that cache an
