@@ -22,13 +22,14 @@ from steerpeft.activations import check_direction
 from steerpeft.architectures import ModelLayout, decoder_layers, get_module, unwrap_model
 from steerpeft.errors import AdapterError, ConfigError, ShapeError
 from steerpeft.formats import PLAN_FORMAT, is_plan_format
+from steerpeft.forward_context import ForwardContext
 from steerpeft.interventions import INTERVENTIONS, Intervention
 from steerpeft.io import atomic_folder, read_json, read_tensors, write_json, write_tensors
 from steerpeft.positions import Positions, parse_positions
 from steerpeft.provenance import fitting_layout
 from steerpeft.recording import layer_output
 from steerpeft.scalers import SCALERS, Scaler
-from steerpeft.session import ForwardContext, acquire_session, active_session, release_session
+from steerpeft.session import acquire_session, active_session, release_session
 
 STEP_SITES = ("output", "writers")
 """Where a step acts: a decoder layer's output, or the outputs of the modules that write the
@@ -114,17 +115,19 @@ class SteeringStep:
         strength stays as the scaler gives it: two kernels per hook for ablation, one for a
         constant addition.  Otherwise the position mask is folded into the strength
         ([batch, seq, 1], 0 outside the positions), so unchosen positions get `h + 0 * x`,
-        which is `h` exactly, with no full-size `where`.
+        which is `h` exactly, with no full-size `where`.  Tensors are converted on the first
+        forward even when it steers nothing (a prefill under `generated`), so compiled decoding
+        steps never find a conversion cache empty (a recompile).
         """
+        raw, unit = self.tensors(layer, hidden)
+        self.scaler.prepare(layer, hidden)
         if self.positions.covers_chunk(fc):
-            raw, unit = self.tensors(layer, hidden)
             strength = self.scaler.strength(hidden, layer, fc)
             shift = self.scaler.shift(hidden, layer, fc)
             base = hidden if shift is None else hidden - shift
             return self.intervention.apply(base, raw, unit, strength, layer)
         if fc.mask_for(self.positions) is None:
             return hidden  # nothing chosen in this chunk (a decoding step of a prompt-only spec)
-        raw, unit = self.tensors(layer, hidden)
         strength = self.scaler.strength(hidden, layer, fc)
         weight = fc.weight_for(self.positions, hidden.dtype)
         if isinstance(strength, float):

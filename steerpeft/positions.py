@@ -4,6 +4,11 @@ A position spec is validated when it is built, never inside a forward pass.
 Masks are computed per forward from the `ForwardContext`, which knows each
 row's absolute columns, so specs stay exact under left or right padding and
 with or without a KV cache (no "index -1 of every step").
+
+Specs count from the prompt of the current call (see `steerpeft.session`): when
+`generate` continues a filled cache (a second chat turn), `prompt` is the call's
+new tokens, `decision` their last real token, `generated` and `first_generated`
+count from the token after it, and `all` steers every token the call feeds.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from steerpeft.errors import ConfigError
 from steerpeft.registry import suggest
 
 if TYPE_CHECKING:
-    from steerpeft.session import ForwardContext
+    from steerpeft.forward_context import ForwardContext
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class GeneratedTokens(Positions):
     kind: ClassVar[str] = "generated"
 
     def mask(self, fc: ForwardContext) -> torch.Tensor | None:
+        if fc.after_prompt:
+            return fc.real_tokens
         if fc.last_column < fc.prompt_width:
             return None
         return fc.real_tokens & (fc.columns >= fc.prompt_width)
@@ -102,7 +109,11 @@ class GeneratedTokens(Positions):
 
 @dataclass(frozen=True)
 class FirstGenerated(Positions):
-    """The first `n` generated tokens of each row."""
+    """The first `n` generated tokens of each row.
+
+    On a compiled decoding step the count is compared on the device (`generated_offset`), so
+    the step neither syncs nor specialises on its column; it then always takes the masked path.
+    """
 
     kind: ClassVar[str] = "first_generated"
     n: int = 1
@@ -112,12 +123,17 @@ class FirstGenerated(Positions):
             raise ConfigError(f"first_generated needs a whole number n >= 1, got {self.n!r}.")
 
     def mask(self, fc: ForwardContext) -> torch.Tensor | None:
+        if fc.generated_offset is not None:
+            index = fc.generated_offset + torch.arange(fc.seq, device=fc.device)
+            return fc.real_tokens & (index < self.n)
         end = fc.prompt_width + self.n
         if fc.last_column < fc.prompt_width or fc.first_column >= end:
             return None
         return fc.real_tokens & (fc.columns >= fc.prompt_width) & (fc.columns < end)
 
     def covers_chunk(self, fc: ForwardContext) -> bool:
+        if fc.generated_offset is not None:
+            return False
         return fc.every_token_real and fc.first_column >= fc.prompt_width and fc.last_column < fc.prompt_width + self.n
 
     def to_config(self) -> dict[str, Any]:

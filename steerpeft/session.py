@@ -7,9 +7,39 @@ which absolute columns the current chunk covers, which are real tokens, where
 the prompt ends.  Layer hooks read that context, so positions stay exact for
 left or right padding and for decoding with or without a cache.
 
-`generate` is wrapped while the session lives so a cache-less decoding step
-(which re-feeds the whole sequence) is known to continue the prompt instead
-of starting a new one.  Nothing is global: the session lives on the model.
+What counts as the prompt.  Each `generate` call (and each `generation(model)`
+block) is one generation: its first forward is the prompt, every later forward
+continues it.  The prompt is the tokens that forward feeds; when `generate` is
+given a filled cache (a second chat turn, a prefix prefilled by hand, a cache
+returned by an earlier `generate`) the cached columns are context, not prompt:
+the call's new tokens are its prompt, their last real token is the decision
+position, and `generated` / `first_generated:N` count from the token after it.
+Earlier turns are not steered again (their keys and values are in the cache as
+they were computed).  Outside a generation, a forward on a filled cache of the
+same batch continues the last prompt (a hand-written decoding loop); wrap a new
+turn fed by hand in `generation(model)` to make it a prompt.
+
+So a turn generated from a cache equals a fresh cache-less run over the whole
+conversation that steers, for every turn, the positions that turn's call chose.
+It equals the same plan run fresh on the whole conversation when the earlier
+turns steered nothing the fresh run would not: always for `all` (each token is
+steered once, by the call that fed it); for `decision`, `generated`,
+`first_generated:N` and MARS gates when the earlier turns ran outside the block
+or changed nothing (a gate that stayed shut on a benign turn 1); never for
+`prompt` (a fresh run counts earlier answers as prompt).  Chunked prefill
+(`prefill_chunk_size`) is not followed: its first chunk is taken for the prompt.
+
+Columns are known before any layer runs, from the 2-D mask width, or from the
+cache length where the cache reports it as a Python int (`DynamicCache`).  A
+cache that counts on the device (`StaticCache`) is read once per prompt (a host
+sync); after that the session counts the tokens each decoding step of the
+generation feeds: on the host in eager mode, and in a device tensor under
+`torch.compile`, so a compiled step neither syncs nor specialises on its column.
+(A hand-written loop outside a generation reads such a cache at every step.)
+
+Rows keep the modality of the media they saw: a cache filled by a prompt with
+an image (seen by this session) makes a later text-only turn on that cache an
+image row too.  Nothing is global: the session lives on the model.
 """
 
 from __future__ import annotations
@@ -17,115 +47,35 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from steerpeft.forward_context import ForwardContext, Lazy
 from steerpeft.inputs.modality import Modality
 
 _SESSION_ATTR = "_steerpeft_session"
 _LOCK = threading.Lock()
 
 
-Lazy = int | Callable[[], int]
+@dataclass
+class _Generation:
+    """One generation (a `generate` call or a `generation()` block) as the session follows it.
 
-
-class ForwardContext:
-    """What the layer hooks need to know about the forward pass in flight.
-
-    Tensors: `columns` [seq] (absolute column of each position of this chunk),
-    `real_tokens` [batch, seq] bool, `last_prompt_column` [batch] long,
-    `modality` [batch] long (a `Modality` value per row) or None.
-
-    Two flags answer the common questions without a kernel, a host sync or a
-    Python int: `every_token_real` (the chunk holds no padding: no mask was given,
-    or a cached `generate` step, whose new tokens are always attended) and
-    `after_prompt` (a cached decoding step: nothing of the prompt is in it).  The
-    ints (`first_column`, `prompt_width`) and `columns` are computed only when a
-    position spec asks for them, so `torch.compile` does not specialise a decoding
-    step on its column unless the plan needs it.
+    `prompt` is its first forward.  Later forwards continue it; where neither the mask nor the
+    cache gives their first column as a Python int (a `StaticCache` counts on the device), the
+    session counts the tokens they feed: `next_column` on the host for eager steps, `fed` (tokens
+    after the prompt, a 0-d device tensor updated in place) for compiled steps.  transformers runs
+    a generation's decoding steps either all compiled or all eager, so one count is enough for each.
     """
 
-    def __init__(self, *, batch: int, seq: int, device: torch.device, first_column: Lazy, prompt_width: Lazy,
-                 real_tokens: torch.Tensor | None, last_prompt_column: torch.Tensor, is_continuation: bool,
-                 after_prompt: bool = False, every_token_real: bool = False, modality: torch.Tensor | None = None,
-                 row_state: dict[Any, torch.Tensor] | None = None) -> None:
-        self.batch, self.seq, self.device = batch, seq, device
-        self._first_column, self._prompt_width = first_column, prompt_width
-        self._real_tokens = real_tokens
-        self._columns: torch.Tensor | None = None
-        self.last_prompt_column = last_prompt_column
-        self.is_continuation = is_continuation
-        self.after_prompt = after_prompt
-        self.every_token_real = every_token_real
-        self.modality = modality
-        self.row_state: dict[Any, torch.Tensor] = {} if row_state is None else row_state
-        self._mask_cache: dict[Any, torch.Tensor | None] = {}
-        self._views: dict[torch.device, ForwardContext] = {}
-
-    @property
-    def first_column(self) -> int:
-        if callable(self._first_column):
-            self._first_column = int(self._first_column())
-        return self._first_column
-
-    @property
-    def prompt_width(self) -> int:
-        if callable(self._prompt_width):
-            self._prompt_width = int(self._prompt_width())
-        return self._prompt_width
-
-    @property
-    def last_column(self) -> int:
-        return self.first_column + self.seq - 1
-
-    @property
-    def columns(self) -> torch.Tensor:
-        if self._columns is None:
-            self._columns = torch.arange(self.first_column, self.first_column + self.seq, device=self.device)
-        return self._columns
-
-    @property
-    def real_tokens(self) -> torch.Tensor:
-        if self._real_tokens is None:
-            self._real_tokens = torch.ones(self.batch, self.seq, dtype=torch.bool, device=self.device)
-        return self._real_tokens
-
-    def on(self, device: torch.device) -> ForwardContext:
-        """This context with its tensors on `device` (layers spread by device_map), made once per forward."""
-        if self.device == device:
-            return self
-        view = self._views.get(device)
-        if view is None:
-            move = lambda t: None if t is None else t.to(device)
-            view = ForwardContext(
-                batch=self.batch, seq=self.seq, device=device,
-                first_column=lambda: self.first_column, prompt_width=lambda: self.prompt_width,
-                real_tokens=move(self._real_tokens), last_prompt_column=self.last_prompt_column.to(device),
-                is_continuation=self.is_continuation, after_prompt=self.after_prompt,
-                every_token_real=self.every_token_real, modality=move(self.modality), row_state=self.row_state,
-            )
-            self._views[device] = view
-        return view
-
-    def mask_for(self, positions: Any) -> torch.Tensor | None:
-        """The position mask of a spec, computed once per forward pass."""
-        if positions not in self._mask_cache:
-            self._mask_cache[positions] = positions.mask(self)
-        return self._mask_cache[positions]
-
-    def weight_for(self, positions: Any, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
-        """`scale` at the chosen positions and 0 elsewhere, [batch, seq, 1] of `dtype`; once per forward pass."""
-        key = (positions, dtype, scale)
-        if key not in self._mask_cache:
-            mask = self.mask_for(positions)
-            if mask is None:
-                raise ValueError(f"positions {positions} select nothing in this forward pass")
-            weight = mask.unsqueeze(-1).to(dtype)
-            self._mask_cache[key] = weight if scale == 1.0 else weight * scale
-        return self._mask_cache[key]
+    prompt: ForwardContext | None = None
+    next_column: int = 0
+    fed: torch.Tensor | None = None
 
 
 class SteeringSession:
@@ -139,16 +89,18 @@ class SteeringSession:
         self.frame_token_id = frame_token_id
         self.users = 0
         self.context: ForwardContext | None = None
-        self._generating = 0
-        self._prompt_seen = False
+        self._generation: _Generation | None = None
         self._prompt: ForwardContext | None = None
-        self._handle: Any = None
+        self._media: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+        self._media_without_cache: torch.Tensor | None = None
+        self._handles: list[Any] = []
         self._had_own_generate = False
         self._own_generate: Callable[..., Any] | None = None
 
     # -- lifecycle -------------------------------------------------------
     def _install(self) -> None:
-        self._handle = self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        self._handles = [self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+                         self.model.register_forward_hook(self._after_forward)]
         if hasattr(self.model, "generate"):
             self._had_own_generate = "generate" in self.model.__dict__
             self._own_generate = self.model.__dict__.get("generate")
@@ -164,18 +116,17 @@ class SteeringSession:
     @contextlib.contextmanager
     def generation(self) -> Iterator[None]:
         """Forwards inside belong to one generation: the first is the prompt, later ones continue it."""
-        self._generating += 1
-        self._prompt_seen = False
+        outer = self._generation
+        self._generation = _Generation()
         try:
             yield
         finally:
-            self._generating -= 1
-            self._prompt_seen = False
+            self._generation = outer
 
     def _uninstall(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
         if "generate" in self.model.__dict__:
             if self._had_own_generate:
                 self.model.generate = self._own_generate  # type: ignore[method-assign]
@@ -183,6 +134,8 @@ class SteeringSession:
                 del self.model.generate
         self.context = None
         self._prompt = None
+        self._media.clear()
+        self._media_without_cache = None
 
     # -- per forward -----------------------------------------------------
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -194,38 +147,21 @@ class SteeringSession:
         batch, seq = reference.shape[0], reference.shape[1]
         device = reference.device
         mask = kwargs.get("attention_mask")
+        # A 4-D mask (static caches) or a dict of them (hybrid models) holds no padding to read:
+        # every column then counts as real.
+        flat_mask = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
+        chunk_mask = None if flat_mask is None else flat_mask.to(device=device).bool()[:, flat_mask.shape[1] - seq:]
         cache = kwargs.get("past_key_values")
+        current = self._generation
+        if current is not None and current.prompt is not None and current.prompt.batch == batch:
+            self.context = self._decoding_step(current, seq, device, flat_mask, chunk_mask, cache)
+            return
+        past = int(flat_mask.shape[1]) - seq if flat_mask is not None else _cache_length(cache)
         prompt = self._prompt
-        known_prompt = prompt is not None and prompt.last_prompt_column.shape[0] == batch
-        if mask is not None and mask.dim() == 2:
-            chunk_mask: torch.Tensor | None = mask.to(device=device).bool()[:, mask.shape[1] - seq:]
-            past: Lazy = int(mask.shape[1]) - seq
-            every_token_real = False
-        else:
-            # No 2-D mask to read (none given, or the 4-D masks of a static cache): every column
-            # counts as real.  Inside `generate`, a step after the prompt with a cache continues
-            # at the cache length; it is read only if a position spec needs it (a host sync).
-            chunk_mask, every_token_real = None, True
-            if self._generating and self._prompt_seen and known_prompt and cache is not None:
-                past = functools.partial(_cache_length, cache)
-                self.context = ForwardContext(
-                    batch=batch, seq=seq, device=device, first_column=past,
-                    prompt_width=functools.partial(getattr, prompt, "prompt_width"), real_tokens=None,
-                    last_prompt_column=prompt.last_prompt_column.to(device), is_continuation=True,
-                    after_prompt=True, every_token_real=True, modality=prompt.modality, row_state=prompt.row_state,
-                )
-                return
-            past = _cache_length(cache)
-        continuing = past > 0 or (self._generating > 0 and self._prompt_seen)
-        if continuing and known_prompt:
-            cached_step = past > 0
-            self.context = ForwardContext(
-                batch=batch, seq=seq, device=device, first_column=past, prompt_width=prompt.prompt_width,
-                real_tokens=chunk_mask, last_prompt_column=prompt.last_prompt_column.to(device), is_continuation=True,
-                after_prompt=cached_step and past >= prompt.prompt_width,
-                every_token_real=every_token_real or (self._generating > 0 and cached_step),
-                modality=prompt.modality, row_state=prompt.row_state,
-            )
+        if current is None and past > 0 and prompt is not None and prompt.batch == batch:
+            # Outside a generation, a forward on a filled cache continues the last prompt (a hand-written loop).
+            self.context = self._continuation(prompt, seq, device, past, chunk_mask,
+                                              after_prompt=past >= prompt.prompt_width)
             return
         # A new prompt: the whole chunk is prompt; its last real token is the decision position.
         if chunk_mask is None:
@@ -235,12 +171,96 @@ class SteeringSession:
             last = torch.where(chunk_mask, arange, torch.full_like(arange, -1)).amax(dim=1)
         self.context = ForwardContext(
             batch=batch, seq=seq, device=device, first_column=past, prompt_width=past + seq, real_tokens=chunk_mask,
-            last_prompt_column=last + past, is_continuation=False, every_token_real=every_token_real,
-            modality=self._modality(input_ids),
+            last_prompt_column=last + past, is_continuation=False, every_token_real=chunk_mask is None,
+            modality=self._prompt_modality(input_ids, cache, past, batch, kwargs.get("use_cache")),
         )
         self._prompt = self.context
-        if self._generating:
-            self._prompt_seen = True
+        if current is not None:
+            current.prompt, current.next_column = self.context, past + seq
+            current.fed = torch.zeros((), dtype=torch.long, device=device)
+            if not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(current.fed)  # updated in place by compiled steps (CUDA graphs)
+
+    def _decoding_step(self, current: _Generation, seq: int, device: torch.device, flat_mask: torch.Tensor | None,
+                       chunk_mask: torch.Tensor | None, cache: Any) -> ForwardContext:
+        """The context of a forward after the generation's prompt, its first column known before any layer runs."""
+        prompt = current.prompt
+        assert prompt is not None
+        if flat_mask is not None:
+            first: int | None = int(flat_mask.shape[1]) - seq
+        else:
+            reported = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+            if isinstance(reported, int):
+                first = reported  # 0 without a cache: a cache-less step re-feeds the whole sequence
+            elif torch.compiler.is_compiling():
+                first = None  # counted on the device below: a Python int here would specialise the graph
+            else:
+                first = current.next_column
+        if first is None:
+            assert current.fed is not None
+            offset = current.fed.clone()
+            current.fed.add_(seq)
+            return self._continuation(prompt, seq, device, None, chunk_mask, after_prompt=True, generated_offset=offset)
+        current.next_column = first + seq
+        return self._continuation(prompt, seq, device, first, chunk_mask, after_prompt=first >= prompt.prompt_width)
+
+    def _continuation(self, prompt: ForwardContext, seq: int, device: torch.device, first: int | None,
+                      chunk_mask: torch.Tensor | None, after_prompt: bool,
+                      generated_offset: torch.Tensor | None = None) -> ForwardContext:
+        """A chunk that continues `prompt`: it shares the prompt's decision columns, modality and row state.
+
+        After the prompt every fed token is taken to be real (pass 1 for new tokens in the mask,
+        as `generate` does), which lets whole-chunk specs skip the position mask.
+        """
+        first_column: Lazy
+        if first is None:
+            offset = generated_offset
+            assert offset is not None
+            first_column = lambda: prompt.prompt_width + int(offset)  # a host sync, only if a spec asks
+        else:
+            first_column = first
+        return ForwardContext(
+            batch=prompt.batch, seq=seq, device=device, first_column=first_column,
+            prompt_width=functools.partial(getattr, prompt, "prompt_width"), real_tokens=chunk_mask,
+            last_prompt_column=prompt.last_prompt_column.to(device), is_continuation=True, after_prompt=after_prompt,
+            every_token_real=chunk_mask is None or after_prompt, modality=prompt.modality, row_state=prompt.row_state,
+            generated_offset=generated_offset,
+        )
+
+    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Remember the media of a prompt whose cache the model created itself (`use_cache` without one)."""
+        if self._media_without_cache is None:
+            return
+        media, self._media_without_cache = self._media_without_cache, None
+        cache = getattr(output, "past_key_values", None)
+        if cache is not None:
+            self._remember_media(cache, media)
+
+    def _prompt_modality(self, input_ids: torch.Tensor | None, cache: Any, past: int, batch: int,
+                         use_cache: bool | None) -> torch.Tensor | None:
+        """Each row's modality: its new tokens' media, or, on a cache this session filled, the media already in it."""
+        self._media_without_cache = None
+        modality = self._modality(input_ids)
+        if modality is None:
+            return None
+        earlier = self._media_in(cache) if past > 0 else None
+        if earlier is not None and earlier.shape[0] == batch:
+            modality = torch.maximum(modality, earlier.to(modality.device))
+        if cache is not None:
+            self._remember_media(cache, modality)
+        elif use_cache is not False:
+            self._media_without_cache = modality  # the model makes the cache: `_after_forward` files it
+        return modality
+
+    def _media_in(self, cache: Any) -> torch.Tensor | None:
+        try:
+            return self._media.get(cache)
+        except TypeError:  # a cache that takes no weak reference: its media are not tracked
+            return None
+
+    def _remember_media(self, cache: Any, modality: torch.Tensor) -> None:
+        with contextlib.suppress(TypeError):
+            self._media[cache] = modality
 
     def _modality(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
         """Per row: `Modality.VIDEO` if it holds video tokens, else `IMAGE` if image tokens, else `TEXT`.
@@ -305,10 +325,11 @@ def active_session(model: nn.Module) -> SteeringSession | None:
 def generation(model: nn.Module) -> Iterator[None]:
     """Mark a hand-written decoding loop as one generation, as `generate` is marked.
 
-    Inside, the first forward is the prompt and every later one continues it, so
-    cache-less loops steer the right positions and cached steps take the fast path
-    (new tokens are taken to be real: pass 1 for them in the attention mask, as
-    `generate` does).  Does nothing when no steering is active on `model`.
+    Inside, the first forward is the prompt (also on a filled cache: a new chat turn
+    fed by hand) and every later one continues it, so cache-less loops steer the right
+    positions and cached steps take the fast path (new tokens are taken to be real:
+    pass 1 for them in the attention mask, as `generate` does).  Does nothing when no
+    steering is active on `model`.
     """
     session = active_session(model)
     if session is None:

@@ -30,7 +30,7 @@ from steerpeft.scalers.base import SCALERS, Scaler
 
 if TYPE_CHECKING:
     from steerpeft.fitting import FitData
-    from steerpeft.session import ForwardContext
+    from steerpeft.forward_context import ForwardContext
 
 RECENTER_MODES = ("measure", "shift", "none")
 FORMS = ("traversal", "beta")
@@ -82,6 +82,9 @@ class TrustRegionScaler(Scaler):
             cached = (unit.to(hidden.dtype), offsets, offsets @ unit, spans)
             self._device_cache[key] = cached
         return cached
+
+    def prepare(self, layer: int, like: torch.Tensor) -> None:
+        self._tensors(layer, like)
 
     def _region(self, layer: int) -> LayerRegion:
         region = self.regions.get(layer)

@@ -18,7 +18,7 @@ from steerpeft.registry import Registry
 
 if TYPE_CHECKING:
     from steerpeft.fitting import FitData
-    from steerpeft.session import ForwardContext
+    from steerpeft.forward_context import ForwardContext
 
 
 class Scaler(Component):
@@ -32,6 +32,13 @@ class Scaler(Component):
 
     def observe(self, layer: int, hidden: torch.Tensor, fc: ForwardContext) -> None:
         """Called with a layer's output before any steering at that layer."""
+
+    def prepare(self, layer: int, like: torch.Tensor) -> None:
+        """Convert per-layer tensors to `like`'s device and dtype ahead of `strength` (optional).
+
+        Called on every forward, also where the step steers nothing (a prefill under
+        `generated`), so compiled decoding steps never find a cache empty (a recompile).
+        """
 
     def strength(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> float | torch.Tensor:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from steerpeft.scalers.base import SCALERS, Scaler, decision_states
 
 if TYPE_CHECKING:
     from steerpeft.fitting import FitData
-    from steerpeft.session import ForwardContext
+    from steerpeft.forward_context import ForwardContext
 
 
 @SCALERS.register("conditional")
