@@ -42,8 +42,9 @@ def _mars_plan(model, processor, states: torch.Tensor, raw: torch.Tensor, offset
     layout = resolve_layout(model)
     unit = raw / raw.norm()
     projections = states @ unit
-    p_minus = float(projections.min()) - 0.5
-    p_plus = float(projections.max()) + 0.5
+    spread = float(projections.max() - projections.min())
+    p_minus = float(projections.min()) - 0.25 * spread
+    p_plus = float(projections.max()) + 0.25 * spread
     t = (projections - p_minus) / (p_plus - p_minus)
     scaler = TrustRegionScaler(form=form, tau=float(t.median()), recenter=recenter, beta=8.0, rho=3.0)
     scaler.regions[LAYER] = LayerRegion(unit, p_plus, p_minus, float(raw.norm()),

@@ -170,6 +170,9 @@ class DecisionPrefix:
         self.widths = widths
         self.rows_per_batch = [int(tail["input_ids"].shape[0]) for tail in tails]
         self._input_ids = ids  # full prompts, read for the rows' modality once a plan's session exists
+        if len(set(widths)) > 1 and "position_ids" not in tails[0]:
+            raise ConfigError(f"{type(self._base).__name__} takes no position_ids, so batches of different widths "
+                              "cannot share one decision step; build one DecisionPrefix per batch.")
         if len(caches) == 1:
             self.cache = caches[0]
             self._tail = tails[0]
@@ -205,8 +208,9 @@ class DecisionPrefix:
         output = self.model(**prefix, **extra)
         cache = output.past_key_values
         _check_dynamic(cache)
-        if "position_ids" not in tail:
-            # The positions `decision_logits` gives the last column: the model's default 0..T-1.
+        if "position_ids" not in tail and _accepts(self.model, "position_ids"):
+            # The position `decision_logits` gives the last column: the model's default 0..T-1.  Explicit,
+            # because batches of other widths are stacked into one step.
             tail["position_ids"] = torch.full_like(tail["input_ids"], width - 1)
         return cache, width, tail
 
@@ -255,33 +259,41 @@ class DecisionPrefix:
             output = self.model(**self._tail, past_key_values=fork_cache(self.cache), use_cache=True)
         return DecisionOutput(output.logits[:, -1].float(), states)
 
-    @contextmanager
-    def _rows_modality(self) -> Iterator[None]:
-        """Give the plan's session each row's modality, read from the full prompts.
+    def _rows_modality(self) -> Any:
+        return rows_modality(self._base, self._input_ids)
 
-        The session reads a row's modality (for re-centering) from the tokens of the forward
-        it sees, and the decision token alone holds no image or video token.  A forward
-        pre-hook, registered after the session's own, puts the full prompts' modality back.
-        """
-        session = active_session(self._base)
-        modality = None
-        if session is not None:
-            parts = [session._modality(ids) for ids in self._input_ids]
-            if all(part is not None for part in parts):
-                modality = torch.cat(parts)  # type: ignore[arg-type]
-        if modality is None:
-            yield
-            return
 
-        def restore(module: nn.Module, args: Any, kwargs: Any) -> None:
-            if session.context is not None:
-                session.context.modality = modality.to(session.context.device)
+@contextmanager
+def rows_modality(model: nn.Module, input_ids: Sequence[torch.Tensor], rows: torch.Tensor | None = None) -> Iterator[None]:
+    """While open, every forward of `model` sees the modality of the full prompts `input_ids`.
 
-        handle = self._base.register_forward_pre_hook(restore, with_kwargs=True)
-        try:
-            yield
-        finally:
-            handle.remove()
+    The session of an applied plan reads each row's modality (for re-centering) from the tokens
+    of the forward it sees, and a decision token run against a prefix holds no image or video
+    token.  A forward pre-hook, registered after the session's own, puts the modality read from
+    the full prompts back (`rows`: only those rows of the concatenated prompts).  Call it inside
+    `plan.apply(model)`; a no-op for text-only models.
+    """
+    session = active_session(model)
+    modality = None
+    if session is not None:
+        parts = [session._modality(ids) for ids in input_ids]
+        if parts and all(part is not None for part in parts):
+            modality = torch.cat(parts)  # type: ignore[arg-type]
+    if modality is None:
+        yield
+        return
+    if rows is not None:
+        modality = modality[rows.to(modality.device)]
+
+    def restore(module: nn.Module, args: Any, kwargs: Any) -> None:
+        if session.context is not None:
+            session.context.modality = modality.to(session.context.device)
+
+    handle = model.register_forward_pre_hook(restore, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _keeps_rope_state(model: nn.Module) -> bool:
