@@ -83,10 +83,15 @@ def evaluate_mars(
     max_new_tokens: int = 32,
     share_prefill: bool = True,
     margin: float = DEFAULT_MARGIN,
+    stats: dict[str, Any] | None = None,
 ) -> EvalReport:
     """The MARS conditions on every set, as `evaluate` would score them (see the module docstring).
 
     `margin`: rows with t > tau - margin are generated (see `rows_plan_can_change`).
+    `stats`, if given, is filled with what was reused: `generated[condition]` (rows generated),
+    `rows` (rows per condition), and `states[set_name][layer]`, the unsteered decision states
+    [rows, hidden] of the plan's layers (the gate values t of the report follow from them with
+    `steerpeft.evaluation.reuse.trust_region_t`, no second recording needed).
     """
     require_decision_plan(plan)
     if name == UNSTEERED:
@@ -102,6 +107,8 @@ def evaluate_mars(
     layers = layers_read(plan)
     names = [UNSTEERED, *variants, *([everywhere[0]] if everywhere else [])]
     rows: dict[str, dict[str, SetResult]] = {condition: {} for condition in names}
+    counts = {condition: 0 for condition in names}
+    total = 0
     for set_name, batches in sets.items():
         batches = list(batches)
         prefix = DecisionPrefix(model, batches)
@@ -113,32 +120,42 @@ def evaluate_mars(
             with everywhere[1].apply(model):
                 logits[everywhere[0]] = torch.cat([decision_logits(model, batch).cpu() for batch in batches])
         sizes = prefix.rows_per_batch
+        total += prefix.num_rows
         states = {layer: _split(value, sizes) for layer, value in unsteered.states.items()}
+        if stats is not None:
+            stats.setdefault("states", {})[set_name] = {layer: value.cpu() for layer, value in unsteered.states.items()}
         texts: dict[str, list[str]] = {condition: [] for condition in names}
         if generate:
             for index, batch in enumerate(batches):
                 batch_states = {layer: parts[index] for layer, parts in states.items()}
-                for condition, answers in _answers(model, processor, batch, plan, variants, everywhere, plain_name,
-                                                   batch_states, max_new_tokens, share_prefill, margin).items():
-                    texts[condition] += answers
+                answers, generated = _answers(model, processor, batch, plan, variants, everywhere, plain_name,
+                                              batch_states, max_new_tokens, share_prefill, margin)
+                for condition in names:
+                    texts[condition] += answers[condition]
+                    counts[condition] += generated[condition]
         for condition in names:
             scores = first_token_refusal_score(logits[condition], token_ids).tolist()
             kls = None if condition == UNSTEERED else first_token_kl(logits[UNSTEERED], logits[condition]).tolist()
             rows[condition][set_name] = _set_result(set_name, scores, kls, texts[condition], generate)
+    if stats is not None:
+        stats["generated"] = counts
+        stats["rows"] = total
     return EvalReport(rows=rows, baseline=UNSTEERED)
 
 
 def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: Plan, variants: dict[str, Plan],
              everywhere: tuple[str, Plan] | None, plain_name: str, states: dict[int, torch.Tensor],
-             max_new_tokens: int, share_prefill: bool, margin: float) -> dict[str, list[str]]:
-    """Every condition's answers for one batch, generating only rows that can differ."""
+             max_new_tokens: int, share_prefill: bool, margin: float) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Every condition's answers for one batch, generating only rows that can differ; and how many were generated."""
     prefix = GenerationPrefix(model, batch) if share_prefill else None
     if prefix is not None:
         base = prefix.generate(processor, max_new_tokens=max_new_tokens)
     else:
         base = generate_texts(model, processor, batch, max_new_tokens)
     modality = row_modalities(model, plan, batch["input_ids"])
+    rows = len(base)
     answers = {UNSTEERED: base}
+    generated = {UNSTEERED: rows}
     for condition, variant in variants.items():
         changed = rows_plan_can_change(variant, states, modality, margin).cpu()
         reuse = base
@@ -148,7 +165,9 @@ def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: P
             reuse = [answers[next(iter(variants))][i] if text_rows[i] else text for i, text in enumerate(base)]
             changed = changed & ~text_rows
         answers[condition] = generate_rows(model, processor, batch, changed, reuse, max_new_tokens, variant, prefix)
+        generated[condition] = int(changed.sum())
     if everywhere is not None:
         with everywhere[1].apply(model):
             answers[everywhere[0]] = generate_texts(model, processor, batch, max_new_tokens)
-    return answers
+        generated[everywhere[0]] = rows
+    return answers, generated
