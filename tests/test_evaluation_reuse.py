@@ -128,8 +128,8 @@ def _same_report(fast, slow):
     assert changed > 0  # some condition really changed answers, so equal texts mean something
 
 
-@pytest.mark.parametrize("share_prefill", [True, False])
-def test_evaluate_mars_equals_evaluate_text(share_prefill):
+@pytest.mark.parametrize(("share_prefill", "prefix_rows"), [(True, 256), (False, 3)])
+def test_evaluate_mars_equals_evaluate_text(share_prefill, prefix_rows):
     model, tok = tiny_text_model("llama")
     layout = resolve_layout(model)
     sets = eval_sets(model, tok, HARMFUL, HARMLESS, modalities=["text"], batch_size=3)
@@ -137,7 +137,8 @@ def test_evaluate_mars_equals_evaluate_text(share_prefill):
     states = ActivationRecorder(model, layout, [LAYER], DecisionPosition()).record(batches).prompts(LAYER)
     plan = _mars_plan(model, tok, states, _direction(layout.hidden_size))
     slow = evaluate(model, tok, sets, conditions(plan, model, "mars"), max_new_tokens=NEW_TOKENS, progress=False)
-    fast = evaluate_mars(model, tok, sets, plan, name="mars", max_new_tokens=NEW_TOKENS, share_prefill=share_prefill)
+    fast = evaluate_mars(model, tok, sets, plan, name="mars", max_new_tokens=NEW_TOKENS, share_prefill=share_prefill,
+                         prefix_rows=prefix_rows)
     _same_report(fast, slow)
 
 

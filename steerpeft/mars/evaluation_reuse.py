@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from steerpeft.errors import ConfigError
-from steerpeft.evaluation.decision_prefix import DecisionPrefix, require_decision_plan
+from steerpeft.evaluation.decision_prefix import DecisionOutput, DecisionPrefix, require_decision_plan
 from steerpeft.evaluation.evaluate import UNSTEERED, EvalReport, SetResult, _set_result
 from steerpeft.evaluation.first_token import first_token_refusal_score, refusal_token_ids
 from steerpeft.evaluation.kl import first_token_kl
@@ -83,11 +83,14 @@ def evaluate_mars(
     max_new_tokens: int = 32,
     share_prefill: bool = True,
     margin: float = DEFAULT_MARGIN,
+    prefix_rows: int = 256,
     stats: dict[str, Any] | None = None,
 ) -> EvalReport:
     """The MARS conditions on every set, as `evaluate` would score them (see the module docstring).
 
     `margin`: rows with t > tau - margin are generated (see `rows_plan_can_change`).
+    `prefix_rows`: consecutive batches share one decision prefix up to this many rows (memory: the
+    prefix keeps their KV cache, the size of one generation's cache for that many rows).
     `stats`, if given, is filled with what was reused: `generated[condition]` (rows generated),
     `rows` (rows per condition), and `states[set_name][layer]`, the unsteered decision states
     [rows, hidden] of the plan's layers (the gate values t of the report follow from them with
@@ -111,16 +114,8 @@ def evaluate_mars(
     total = 0
     for set_name, batches in sets.items():
         batches = list(batches)
-        prefix = DecisionPrefix(model, batches)
-        unsteered = prefix.run(None, record_layers=layers)
-        logits = {UNSTEERED: unsteered.logits.cpu()}
-        for condition, variant in variants.items():
-            logits[condition] = prefix.logits(variant).cpu()
-        if everywhere is not None:
-            with everywhere[1].apply(model):
-                logits[everywhere[0]] = torch.cat([decision_logits(model, batch).cpu() for batch in batches])
-        sizes = prefix.rows_per_batch
-        total += prefix.num_rows
+        unsteered, logits, sizes = _decision_logits(model, batches, variants, everywhere, layers, prefix_rows)
+        total += sum(sizes)
         states = {layer: _split(value, sizes) for layer, value in unsteered.states.items()}
         if stats is not None:
             stats.setdefault("states", {})[set_name] = {layer: value.cpu() for layer, value in unsteered.states.items()}
@@ -141,6 +136,32 @@ def evaluate_mars(
         stats["generated"] = counts
         stats["rows"] = total
     return EvalReport(rows=rows, baseline=UNSTEERED)
+
+
+def _decision_logits(model: Any, batches: list[dict[str, torch.Tensor]], variants: dict[str, Plan],
+                     everywhere: tuple[str, Plan] | None, layers: list[int], prefix_rows: int,
+                     ) -> tuple[DecisionOutput, dict[str, torch.Tensor], list[int]]:
+    """Unsteered decision step (logits and states), every condition's logits, and the rows per batch."""
+    groups: list[list[dict[str, torch.Tensor]]] = []
+    for batch in batches:
+        if groups and sum(len(b["input_ids"]) for b in groups[-1]) + len(batch["input_ids"]) <= prefix_rows:
+            groups[-1].append(batch)
+        else:
+            groups.append([batch])
+    outputs, parts, sizes = [], [], []
+    for group in groups:
+        prefix = DecisionPrefix(model, group)
+        outputs.append(prefix.run(None, record_layers=layers))
+        parts.append({condition: prefix.logits(variant).cpu() for condition, variant in variants.items()})
+        sizes += prefix.rows_per_batch
+    unsteered = DecisionOutput(torch.cat([o.logits for o in outputs]),
+                               {layer: torch.cat([o.states[layer] for o in outputs]) for layer in layers})
+    logits = {UNSTEERED: unsteered.logits.cpu()}
+    logits.update({condition: torch.cat([part[condition] for part in parts]) for condition in variants})
+    if everywhere is not None:
+        with everywhere[1].apply(model):
+            logits[everywhere[0]] = torch.cat([decision_logits(model, batch).cpu() for batch in batches])
+    return unsteered, logits, sizes
 
 
 def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: Plan, variants: dict[str, Plan],
