@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--new-tokens", type=int, default=None, help="eval max_new_tokens (default: the recipe's)")
     parser.add_argument("--prompts", type=int, default=12, help="prompts per class for random models (smoke)")
     parser.add_argument("--skip-today", action="store_true", help="time only the floors and the fast paths")
+    parser.add_argument("--eval-batch-size", type=int, default=None, help="eval batch size (default: the recipe's)")
     args = B.finish_args(parser, argv, {"new_tokens": 4})
     if args.model not in ("smollm2", "tiny"):
         parser.error("--model must be smollm2 (the main job) or tiny (smoke)")
@@ -233,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     recipe = load_recipe("mars")
     if not loaded.real_weights:
         recipe = recipe.with_overrides(["fit.batch_size=4", "eval.batch_size=4"])
+    if args.eval_batch_size:
+        recipe = recipe.with_overrides([f"eval.batch_size={args.eval_batch_size}"])
     fit_options = recipe.config["fit"]
     eval_options = recipe.config["eval"]
     new_tokens = int(args.new_tokens or eval_options["max_new_tokens"])
