@@ -12,6 +12,7 @@ from steerpeft.errors import ConfigError
 from steerpeft.evaluation import evaluate, generate_texts
 from steerpeft.evaluation.decision_prefix import DecisionPrefix
 from steerpeft.evaluation.reuse import GenerationPrefix, generate_rows, rows_plan_can_change
+from steerpeft.evaluation.stacked import Block, for_rows, generate_stacked
 from steerpeft.interventions import AddDirection
 from steerpeft.mars.evaluation import conditions, eval_sets, fixed_strength
 from steerpeft.mars.evaluation_reuse import evaluate_mars
@@ -111,6 +112,28 @@ def test_generation_prefix_equals_generate_texts():
         prefix.generate(tok, everywhere, max_new_tokens=NEW_TOKENS)
 
 
+def test_stacked_conditions_equal_separate_runs():
+    model, tok, batch, plan = _text_setup()
+    fixed = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(8.0), "decision", "fixed")],
+                 plan.model_info)
+    expected = {"unsteered": generate_texts(model, tok, batch, NEW_TOKENS)}
+    for name, variant in (("mars", plan), ("fixed", fixed)):
+        with variant.apply(model):
+            expected[name] = generate_texts(model, tok, batch, NEW_TOKENS)
+    assert expected["fixed"] != expected["unsteered"] and expected["mars"] != expected["unsteered"]
+    blocks = {"unsteered": Block(None, torch.arange(len(PROMPTS))), "mars": Block(plan, torch.tensor([1, 2, 4])),
+              "fixed": Block(fixed, torch.arange(len(PROMPTS)))}
+    for prefix in (None, GenerationPrefix(model, batch)):
+        got = generate_stacked(model, tok, batch, blocks, NEW_TOKENS, prefix)
+        assert got["unsteered"] == expected["unsteered"] and got["fixed"] == expected["fixed"]
+        assert got["mars"] == [expected["mars"][i] for i in (1, 2, 4)]
+    # a plan restricted to no row leaves the model exactly as it is
+    with for_rows(fixed, torch.zeros(len(PROMPTS))).apply(model), torch.no_grad():
+        restricted = model(**batch).logits
+    with torch.no_grad():
+        assert torch.equal(restricted, model(**batch).logits)
+
+
 def _same_report(fast, slow):
     assert list(fast.rows) == list(slow.rows)
     changed = 0
@@ -128,8 +151,9 @@ def _same_report(fast, slow):
     assert changed > 0  # some condition really changed answers, so equal texts mean something
 
 
-@pytest.mark.parametrize(("share_prefill", "prefix_rows"), [(True, 256), (False, 3)])
-def test_evaluate_mars_equals_evaluate_text(share_prefill, prefix_rows):
+@pytest.mark.parametrize(("share_prefill", "stack", "prefix_rows"), [(True, True, 256), (False, True, 3),
+                                                                     (True, False, 256), (False, False, 256)])
+def test_evaluate_mars_equals_evaluate_text(share_prefill, stack, prefix_rows):
     model, tok = tiny_text_model("llama")
     layout = resolve_layout(model)
     sets = eval_sets(model, tok, HARMFUL, HARMLESS, modalities=["text"], batch_size=3)
@@ -138,11 +162,12 @@ def test_evaluate_mars_equals_evaluate_text(share_prefill, prefix_rows):
     plan = _mars_plan(model, tok, states, _direction(layout.hidden_size))
     slow = evaluate(model, tok, sets, conditions(plan, model, "mars"), max_new_tokens=NEW_TOKENS, progress=False)
     fast = evaluate_mars(model, tok, sets, plan, name="mars", max_new_tokens=NEW_TOKENS, share_prefill=share_prefill,
-                         prefix_rows=prefix_rows)
+                         stack=stack, prefix_rows=prefix_rows)
     _same_report(fast, slow)
 
 
-def test_evaluate_mars_equals_evaluate_with_images():
+@pytest.mark.parametrize("stack", [True, False])
+def test_evaluate_mars_equals_evaluate_with_images(stack):
     model, processor = tiny_vlm("llava")
     layout = resolve_layout(model)
     sets = eval_sets(model, processor, HARMFUL, HARMLESS, modalities=["text", "image"], batch_size=3)
@@ -159,7 +184,7 @@ def test_evaluate_mars_equals_evaluate_with_images():
     for set_name in ("harmful/image", "harmless/image"):  # re-centering changes the answers on image rows
         assert slow.rows["mars"][set_name].texts != slow.rows["mars (no re-centering)"][set_name].texts
         assert slow.rows["mars"][set_name].texts != slow.rows["unsteered"][set_name].texts
-    fast = evaluate_mars(model, processor, sets, plan, name="mars", max_new_tokens=NEW_TOKENS)
+    fast = evaluate_mars(model, processor, sets, plan, name="mars", max_new_tokens=NEW_TOKENS, stack=stack)
     _same_report(fast, slow)
 
 

@@ -49,8 +49,10 @@ Every other entry (pixel values, image sizes, ...) goes to the prefix forward on
 def require_decision_plan(plan: Any) -> None:
     """Refuse a plan with a step that steers anything but the decision position.
 
-    Only such plans leave the prefix unchanged, so only they can reuse it.  Every
-    intervention, scaler and site is fine; `positions` must be `decision`.
+    Only such plans leave the prefix unchanged, so only they can reuse it.  Every built-in
+    intervention, scaler and site is fine (each decides from the steered position's own state,
+    or, like the conditional scaler, from the decision state of another layer); `positions`
+    must be `decision`.
     """
     for step in getattr(plan, "steps", ()):
         if not isinstance(step.positions, DecisionPosition):

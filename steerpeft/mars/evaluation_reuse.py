@@ -11,7 +11,10 @@ decision position only (the plan, no re-centering, fixed strength):
   generated.  Without re-centering, text rows are the plan's rows exactly (the text offset is
   zero), so they reuse its answers too;
 - with `share_prefill`, those conditions and the unsteered run generate from one unsteered
-  prefill of each batch (`GenerationPrefix`).
+  prefill of each batch (`GenerationPrefix`);
+- with `stack`, the unsteered rows and the rows each of those conditions must generate run as
+  one batch, a block per condition steered by its own plan (`generate_stacked`): decoding a few
+  more rows costs far less than another call.
 
 The "all tokens" ablation steers every token, so it runs as `evaluate` runs it.  Plans that do
 not steer the decision position only are refused (use `evaluate`).
@@ -25,12 +28,18 @@ from typing import Any
 import torch
 
 from steerpeft.errors import ConfigError
-from steerpeft.evaluation.decision_prefix import DecisionOutput, DecisionPrefix, require_decision_plan
+from steerpeft.evaluation.decision_prefix import (
+    SEQUENCE_KEYS,
+    DecisionOutput,
+    DecisionPrefix,
+    require_decision_plan,
+)
 from steerpeft.evaluation.evaluate import UNSTEERED, EvalReport, SetResult, _set_result
 from steerpeft.evaluation.first_token import first_token_refusal_score, refusal_token_ids
 from steerpeft.evaluation.kl import first_token_kl
 from steerpeft.evaluation.reuse import DEFAULT_MARGIN, GenerationPrefix, generate_rows, rows_plan_can_change
 from steerpeft.evaluation.runs import decision_logits, generate_texts
+from steerpeft.evaluation.stacked import Block, generate_stacked
 from steerpeft.mars.evaluation import at_all_tokens, fixed_strength, without_recentering
 from steerpeft.plan import Plan
 
@@ -82,6 +91,7 @@ def evaluate_mars(
     generate: bool = True,
     max_new_tokens: int = 32,
     share_prefill: bool = True,
+    stack: bool = True,
     margin: float = DEFAULT_MARGIN,
     prefix_rows: int = 256,
     stats: dict[str, Any] | None = None,
@@ -89,6 +99,8 @@ def evaluate_mars(
     """The MARS conditions on every set, as `evaluate` would score them (see the module docstring).
 
     `margin`: rows with t > tau - margin are generated (see `rows_plan_can_change`).
+    `stack`: the unsteered rows and every decision-position condition's rows generate in one call
+    per batch, each block under its own plan (`generate_stacked`); else one call per condition.
     `prefix_rows`: consecutive batches share one decision prefix up to this many rows (memory: the
     prefix keeps their KV cache, the size of one generation's cache for that many rows).
     `stats`, if given, is filled with what was reused: `generated[condition]` (rows generated),
@@ -124,7 +136,7 @@ def evaluate_mars(
             for index, batch in enumerate(batches):
                 batch_states = {layer: parts[index] for layer, parts in states.items()}
                 answers, generated = _answers(model, processor, batch, plan, variants, everywhere, plain_name,
-                                              batch_states, max_new_tokens, share_prefill, margin)
+                                              batch_states, max_new_tokens, share_prefill, stack, margin)
                 for condition in names:
                     texts[condition] += answers[condition]
                     counts[condition] += generated[condition]
@@ -166,29 +178,55 @@ def _decision_logits(model: Any, batches: list[dict[str, torch.Tensor]], variant
 
 def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: Plan, variants: dict[str, Plan],
              everywhere: tuple[str, Plan] | None, plain_name: str, states: dict[int, torch.Tensor],
-             max_new_tokens: int, share_prefill: bool, margin: float) -> tuple[dict[str, list[str]], dict[str, int]]:
+             max_new_tokens: int, share_prefill: bool, stack: bool, margin: float,
+             ) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Every condition's answers for one batch, generating only rows that can differ; and how many were generated."""
     prefix = GenerationPrefix(model, batch) if share_prefill else None
-    if prefix is not None:
-        base = prefix.generate(processor, max_new_tokens=max_new_tokens)
-    else:
-        base = generate_texts(model, processor, batch, max_new_tokens)
     modality = row_modalities(model, plan, batch["input_ids"])
-    rows = len(base)
-    answers = {UNSTEERED: base}
-    generated = {UNSTEERED: rows}
+    count = int(batch["input_ids"].shape[0])
+    steered = next(iter(variants))
+    changed: dict[str, torch.Tensor] = {}
+    text_rows = None
     for condition, variant in variants.items():
-        changed = rows_plan_can_change(variant, states, modality, margin).cpu()
-        reuse = base
+        changed[condition] = rows_plan_can_change(variant, states, modality, margin).cpu()
         if condition == plain_name and _text_offsets_zero(plan):
             # Text rows: re-centering subtracts the zero text offset, so this condition is the plan itself.
-            text_rows = torch.ones_like(changed) if modality is None else (modality == 0).cpu()
-            reuse = [answers[next(iter(variants))][i] if text_rows[i] else text for i, text in enumerate(base)]
-            changed = changed & ~text_rows
-        answers[condition] = generate_rows(model, processor, batch, changed, reuse, max_new_tokens, variant, prefix)
-        generated[condition] = int(changed.sum())
+            text_rows = torch.ones(count, dtype=torch.bool) if modality is None else (modality == 0).cpu()
+            changed[condition] &= ~text_rows
+    media = any(isinstance(v, torch.Tensor) and k not in SEQUENCE_KEYS for k, v in batch.items())
+    answers: dict[str, list[str]] = {}
+    if stack and (prefix is not None or not media):
+        blocks = {UNSTEERED: Block(None, torch.arange(count))}
+        blocks.update({condition: Block(variant, changed[condition].nonzero().flatten())
+                       for condition, variant in variants.items()})
+        fresh = generate_stacked(model, processor, batch, blocks, max_new_tokens, prefix)
+        base = fresh[UNSTEERED]
+        answers[UNSTEERED] = base
+        for condition in variants:
+            texts = _reused(base, answers.get(steered), text_rows if condition == plain_name else None)
+            for row, text in zip(changed[condition].nonzero().flatten().tolist(), fresh.get(condition, [])):
+                texts[row] = text
+            answers[condition] = texts
+    else:
+        if prefix is not None:
+            base = prefix.generate(processor, max_new_tokens=max_new_tokens)
+        else:
+            base = generate_texts(model, processor, batch, max_new_tokens)
+        answers[UNSTEERED] = base
+        for condition, variant in variants.items():
+            reuse = _reused(base, answers.get(steered), text_rows if condition == plain_name else None)
+            answers[condition] = generate_rows(model, processor, batch, changed[condition], reuse, max_new_tokens,
+                                               variant, prefix)
+    generated = {UNSTEERED: count, **{condition: int(rows.sum()) for condition, rows in changed.items()}}
     if everywhere is not None:
         with everywhere[1].apply(model):
             answers[everywhere[0]] = generate_texts(model, processor, batch, max_new_tokens)
-        generated[everywhere[0]] = rows
+        generated[everywhere[0]] = count
     return answers, generated
+
+
+def _reused(base: list[str], steered: list[str] | None, text_rows: torch.Tensor | None) -> list[str]:
+    """Answers a condition reuses: the plan's own on `text_rows` (where it is the plan), else the unsteered."""
+    if text_rows is None or steered is None:
+        return list(base)
+    return [steered[i] if text_rows[i] else text for i, text in enumerate(base)]
