@@ -106,6 +106,14 @@ def test_generation_prefix_equals_generate_texts():
             [expected[4], expected[1]]
     # the shared prefix is never extended: the unsteered answers are unchanged after the steered runs
     assert prefix.generate(tok, max_new_tokens=NEW_TOKENS) == generate_texts(model, tok, batch, NEW_TOKENS)
+    # no padding at all: generate drops the all-ones mask, positions must still be right
+    one = encode_prompts(tok, ["Tell me a long story about a dragon"])
+    strong = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(8.0), "decision", "s")],
+                  plan.model_info)
+    with strong.apply(model):
+        expected = generate_texts(model, tok, one, NEW_TOKENS)
+    assert expected != generate_texts(model, tok, one, NEW_TOKENS)
+    assert GenerationPrefix(model, one).generate(tok, strong, max_new_tokens=NEW_TOKENS) == expected
     everywhere = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(1.0), "all", "a")],
                       plan.model_info)
     with pytest.raises(ConfigError, match="decision"):
