@@ -190,3 +190,15 @@ def test_models_with_rope_state_are_refused():
         tokenize=True, return_dict=True, return_tensors="pt"))
     with pytest.raises(ConfigError, match="rope"):
         DecisionPrefix(model, batch)
+
+
+def test_prompts_longer_than_the_sliding_window():
+    """Gemma2's local layers keep window - 1 columns: stacking a long batch with a short one must still match."""
+    model, tok = tiny_text_model("gemma2")  # sliding_window 64
+    batches = [encode_prompts(tok, [" ".join(["word"] * 80), "short"]), encode_prompts(tok, PROMPTS_B)]
+    assert batches[0]["attention_mask"].shape[1] > 64
+    plans = _plans(model, tok, batches)
+    prefix = DecisionPrefix(model, batches)
+    assert (prefix.logits() - _reference(model, batches)).abs().max() <= TOL
+    for name in ("add", "mars"):
+        assert (prefix.logits(plans[name]) - _reference(model, batches, plans[name])).abs().max() <= TOL, name
