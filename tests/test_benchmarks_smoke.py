@@ -188,3 +188,7 @@ def test_main_job_smoke(tmp_path: Path) -> None:
         assert check["generated_rows"]["mars (no re-centering)"] == 0  # text rows reuse the plan's answers
     assert sum(checks["answers_changed_vs_unsteered"].values()) > 0  # some condition really steered
     assert set(result["ratios_to_floor"]) >= {"fit_fast", "sweep_fast", "eval_reuse_stacked"}
+    import summarize
+
+    text = summarize.main([str(out)])
+    assert "### Main job" in text and "`eval_reuse_stacked`" in text
