@@ -286,6 +286,7 @@ def rows_modality(model: nn.Module, input_ids: Sequence[torch.Tensor], rows: tor
         return
     if rows is not None:
         modality = modality[rows.to(modality.device)]
+    modality = modality.to(next(model.parameters()).device)  # once, not in the hook
 
     def restore(module: nn.Module, args: Any, kwargs: Any) -> None:
         if session.context is not None:

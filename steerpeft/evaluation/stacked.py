@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,11 +37,15 @@ class RowSubsetScaler(Scaler):
 
     inner: Scaler
     rows: torch.Tensor  # [batch] 0/1
+    _masks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def _mask(self, like: torch.Tensor) -> torch.Tensor:
         if self.rows.shape[0] != like.shape[0]:
             raise DataError(f"A row-restricted plan was built for {self.rows.shape[0]} rows but runs on {like.shape[0]}.")
-        return self.rows.to(like.device, like.dtype).view(-1, 1, 1)
+        key = (like.device, like.dtype)
+        if key not in self._masks:  # copied to the device once, not in every hook call
+            self._masks[key] = self.rows.to(like.device, like.dtype).view(-1, 1, 1)
+        return self._masks[key]
 
     def observed_layers(self) -> set[int]:
         return self.inner.observed_layers()
