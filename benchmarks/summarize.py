@@ -217,6 +217,21 @@ def hooks_section(result: dict[str, Any]) -> list[str]:
                           "extra ops", "step time ratio"], rows)
 
 
+def main_job_section(result: dict[str, Any]) -> list[str]:
+    s = result["settings"]
+    lines = [(f"### Main job (`mars` recipe) stage by stage: {s['model']} ({s['dtype']}), {s['fit_prompts']} fit prompts, "
+              f"eval batch {s['eval_batch_size']}, {s['max_new_tokens']} new tokens"), ""]
+    ratios = result["ratios_to_floor"]
+    rows = [[f"`{name}`", fmt(entry["wall_s"]), fmt(entry["cpu_s"]),
+             fmt(ratios.get(name, {}).get("wall_s"), 2), fmt(ratios.get(name, {}).get("cpu_s"), 2)]
+            for name, entry in result["stages"].items()]
+    lines += table(["stage", "wall s", "CPU s", "wall / floor", "CPU / floor"], rows)
+    targets = [[f"`{name}`", f"<= {fmt(float(entry['ratio_max']), 1)}", fmt(entry["cpu_ratio"], 2)]
+               for name, entry in result["targets"].items()]
+    lines += table(["target", "ratio to its floor", "measured (CPU)"], targets)
+    return lines
+
+
 def render(groups: list[tuple[str, list[dict[str, Any]]]], intro: bool = True) -> str:
     lines = [INTRO] if intro else []
     for source, results in groups:
@@ -224,13 +239,13 @@ def render(groups: list[tuple[str, list[dict[str, Any]]]], intro: bool = True) -
         lines.append(f"## {env.get('device_name', env.get('device'))} ({source})")
         lines.append("")
         lines += environment_lines(results)
-        order = {"generate": 0, "hooks": 1, "extract": 2, "peers": 3}
+        order = {"generate": 0, "hooks": 1, "extract": 2, "peers": 3, "main_job": 4}
         for result in sorted(results, key=lambda r: (order.get(r["benchmark"], 9), r["_file"])):
             kind = result["benchmark"]
             if result.get("complete") is False:
                 lines += [f"**`{result['_file']}` is from a run that was cut short: only its finished parts follow.**", ""]
             sections = {"generate": generate_section, "hooks": hooks_section, "extract": extract_section,
-                        "peers": peers_section}
+                        "peers": peers_section, "main_job": main_job_section}
             lines += sections[kind](result)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -164,3 +164,31 @@ def test_profile_hooks_smoke(tmp_path: Path) -> None:
     assert rows["identity hooks x5"]["extra_ops_per_step"] == 0
     assert rows["steerpeft actadd x1"]["extra_ops_per_step"] > 0  # the hooks really ran in the profiled step
     assert rows["steerpeft ablate outputs x5"]["extra_ops_per_step"] > rows["fused ablate hook x5"]["extra_ops_per_step"] > 0
+
+
+def test_main_job_smoke(tmp_path: Path) -> None:
+    import bench_main_job
+
+    out = tmp_path / "main_job.json"
+    bench_main_job.main(["--smoke", "--out", str(out)])
+    result = _json(out)
+    assert result["benchmark"] == "main_job"
+    stages = result["stages"]
+    for name in ("floor_forward", "fit_fast", "fit_today", "sweep_fast", "sweep_today", "floor_generate", "eval_today",
+                 "eval_reuse_rows", "eval_reuse_rows_prefill", "eval_reuse_stacked"):
+        assert stages[name]["wall_s"] > 0, name
+    checks = result["checks"]
+    assert checks["sweep_decision_steps"] > 1  # the selector really ran through the decision prefix
+    assert checks["fit"]["chosen_fast"] == checks["fit"]["chosen_today"]
+    assert checks["fit"]["max_kl_diff"] < 1e-4 and checks["fit"]["max_induce_diff"] < 1e-4
+    for label in ("eval_reuse_rows", "eval_reuse_rows_prefill", "eval_reuse_stacked"):
+        check = checks[label]
+        assert check["same_conditions"] and check["texts_equal"] == check["texts_total"] > 0
+        assert check["max_score_diff"] < 1e-4 and check["max_mean_kl_diff"] < 1e-4 and check["max_gate_t_diff"] < 1e-4
+        assert check["generated_rows"]["mars (no re-centering)"] == 0  # text rows reuse the plan's answers
+    assert sum(checks["answers_changed_vs_unsteered"].values()) > 0  # some condition really steered
+    assert set(result["ratios_to_floor"]) >= {"fit_fast", "sweep_fast", "eval_reuse_stacked"}
+    import summarize
+
+    text = summarize.main([str(out)])
+    assert "### Main job" in text and "`eval_reuse_stacked`" in text
