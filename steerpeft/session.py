@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from steerpeft.forward_context import ForwardContext, Lazy
-from steerpeft.inputs.modality import Modality
+from steerpeft.inputs.modality import row_modalities
 
 _SESSION_ATTR = "_steerpeft_session"
 _LOCK = threading.Lock()
@@ -263,22 +263,7 @@ class SteeringSession:
             self._media[cache] = modality
 
     def _modality(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """Per row: `Modality.VIDEO` if it holds video tokens, else `IMAGE` if image tokens, else `TEXT`.
-
-        Models that feed video frames through image tokens (SmolVLM2) have no video token; there
-        a row that opens two or more frames (`frame_token_id`, recorded from the processor at fit
-        time) is a video.  A prompt with several images therefore counts as a video on them.
-        """
-        if input_ids is None or (self.image_token_id is None and self.video_token_id is None):
-            return None
-        modality = torch.full((input_ids.shape[0],), int(Modality.TEXT), dtype=torch.long, device=input_ids.device)
-        if self.image_token_id is not None:
-            modality = torch.where((input_ids == self.image_token_id).any(dim=1), int(Modality.IMAGE), modality)
-        if self.video_token_id is not None:
-            modality = torch.where((input_ids == self.video_token_id).any(dim=1), int(Modality.VIDEO), modality)
-        elif self.frame_token_id is not None:
-            modality = torch.where((input_ids == self.frame_token_id).sum(dim=1) >= 2, int(Modality.VIDEO), modality)
-        return modality
+        return row_modalities(input_ids, self.image_token_id, self.video_token_id, self.frame_token_id)
 
 
 def _cache_length(cache: Any) -> int:

@@ -13,11 +13,11 @@ from steerpeft.evaluation.decision_prefix import DecisionPrefix, decision_logits
 from steerpeft.interventions import AddDirection, Clamp
 from steerpeft.plan import Plan, SteeringStep
 from steerpeft.positions import DecisionPosition
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.recording import ActivationRecorder
 from steerpeft.scalers import ConditionalScaler, ConstantScaler
-from steerpeft.scalers.trust_region import LayerRegion, TrustRegionScaler
-from steerpeft.steerer import model_info
+from steerpeft.mars import LayerRegion, TrustRegionScaler
+from steerpeft.provenance import model_info
 
 TOL = 1e-4
 LAYER = 1
@@ -121,7 +121,7 @@ def test_recorded_states_are_the_decision_states():
 
 @pytest.mark.parametrize("family", ["llava", "idefics3"])
 def test_vlm_image_rows_with_recentering(family):
-    from steerpeft.mars.inputs import build_batch, media_for
+    from steerpeft.inputs.batches import build_batch, media_for
 
     model, processor = tiny_vlm(family)
     layout = resolve_layout(model)

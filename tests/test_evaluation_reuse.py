@@ -18,10 +18,10 @@ from steerpeft.mars.evaluation import conditions, eval_sets, fixed_strength
 from steerpeft.mars.evaluation_reuse import evaluate_mars
 from steerpeft.plan import Plan, SteeringStep
 from steerpeft.positions import DecisionPosition
-from steerpeft.prompting import encode_prompts
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.recording import ActivationRecorder
 from steerpeft.scalers import ConstantScaler
-from steerpeft.steerer import model_info
+from steerpeft.provenance import model_info
 
 LAYER = 1
 NEW_TOKENS = 6

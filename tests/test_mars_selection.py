@@ -90,3 +90,22 @@ def test_a_list_override_replaces_a_range_mapping() -> None:
     assert selector["candidates"] == [14]
     assert selector["limits"] == {"kl": 0.2, "false_trigger": 0.05, "induce": 0.0}  # mappings still merge
     assert recipe.steerers()[0].selector.candidate_layers(24) == [14]
+
+
+@pytest.mark.parametrize("form", ["traversal", "beta"])
+def test_the_shared_prefix_gives_the_table_of_full_forwards(llama, form) -> None:
+    model, tok = llama
+    tables = []
+    for shared in (True, False):
+        steerer = _steerer(form, limits={"kl": 100.0, "false_trigger": 1.0, "induce": -1e6}, on_no_layer="best",
+                           shared_prefix=shared)
+        plan = steerer.fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
+        tables.append(plan.metadata["steps"]["step"]["layer_scores"])
+    fast, slow = tables
+    assert [row["chosen"] for row in fast] == [row["chosen"] for row in slow]
+    for a, b in zip(fast, slow, strict=True):
+        for key in ("kl", "induce", "separation", "tau", "false_trigger"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    # the comparison could fail: the candidates really move the logits (the traversal gate of a random model
+    # cannot open past tau >= 1, so only the beta form shows a KL)
+    assert any(row["induce"] != 0 for row in fast) and (form == "traversal" or any(row["kl"] > 0 for row in fast))

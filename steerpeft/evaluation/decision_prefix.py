@@ -36,9 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerpeft.architectures import decoder_layers, resolve_layout, unwrap_model
 from steerpeft.errors import ConfigError, DataError
 from steerpeft.evaluation.runs import _accepts, _attention_mask, _on_model_device, last_token_index
 from steerpeft.positions import DecisionPosition
+from steerpeft.recording import layer_output
 from steerpeft.session import active_session
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "position_ids")
@@ -144,8 +146,6 @@ class DecisionPrefix:
     """
 
     def __init__(self, model: nn.Module, batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]) -> None:
-        from steerpeft.architectures import unwrap_model
-
         self.model = model
         self._base = unwrap_model(model)
         batch_list = [batches] if isinstance(batches, dict) else list(batches)
@@ -309,9 +309,6 @@ def _recording(model: nn.Module, layers: Sequence[int], into: dict[int, torch.Te
     if not layers:
         yield
         return
-    from steerpeft.architectures import decoder_layers, resolve_layout
-    from steerpeft.recording import layer_output
-
     modules = decoder_layers(model, resolve_layout(model))
 
     def keep(layer: int) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerpeft.architectures import unwrap_model
 from steerpeft.errors import ConfigError, DataError
 from steerpeft.evaluation.decision_prefix import (
     SEQUENCE_KEYS,
@@ -38,9 +39,10 @@ from steerpeft.evaluation.decision_prefix import (
     require_decision_plan,
     rows_modality,
 )
-from steerpeft.evaluation.runs import _attention_mask, _on_model_device, last_token_index
+from steerpeft.evaluation.runs import _attention_mask, _on_model_device, generate_texts, last_token_index
+from steerpeft.inputs.text import text_tokenizer
+from steerpeft.plan import Plan
 from steerpeft.positions import DecisionPosition
-from steerpeft.prompting import text_tokenizer
 from steerpeft.session import active_session
 
 DEFAULT_MARGIN = 1e-3
@@ -59,86 +61,33 @@ def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 # Which rows can a plan change?
 
 
-def rows_plan_can_change(plan: Any, states: Mapping[int, torch.Tensor], modality: int | torch.Tensor | None = None,
+def rows_plan_can_change(plan: Plan, states: Mapping[int, torch.Tensor], modality: int | torch.Tensor | None = None,
                          margin: float = DEFAULT_MARGIN) -> torch.Tensor:
     """Bool [rows]: rows whose answer under `plan` may differ from the unsteered answer.
 
     `states[layer]` are the rows' unsteered decision-position states [rows, hidden] at the layers
     the plan's scalers read (`DecisionPrefix.run(None, record_layers=...)` or an `ActivationRecorder`
-    at the decision position).  `modality`: the rows' modality (0 text, 1 image, 2 video), one int
-    or a tensor [rows]; None for a text-only model.  Per step, all rows count unless the step
-    steers the decision position only and its scaler says otherwise:
-    - `TrustRegionScaler`: rows with t > tau - `margin` at any of the step's layers;
-    - `ConstantScaler`: none if alpha is 0;
-    - `ConditionalScaler`: rows whose condition holds within `margin` of its threshold.
-    Steps are united; a later step sees an earlier step's change only on rows already counted, so
-    unsteered states decide exactly for the others.
+    at the decision position).  `modality`: the rows' `Modality`, one value or a tensor [rows]; None
+    for a text-only model.  A step that steers other positions than the decision may change any row;
+    otherwise its scaler says which rows it steers (`Scaler.rows_steered`).  Steps are united; a later
+    step sees an earlier step's change only on rows already counted, so unsteered states decide exactly
+    for the others.
     """
-    from steerpeft.scalers import ConditionalScaler, ConstantScaler, TrustRegionScaler
-
     if not states:
         raise DataError("rows_plan_can_change needs the rows' decision states at the plan's layers.")
     count = int(next(iter(states.values())).shape[0])
-    device = next(iter(states.values())).device
-    changed = torch.zeros(count, dtype=torch.bool, device=device)
+    every = torch.ones(count, dtype=torch.bool)
+    changed = torch.zeros(count, dtype=torch.bool)
+    rows_modality_ = None if modality is None else torch.as_tensor(modality).long().expand(count)
     for step in plan.steps:
-        scaler = step.scaler
         if not isinstance(step.positions, DecisionPosition):
-            return torch.ones(count, dtype=torch.bool, device=device)
-        if isinstance(scaler, ConstantScaler):
-            if scaler.alpha != 0.0:
-                return torch.ones(count, dtype=torch.bool, device=device)
-        elif isinstance(scaler, TrustRegionScaler):
-            for layer in step.layers:
-                t = trust_region_t(scaler, layer, _states(states, layer), modality)
-                changed |= t > float(scaler.tau) - margin  # type: ignore[arg-type]
-        elif isinstance(scaler, ConditionalScaler):
-            layer = scaler._layer()
-            projection = _states(states, layer).float() @ scaler._unit_on(_states(states, layer)).to(device)
-            threshold = float(scaler.threshold)  # type: ignore[arg-type]
-            changed |= projection > threshold - margin if scaler.when == "above" else projection < threshold + margin
-        else:
-            return torch.ones(count, dtype=torch.bool, device=device)
+            return every
+        for layer in step.layers:
+            steered = step.scaler.rows_steered(states, layer, rows_modality_, margin)
+            if steered is None:
+                return every
+            changed |= steered.bool().cpu()
     return changed
-
-
-def _states(states: Mapping[int, torch.Tensor], layer: int) -> torch.Tensor:
-    if layer not in states:
-        raise DataError(f"No decision states for layer {layer}: record the layers the plan's scalers read.")
-    return states[layer]
-
-
-def trust_region_t(scaler: Any, layer: int, states: torch.Tensor, modality: int | torch.Tensor | None) -> torch.Tensor:
-    """The gate's t of decision states [rows, hidden], as `TrustRegionScaler` computes it in its hook (float32)."""
-    region = scaler._region(layer)
-    unit = region.unit.to(states.device, torch.float32)
-    projection = states.float() @ unit
-    spans = region.span_table().to(states.device)
-    if scaler.recenter != "none" and modality is not None:
-        index = torch.as_tensor(modality, device=states.device).long().expand(states.shape[0])
-        projection = projection - (region.offsets.to(states.device, torch.float32) @ unit)[index]
-        span = spans[index]
-    else:
-        span = spans[0]
-    return (projection - region.p_minus) / span
-
-
-def recentering_changes_nothing(plan: Any, modality: int | None) -> bool:
-    """True when switching re-centering off cannot change any row of `modality` (None: text-only model).
-
-    Text rows are re-centred by the text offset, which is zero by construction (and their span is
-    the text span either way), so on them `without_recentering(plan)` is the plan, bit for bit.
-    """
-    from steerpeft.scalers import TrustRegionScaler
-
-    if modality not in (None, 0):
-        return False
-    for step in plan.steps:
-        if isinstance(step.scaler, TrustRegionScaler):
-            for layer in step.layers:
-                if bool(step.scaler._region(layer).offsets[0].abs().max() != 0):
-                    return False
-    return True
 
 
 # ---------------------------------------------------------------------------
@@ -199,8 +148,6 @@ def generate_rows(model: nn.Module, tokenizer_or_processor: Any, batch: dict[str
     if prefix is not None:
         fresh = prefix.generate(tokenizer_or_processor, steering, rows=chosen, max_new_tokens=max_new_tokens)
     else:
-        from steerpeft.evaluation.runs import generate_texts
-
         if any(isinstance(v, torch.Tensor) and k not in SEQUENCE_KEYS for k, v in batch.items()):
             # Media tensors are not laid out one row per prompt everywhere: generate the whole batch.
             with _steering_context(model, steering):
@@ -226,8 +173,6 @@ class GenerationPrefix:
     """
 
     def __init__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
-        from steerpeft.architectures import unwrap_model
-
         self.model = model
         self._base = unwrap_model(model)
         if active_session(self._base) is not None:

@@ -25,8 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerpeft.architectures import unwrap_model
 from steerpeft.errors import ConfigError, DataError
-from steerpeft.evaluation.decision_prefix import SEQUENCE_KEYS, _stack_caches, fork_cache, rows_modality
+from steerpeft.evaluation.decision_prefix import (
+    SEQUENCE_KEYS,
+    _stack_caches,
+    fork_cache,
+    require_decision_plan,
+    rows_modality,
+)
+from steerpeft.evaluation.reuse import _decode, _pad_token_id
 from steerpeft.plan import Plan
 from steerpeft.scalers.base import Scaler
 
@@ -92,10 +100,6 @@ def generate_stacked(model: nn.Module, tokenizer_or_processor: Any, batch: dict[
     With a `GenerationPrefix` of `batch`, every block starts from a fork of it and every plan must
     steer the decision position only; without, the prompts are stacked (text batches only).
     """
-    from steerpeft.architectures import unwrap_model
-    from steerpeft.evaluation.decision_prefix import require_decision_plan
-    from steerpeft.evaluation.reuse import _decode, _pad_token_id
-
     blocks = {name: block for name, block in blocks.items() if len(block.rows)}
     answers: dict[str, list[str]] = {name: [] for name in blocks}
     if not blocks:

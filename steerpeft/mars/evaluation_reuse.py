@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from steerpeft.architectures import resolve_layout, unwrap_model
 from steerpeft.errors import ConfigError
 from steerpeft.evaluation.decision_prefix import (
     SEQUENCE_KEYS,
@@ -40,7 +41,9 @@ from steerpeft.evaluation.kl import first_token_kl
 from steerpeft.evaluation.reuse import DEFAULT_MARGIN, GenerationPrefix, generate_rows, rows_plan_can_change
 from steerpeft.evaluation.runs import decision_logits, generate_texts
 from steerpeft.evaluation.stacked import Block, generate_stacked
+from steerpeft.inputs.modality import Modality, row_modalities
 from steerpeft.mars.evaluation import at_all_tokens, fixed_strength, without_recentering
+from steerpeft.mars.scaler import TrustRegionScaler
 from steerpeft.plan import Plan
 
 
@@ -53,24 +56,14 @@ def layers_read(plan: Plan) -> list[int]:
     return sorted(layers)
 
 
-def row_modalities(model: Any, plan: Plan, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """Each row's modality (0 text, 1 image, 2 video) as the plan's session reads it; None for text-only models."""
-    from steerpeft.architectures import resolve_layout, unwrap_model
-    from steerpeft.session import acquire_session, release_session
-
-    base = unwrap_model(model)
-    layout = resolve_layout(base)
-    session = acquire_session(base, layout.image_token_id, layout.video_token_id,
-                              plan.model_info.get("video_frame_token_id"))
-    try:
-        return session._modality(input_ids)
-    finally:
-        release_session(base)
+def plan_row_modalities(model: Any, plan: Plan, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """Each row's `Modality` as the plan's session reads it; None for text-only models."""
+    layout = resolve_layout(unwrap_model(model))
+    return row_modalities(input_ids, layout.image_token_id, layout.video_token_id,
+                          plan.model_info.get("video_frame_token_id"))
 
 
 def _text_offsets_zero(plan: Plan) -> bool:
-    from steerpeft.scalers import TrustRegionScaler
-
     return all(bool(step.scaler._region(layer).offsets[0].abs().max() == 0)
                for step in plan.steps if isinstance(step.scaler, TrustRegionScaler) for layer in step.layers)
 
@@ -106,7 +99,7 @@ def evaluate_mars(
     `stats`, if given, is filled with what was reused: `generated[condition]` (rows generated),
     `rows` (rows per condition), and `states[set_name][layer]`, the unsteered decision states
     [rows, hidden] of the plan's layers (the gate values t of the report follow from them with
-    `steerpeft.evaluation.reuse.trust_region_t`, no second recording needed).
+    `TrustRegionScaler.gate_of_states`, no second recording needed).
     """
     require_decision_plan(plan)
     if name == UNSTEERED:
@@ -182,7 +175,7 @@ def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: P
              ) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Every condition's answers for one batch, generating only rows that can differ; and how many were generated."""
     prefix = GenerationPrefix(model, batch) if share_prefill else None
-    modality = row_modalities(model, plan, batch["input_ids"])
+    modality = plan_row_modalities(model, plan, batch["input_ids"])
     count = int(batch["input_ids"].shape[0])
     steered = next(iter(variants))
     changed: dict[str, torch.Tensor] = {}
@@ -191,7 +184,7 @@ def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: P
         changed[condition] = rows_plan_can_change(variant, states, modality, margin).cpu()
         if condition == plain_name and _text_offsets_zero(plan):
             # Text rows: re-centering subtracts the zero text offset, so this condition is the plan itself.
-            text_rows = torch.ones(count, dtype=torch.bool) if modality is None else (modality == 0).cpu()
+            text_rows = torch.ones(count, dtype=torch.bool) if modality is None else (modality == int(Modality.TEXT)).cpu()
             changed[condition] &= ~text_rows
     media = any(isinstance(v, torch.Tensor) and k not in SEQUENCE_KEYS for k, v in batch.items())
     answers: dict[str, list[str]] = {}

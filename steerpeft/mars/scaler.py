@@ -19,6 +19,7 @@ ablations).  In every mode a closed gate leaves the row bit-for-bit unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,27 @@ class TrustRegionScaler(Scaler):
             span = spans[fc.modality].unsqueeze(-1)
         t = (projection - region.p_minus) / span
         return t, projection, span
+
+    def gate_of_states(self, layer: int, states: torch.Tensor, modality: torch.Tensor | None) -> torch.Tensor:
+        """t of recorded decision states [rows, hidden] (float32), as the hook computes it for those rows.
+
+        `modality`: each row's `Modality` ([rows] long, or one value), None for a text-only model.
+        """
+        region = self._region(layer)
+        unit = region.unit.to(states.device, torch.float32)
+        projection = states.float() @ unit
+        spans = region.span_table().to(states.device)
+        if self.recenter != "none" and modality is not None:
+            index = torch.as_tensor(modality, device=states.device).long().expand(states.shape[0])
+            projection = projection - (region.offsets.to(states.device, torch.float32) @ unit)[index]
+            return (projection - region.p_minus) / spans[index]
+        return (projection - region.p_minus) / spans[0]
+
+    def rows_steered(self, states: Mapping[int, torch.Tensor], layer: int, modality: torch.Tensor | None,
+                     margin: float) -> torch.Tensor | None:
+        if layer not in states:
+            return None
+        return (self.gate_of_states(layer, states[layer], modality) > float(self.tau) - margin).cpu()  # type: ignore[arg-type]
 
     def strength(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
         region = self._region(layer)

@@ -7,19 +7,26 @@ For each candidate layer (default [0.2 L, 0.8 L)) on validation data:
 - `kl`: mean first-token KL on harmless prompts under the MARS scaler;
 - `false_trigger`: share of held-out harmless prompts (text and neutral media) whose
   gate opens; tau comes from the other half of the held-out prompts.
-The layer with the best separation among those within `limits` wins; the
-whole table is returned either way.
+The layer with the best separation among those within `limits` (and with a gate that can
+act: tau < 1 for the traversal form) wins; each row records what excluded it.  When no layer
+is within the limits the fit fails with the reasons, or, with `on_no_layer: best`, takes the
+best-separating layer with a warning.  KL and induce are priced near one pass over the prompts:
+the prompts minus their decision token are prefilled once and every candidate runs one token
+per row (`shared_prefix`; the same numbers as a full forward per candidate).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from steerpeft.errors import ConfigError, SelectionError, SteeringWarning
+from steerpeft.evaluation.decision_prefix import DecisionPrefix
 from steerpeft.evaluation.first_token import first_token_refusal_score, refusal_token_ids
 from steerpeft.evaluation.kl import first_token_kl
 from steerpeft.evaluation.runs import decision_logits
@@ -50,6 +57,7 @@ class MarsSelector(LayerSelector):
     tau_quantile: float = 0.95
     form: str = "traversal"
     on_no_layer: str = "fail"
+    shared_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.on_no_layer not in NO_LAYER_CHOICES:
@@ -70,7 +78,8 @@ class MarsSelector(LayerSelector):
         harmless_prompts = data.prompts.get("negative_validation") or data.prompts["negative"]
         batches = list(data.services.text_batches(list(harmless_prompts.prompts)))
         refusal_ids = refusal_token_ids(data.tokenizer)
-        base_logits = _decision_logits(data.model, batches)
+        logits_under = _logits_function(data.model, batches, self.shared_prefix)
+        base_logits = logits_under(None)
         base_scores = first_token_refusal_score(base_logits, refusal_ids)
         table: list[dict[str, Any]] = []
         for layer in self.candidate_layers(data.layout.num_layers):
@@ -79,8 +88,8 @@ class MarsSelector(LayerSelector):
             t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
             t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
             neutral = stats.gate_values(region, layer, "check")
-            induce_logits = _decision_logits(data.model, batches, _push_to_harmful(data, layer, region))
-            mars_logits = _decision_logits(data.model, batches, _mars_plan(data, layer, region, tau, self.form))
+            induce_logits = logits_under(_push_to_harmful(data, layer, region))
+            mars_logits = logits_under(_mars_plan(data, layer, region, tau, self.form))
             row = {
                 "layer": layer,
                 "separation": auroc(t_pos, t_neg),
@@ -139,11 +148,27 @@ def no_layer_message(table: list[dict[str, Any]], limits: dict[str, float]) -> s
     return "\n".join(lines)
 
 
-def _decision_logits(model: Any, batches: list[dict[str, torch.Tensor]], plan: Plan | None = None) -> torch.Tensor:
-    if plan is None:
-        return torch.cat([decision_logits(model, batch) for batch in batches])
-    with plan.apply(model):
-        return torch.cat([decision_logits(model, batch) for batch in batches])
+def _logits_function(model: Any, batches: list[dict[str, torch.Tensor]], shared_prefix: bool
+                     ) -> Callable[[Plan | None], torch.Tensor]:
+    """Decision logits of the harmless validation prompts under a decision-position plan (None: unsteered).
+
+    With `shared_prefix` the prompts minus their decision token are prefilled once and each plan
+    runs one token per row (`DecisionPrefix`: the same logits, a small fraction of the cost); models
+    whose positions a prefix cannot reproduce (multimodal rope state) fall back to full forwards.
+    """
+    if shared_prefix:
+        try:
+            prefix = DecisionPrefix(model, batches)
+        except ConfigError:
+            prefix = None
+        if prefix is not None:
+            return lambda plan: prefix.logits(plan).float().cpu()
+
+    def full_forwards(plan: Plan | None) -> torch.Tensor:
+        with plan.apply(model) if plan is not None else contextlib.nullcontext():
+            return torch.cat([decision_logits(model, batch) for batch in batches]).float().cpu()
+
+    return full_forwards
 
 
 def _push_to_harmful(data: FitData, layer: int, region: LayerRegion) -> Plan:

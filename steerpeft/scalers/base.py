@@ -9,6 +9,7 @@ and get `observe` calls; per-row decisions live in the forward context's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,6 +43,17 @@ class Scaler(Component):
 
     def strength(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> float | torch.Tensor:
         raise NotImplementedError
+
+    def rows_steered(self, states: Mapping[int, torch.Tensor], layer: int, modality: torch.Tensor | None,
+                     margin: float) -> torch.Tensor | None:
+        """Bool [rows]: rows this scaler may give a nonzero strength at the decision position, or None (any row).
+
+        Read from each row's unsteered decision-position states (`states[layer]`, [rows, hidden]) and its
+        modality.  A threshold decision counts rows within `margin` of it as steered, so float noise between
+        how the states were recorded and how the hook sees them never hides a steered row.  Evaluation uses
+        it to reuse the unsteered answers of rows a decision-position plan cannot change.
+        """
+        return None
 
     def shift(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor | None:
         """An offset removed from the steered activation itself (re-centering 'shift' mode), or None."""

@@ -7,6 +7,7 @@ at prefill and reused by every cached decoding step of the row.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,15 @@ class ConditionalScaler(Scaler):
         if flags is None:
             raise RuntimeError("conditional scaler: the condition layer did not run before the steered layer.")
         return self.alpha * flags.to(hidden.device, hidden.dtype)
+
+    def rows_steered(self, states: Mapping[int, torch.Tensor], layer: int, modality: torch.Tensor | None,
+                     margin: float) -> torch.Tensor | None:
+        condition = self._layer()
+        if condition not in states:
+            return None
+        projection = states[condition].float() @ self._unit_on(states[condition])
+        threshold = float(self.threshold)  # type: ignore[arg-type]
+        return (projection > threshold - margin if self.when == "above" else projection < threshold + margin).cpu()
 
     def _unit_on(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._unit is None:

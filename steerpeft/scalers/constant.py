@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,3 +26,9 @@ class ConstantScaler(Scaler):
 
     def strength(self, hidden: torch.Tensor, layer: int, fc: object) -> float:
         return self.alpha
+
+    def rows_steered(self, states: Mapping[int, torch.Tensor], layer: int, modality: torch.Tensor | None,
+                     margin: float) -> torch.Tensor | None:
+        if self.alpha != 0.0:
+            return None
+        return torch.zeros(next(iter(states.values())).shape[0], dtype=torch.bool)
