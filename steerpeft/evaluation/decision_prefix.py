@@ -299,6 +299,15 @@ def rows_modality(model: nn.Module, input_ids: Sequence[torch.Tensor], rows: tor
         handle.remove()
 
 
+def prefix_supported(model: nn.Module) -> bool:
+    """Whether a prefix of this model's prompts can be prefilled apart from the decision token.
+
+    Models that keep multimodal rope state between forwards (Qwen2-VL's `rope_deltas`) cannot:
+    the positions of a lone decision token would not be the plain ones.
+    """
+    return not _keeps_rope_state(unwrap_model(model))
+
+
 def _keeps_rope_state(model: nn.Module) -> bool:
     inner = getattr(model, "model", None)
     return hasattr(model, "rope_deltas") or (inner is not None and hasattr(inner, "rope_deltas"))

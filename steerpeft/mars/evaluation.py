@@ -21,7 +21,6 @@ from steerpeft.inputs.batches import available_modalities, modality_batches
 from steerpeft.inputs.modality import Modality
 from steerpeft.inputs.text import model_device
 from steerpeft.interventions import AddDirection
-from steerpeft.mars.calibration import gate_values_of
 from steerpeft.mars.scaler import TrustRegionScaler
 from steerpeft.plan import Plan, SteeringStep
 from steerpeft.positions import AllTokens, DecisionPosition
@@ -101,6 +100,13 @@ def conditions(plan: Plan, model: Any, name: str = "steered", ablations: bool = 
 
 
 @torch.no_grad()
+def decision_states(model: Any, batches: list[dict[str, torch.Tensor]], layer: int) -> torch.Tensor:
+    """Each row's unsteered decision-position state [rows, hidden] at `layer` (float32)."""
+    recorder = ActivationRecorder(model, resolve_layout(model), [layer], DecisionPosition())
+    return recorder.record(batches).prompts(layer)
+
+
+@torch.no_grad()
 def gate_values(plan: Plan, model: Any, batches: list[dict[str, torch.Tensor]], modality: str,
                 recenter: bool = True) -> torch.Tensor:
     """t of each row at the plan's MARS layer (decision position), as the gate sees it."""
@@ -108,8 +114,5 @@ def gate_values(plan: Plan, model: Any, batches: list[dict[str, torch.Tensor]], 
     if step is None:
         raise ValueError("The plan has no trust-region step, so it has no gate values.")
     layer = step.layers[0]
-    scaler: TrustRegionScaler = step.scaler
-    region = scaler.regions[layer]
-    recorder = ActivationRecorder(model, resolve_layout(model), [layer], DecisionPosition())
-    states = recorder.record(batches).prompts(layer)
-    return gate_values_of(states, region, Modality.named(modality) if recenter and scaler.recenter != "none" else Modality.TEXT)
+    row = torch.tensor(int(Modality.named(modality))) if recenter else None
+    return step.scaler.gate_of_states(layer, decision_states(model, batches, layer), row)

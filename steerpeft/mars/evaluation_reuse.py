@@ -22,12 +22,13 @@ not steer the decision position only are refused (use `evaluate`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from steerpeft.architectures import resolve_layout, unwrap_model
+from steerpeft.callbacks import Callback, Runner, call_hook, stage
 from steerpeft.errors import ConfigError
 from steerpeft.evaluation.decision_prefix import (
     SEQUENCE_KEYS,
@@ -35,7 +36,7 @@ from steerpeft.evaluation.decision_prefix import (
     DecisionPrefix,
     require_decision_plan,
 )
-from steerpeft.evaluation.evaluate import UNSTEERED, EvalReport, SetResult, _set_result
+from steerpeft.evaluation.evaluate import UNSTEERED, EvalReport, Evaluation, SetResult, _set_result
 from steerpeft.evaluation.first_token import first_token_refusal_score, refusal_token_ids
 from steerpeft.evaluation.kl import first_token_kl
 from steerpeft.evaluation.reuse import DEFAULT_MARGIN, GenerationPrefix, generate_rows, rows_plan_can_change
@@ -88,6 +89,8 @@ def evaluate_mars(
     margin: float = DEFAULT_MARGIN,
     prefix_rows: int = 256,
     stats: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+    runner: Runner | None = None,
 ) -> EvalReport:
     """The MARS conditions on every set, as `evaluate` would score them (see the module docstring).
 
@@ -100,6 +103,7 @@ def evaluate_mars(
     `rows` (rows per condition), and `states[set_name][layer]`, the unsteered decision states
     [rows, hidden] of the plan's layers (the gate values t of the report follow from them with
     `TrustRegionScaler.gate_of_states`, no second recording needed).
+    `callbacks` get the evaluation hooks (one condition stage, "all conditions", a tick per batch).
     """
     require_decision_plan(plan)
     if name == UNSTEERED:
@@ -116,6 +120,28 @@ def evaluate_mars(
     names = [UNSTEERED, *variants, *([everywhere[0]] if everywhere else [])]
     rows: dict[str, dict[str, SetResult]] = {condition: {} for condition in names}
     counts = {condition: 0 for condition in names}
+    runner = runner or Evaluation()
+    stage_name = f"{len(names)} conditions"
+    batch_count = sum(len(list(batches)) for batches in sets.values())
+    with stage(callbacks, runner, "evaluate"):
+        call_hook(callbacks, runner, "on_evaluate_start", conditions=names, total=batch_count)
+        call_hook(callbacks, runner, "on_condition_start", condition=stage_name, total=batch_count)
+        report = _evaluate_sets(model, processor, sets, plan, variants, everywhere, names, plain_name, token_ids,
+                                layers, rows, counts, generate, max_new_tokens, share_prefill, stack, margin,
+                                prefix_rows, stats, lambda set_name, size: call_hook(
+                                    callbacks, runner, "on_eval_batch_end", condition=stage_name, set_name=set_name,
+                                    rows=size))
+        call_hook(callbacks, runner, "on_condition_end", condition=stage_name)
+        call_hook(callbacks, runner, "on_evaluate_end", report=report)
+    return report
+
+
+def _evaluate_sets(model: Any, processor: Any, sets: Mapping[str, Sequence[dict[str, torch.Tensor]]], plan: Plan,
+                   variants: dict[str, Plan], everywhere: tuple[str, Plan] | None, names: list[str],
+                   plain_name: str, token_ids: Any, layers: list[int], rows: dict[str, dict[str, SetResult]],
+                   counts: dict[str, int], generate: bool, max_new_tokens: int, share_prefill: bool, stack: bool,
+                   margin: float, prefix_rows: int, stats: dict[str, Any] | None,
+                   on_batch: Callable[[str, int], None]) -> EvalReport:
     total = 0
     for set_name, batches in sets.items():
         batches = list(batches)
@@ -133,6 +159,10 @@ def evaluate_mars(
                 for condition in names:
                     texts[condition] += answers[condition]
                     counts[condition] += generated[condition]
+                on_batch(set_name, int(batch["input_ids"].shape[0]))
+        else:
+            for batch in batches:
+                on_batch(set_name, int(batch["input_ids"].shape[0]))
         for condition in names:
             scores = first_token_refusal_score(logits[condition], token_ids).tolist()
             kls = None if condition == UNSTEERED else first_token_kl(logits[UNSTEERED], logits[condition]).tolist()

@@ -84,7 +84,10 @@ class EvalOptions:
     `prompts`: "test" (the split no fit decision saw; the validation split when the recipe holds
     out none), "validation" (the split that chose the layer and calibrated the scaler), "train", "all", or a mapping
     `{positive: SOURCE, negative: SOURCE, limit: N, column: NAME}` of prompt sources.
-    `batch_size`: None = the fit's batch size.
+    `batch_size`: None = the fit's batch size.  `reuse`: a MARS plan that steers the decision
+    position only reuses the unsteered answers of rows whose gate stays closed (identical by
+    construction) and prefills each prompt once for every condition; false runs every condition
+    in full (slower, the same numbers).
     """
 
     generate: bool = True
@@ -92,6 +95,7 @@ class EvalOptions:
     prompts: Any = "test"
     batch_size: int | None = None
     ablations: bool = True
+    reuse: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:

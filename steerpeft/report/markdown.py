@@ -172,6 +172,11 @@ def _results(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
         f"Answers are greedy, at most {evaluation.get('max_new_tokens')} new tokens, judged by keyword "
         "(an answer containing a refusal phrase counts as a refusal)." if generated else
         "Generation was off: only first-token scores and KL were measured."))
+    reuse = evaluation.get("reuse")
+    if reuse and generated:
+        counts = ", ".join(f"{condition} {count}" for condition, count in reuse["generated"].items())
+        lines.append(f"Rows a decision-position plan cannot change (a closed gate) reuse the unsteered answer, which "
+                     f"they would repeat bit for bit; rows generated per condition, of {reuse['rows']}: {counts}.")
     lines.append("")
     titles = {"text": "Text only", "image": "Text + neutral image", "video": "Text + neutral video"}
     for modality in modalities:

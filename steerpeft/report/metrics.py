@@ -173,8 +173,11 @@ def plan_section(plan: Plan) -> dict[str, Any]:
 
 
 def eval_section(report: EvalReport, *, steered: str, prompts: Mapping[str, Sequence[str]], source: str,
-                 generate: bool, max_new_tokens: int) -> dict[str, Any]:
-    """The summary table plus every per-prompt result (answers, judge verdicts, first-token scores)."""
+                 generate: bool, max_new_tokens: int, reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The summary table plus every per-prompt result (answers, judge verdicts, first-token scores).
+
+    `reuse`: rows per condition that were generated (the others reused the unsteered answers, which
+    they repeat bit for bit), when the evaluation reused work."""
     rows = report.rows
     first = next(iter(rows.values()))
     return {
@@ -187,6 +190,7 @@ def eval_section(report: EvalReport, *, steered: str, prompts: Mapping[str, Sequ
         "conditions": list(rows),
         "sets": list(first),
         "table": report.table(),
+        "reuse": dict(reuse) if reuse is not None else None,
         "per_prompt": {
             condition: {
                 name: {"refusals": result.refusals, "scores": result.scores, "texts": result.texts}

@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from steerpeft.architectures import resolve_layout
-from steerpeft.callbacks import Callback, Runner
+from steerpeft.callbacks import Callback, ProgressBar, Runner
 from steerpeft.data import load_prompts
 from steerpeft.evaluation import EvalReport, evaluate
+from steerpeft.evaluation.decision_prefix import prefix_supported
 from steerpeft.inputs.batches import available_modalities
-from steerpeft.mars.evaluation import conditions, eval_sets, gate_values, mars_step
+from steerpeft.inputs.modality import Modality
+from steerpeft.mars.evaluation import conditions, decision_states, eval_sets, mars_step
+from steerpeft.mars.evaluation_reuse import evaluate_mars
 from steerpeft.mars.settings import MediaOptions
 from steerpeft.plan import Plan
+from steerpeft.positions import DecisionPosition
 from steerpeft.provenance import model_id
 from steerpeft.recipes import EvalOptions, Recipe
 from steerpeft.report.metrics import gate_summary, step_tau
@@ -83,24 +89,42 @@ def evaluate_plan(
     plan: Plan, model: Any, processor: Any, harmful: Sequence[str], harmless: Sequence[str], *, name: str,
     options: EvalOptions, batch_size: int, media: MediaOptions | None = None, progress: bool = True,
     callbacks: Sequence[Callback] | None = None, runner: Runner | None = None,
-) -> tuple[EvalReport, dict[str, Any] | None, list[str]]:
+) -> tuple[EvalReport, dict[str, Any] | None, list[str], dict[str, Any] | None]:
     """Evaluate `plan` (and its ablations) on every modality the model takes; gate values for MARS plans.
 
-    Returns (report, gate section or None, modalities).
+    A MARS plan that steers the decision position only is evaluated with `evaluate_mars` (unless
+    `eval.reuse` is off, or the model's positions cannot be prefilled): the same report, but rows
+    whose gate stays closed reuse the unsteered answers, which they would repeat bit for bit.
+    Returns (report, gate section or None, modalities, what was reused or None).
     """
     sets, modalities = media_sets(model, processor, harmful, harmless, batch_size=batch_size, media=media)
-    report = evaluate(model, processor, sets, conditions(plan, model, name=name, ablations=options.ablations),
-                      generate=options.generate, max_new_tokens=options.max_new_tokens, progress=progress,
-                      callbacks=callbacks, runner=runner)
     step = mars_step(plan)
+    callbacks = [ProgressBar(disable=None if progress else True)] if callbacks is None else list(callbacks)
+    reuse: dict[str, Any] | None = None
+    if options.reuse and step is not None and prefix_supported(model) and \
+            all(isinstance(s.positions, DecisionPosition) for s in plan.steps):
+        stats: dict[str, Any] = {}
+        report = evaluate_mars(model, processor, sets, plan, name=name, ablations=options.ablations,
+                               generate=options.generate, max_new_tokens=options.max_new_tokens, stats=stats,
+                               callbacks=callbacks, runner=runner)
+        reuse = {"rows": stats["rows"], "generated": stats["generated"]}
+    else:
+        stats = {}
+        report = evaluate(model, processor, sets, conditions(plan, model, name=name, ablations=options.ablations),
+                          generate=options.generate, max_new_tokens=options.max_new_tokens, callbacks=callbacks,
+                          runner=runner)
     gate = None
     if step is not None and step_tau(step) is not None:
         tau = float(step_tau(step))  # type: ignore[arg-type]
-        gate = {"layer": step.layers[0], "tau": tau, "sets": {}}
+        layer = step.layers[0]
+        gate = {"layer": layer, "tau": tau, "sets": {}}
         for set_name, batches in sets.items():
-            modality = set_name.split("/", 1)[1]
-            recentered = gate_values(plan, model, batches, modality, recenter=True)
-            raw = gate_values(plan, model, batches, modality, recenter=False) if modality != "text" else None
+            modality = Modality.named(set_name.split("/", 1)[1])
+            recorded = (stats.get("states") or {}).get(set_name, {}).get(layer)
+            if recorded is None:  # no shared prefix: record the decision states once
+                recorded = decision_states(model, batches, layer)
+            recentered = step.scaler.gate_of_states(layer, recorded, torch.tensor(int(modality)))
+            raw = step.scaler.gate_of_states(layer, recorded, None) if modality is not Modality.TEXT else None
             gate["sets"][set_name] = {"recentered": gate_summary(recentered, tau),
                                       "raw": None if raw is None else gate_summary(raw, tau)}
-    return report, gate, modalities
+    return report, gate, modalities, reuse

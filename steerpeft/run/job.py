@@ -137,7 +137,7 @@ def run_recipe(
 
         say(progress, f"[4/6] evaluating on {len(harmful)} harmful + {len(harmless)} harmless prompts ...")
         tick = time.perf_counter()
-        report, gate, modalities = evaluate_plan(plan, model, processor, harmful, harmless, name=recipe.name,
+        report, gate, modalities, reuse = evaluate_plan(plan, model, processor, harmful, harmless, name=recipe.name,
                                                  options=options, batch_size=eval_batch_size(recipe),
                                                  media=recipe.section("media"), progress=progress,
                                                  callbacks=job.callbacks, runner=job)
@@ -149,7 +149,8 @@ def run_recipe(
             model_record=model_section(model, modalities), prompts={"harmful": harmful, "harmless": harmless},
             prompt_source=source,
             eval_record=eval_section(report, steered=recipe.name, prompts={"harmful": harmful, "harmless": harmless},
-                                     source=source, generate=options.generate, max_new_tokens=options.max_new_tokens),
+                                     source=source, generate=options.generate, max_new_tokens=options.max_new_tokens,
+                                     reuse=reuse),
             command=command_line(command), started=started, timings=timings, preflight=profile.to_dict(),
             files_record={"plan": "plan", "log": "metrics.jsonl", "recipe": "recipe.yaml", "report": "report.md",
                           "metrics": "metrics.json", "plots": {}},

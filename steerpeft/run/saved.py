@@ -112,7 +112,7 @@ def evaluate_saved(
         media, batch_size = recipe.section("media"), eval_batch_size(recipe)
         if plan is not None:
             steered = str(plan.metadata.get("recipe_name") or recipe.name)
-            report, gate, modalities = evaluate_plan(plan, model, processor, harmful, harmless, name=steered,
+            report, gate, modalities, reuse = evaluate_plan(plan, model, processor, harmful, harmless, name=steered,
                                                      options=options, batch_size=batch_size, media=media,
                                                      progress=progress, callbacks=job.callbacks, runner=job)
             adapter: dict[str, Any] = {}
@@ -122,7 +122,7 @@ def evaluate_saved(
             report = evaluate(model, processor, sets, {"unsteered": None, steered: lambda: applied_adapter(model, folder)},
                               generate=options.generate, max_new_tokens=options.max_new_tokens, progress=progress,
                               callbacks=job.callbacks, runner=job)
-            gate = None
+            gate, reuse = None, None
             adapter = {"status": "evaluated", "path": str(folder), "kind": adapter_meta.get("kind"),
                        "peft_type": adapter_config.get("peft_type"), "message": "the adapter given to steerpeft eval"}
         timings["eval_s"] = time.perf_counter() - tick
@@ -135,7 +135,7 @@ def evaluate_saved(
             model=model, processor=processor, plan=plan, report=report, gate=gate,
             model_record=model_section(model, modalities), prompts=prompts, prompt_source=source,
             eval_record=eval_section(report, steered=steered, prompts=prompts, source=source,
-                                     generate=options.generate, max_new_tokens=options.max_new_tokens),
+                                     generate=options.generate, max_new_tokens=options.max_new_tokens, reuse=reuse),
             command=command_line(command), started=started, timings=timings, adapter=adapter,
             files_record=files_record,
         )
