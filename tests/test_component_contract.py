@@ -38,6 +38,11 @@ SAMPLE_OPTIONS = {
 }
 
 
+def _misspelt(name: str) -> str:
+    """`name` with its last letter changed (never the same name)."""
+    return name[:-1] + ("y" if name[-1] != "y" else "z")
+
+
 def _options(component: object) -> list[str]:
     return [f.name for f in dataclasses.fields(component) if f.init]  # type: ignore[arg-type]
 
@@ -60,7 +65,7 @@ def test_a_misspelt_option_is_refused_with_a_suggestion(registry, name) -> None:
         return
     wanted = max(options, key=len)
     with pytest.raises(ConfigError, match=f"Did you mean '{wanted}'"):
-        registry.build(name, {wanted[:-1] + "x": 1})
+        registry.build(name, {_misspelt(wanted): 1})
 
 
 @pytest.mark.parametrize("name", CALLBACK_NAMES)
@@ -71,7 +76,7 @@ def test_callbacks_rebuild_from_their_fields(name, tmp_path) -> None:
     assert CALLBACKS.build(name, fields) == callback
     wanted = max(fields, key=len)
     with pytest.raises(ConfigError, match=f"Did you mean '{wanted}'"):
-        CALLBACKS.build(name, {wanted[:-1] + "x": 1})
+        CALLBACKS.build(name, {_misspelt(wanted): 1})
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,7 @@ def test_recipe_sections_take_their_fields_and_refuse_others(key) -> None:
     assert [f.name for f in dataclasses.fields(defaults) if f.init] == section_keys(key)
     wanted = max(section_keys(key), key=len)
     with pytest.raises(ConfigError, match=f"Did you mean '{wanted}'"):
-        read_section({key: {wanted[:-1] + "x": 1}}, key)
+        read_section({key: {_misspelt(wanted): 1}}, key)
 
 
 def test_the_fitted_gate_has_state_to_round_trip(fitted_scalers) -> None:
