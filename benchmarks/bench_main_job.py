@@ -44,6 +44,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -491,12 +492,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the stages; the results are written even when a stage fails (`complete: false`, `error`)."""
     args = parse(argv)
     results: dict[str, Any] = {"benchmark": "main_job", "environment": B.environment(args.device), "complete": False}
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` sends SIGTERM: keep what was measured
     try:
         measure(args, results)
     except BaseException as error:
         results["error"] = f"{type(error).__name__}: {error}"[:2000]
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         results["environment"]["load_average_end"] = _load()
         B.write_results(results, args.out)
     for name, target in results["targets"].items():
@@ -601,6 +604,10 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
     results["ratios_to_floor"], results["targets"] = ratios_and_targets(
         clock.stages, results["settings"]["primary_unit"], differ, jobs)
     results["complete"] = True
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _load() -> list[float] | None:

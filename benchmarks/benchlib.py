@@ -371,8 +371,12 @@ def build_qwen_vl(device: torch.device, dtype: torch.dtype, tokenizer_dir: str |
     frames are 448 x 448 (`steerpeft.inputs.media.DYNAMIC_RESOLUTION_SIDE`): 256 tokens per image,
     256 per two frames.  `Loaded.tokenizer` is the processor.
     """
+    import importlib.util
+
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    if importlib.util.find_spec("torchvision") is None:
+        raise SystemExit("7b-vl needs torchvision: the Qwen-VL processor's video side imports it (pip install torchvision).")
     from steerpeft.models.qwen_vl_shaped import qwen_vl_config, qwen_vl_processor, qwen_vl_tokenizer
 
     _check_tokenizer_folder(tokenizer_dir)

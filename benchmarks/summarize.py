@@ -219,6 +219,8 @@ def hooks_section(result: dict[str, Any]) -> list[str]:
 
 def main_job_section(result: dict[str, Any]) -> list[str]:
     """The main job's stages, their ratios to the floors, the targets and the equality checks."""
+    if "settings" not in result:
+        return [f"### Main job: `{result['_file']}` failed before any stage: {result.get('error', '?')}", ""]
     s = result["settings"]
     rows_total = sum(s["eval_rows"].values())
     size = f"{s['parameters'] / 1e9:.2f} B parameters" if s["parameters"] >= 1e8 else f"{s['parameters']:,} parameters"
@@ -249,6 +251,8 @@ def main_job_section(result: dict[str, Any]) -> list[str]:
             targets.append([f"`{name}`", f"<= {fmt(float(entry['seconds_max']), 0)} s", f"{fmt(entry['wall_s'])} s wall",
                             f"{fmt(entry['cpu_s'])} s CPU", fmt(entry["met_wall"])])
     lines += table(["target", "limit", "measured", "other unit", "met"], targets)
+    if result.get("error"):
+        lines += [f"**Stopped by `{result['error']}`.**", ""]
     lines += main_job_checks(result.get("checks", {}))
     for name, job in result.get("jobs", {}).items():
         timings = ", ".join(f"{k} {fmt(v)}" for k, v in job.get("timings", {}).items())
