@@ -388,7 +388,7 @@ def run_job(threads: int | None, cold: bool) -> dict[str, Any]:
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        result: dict[str, Any] = {"command": shlex.join(command[:5] + ["DIR", "-q"]), "cold_cache": cold,
+        result: dict[str, Any] = {"command": shlex.join(["python", *command[1:5], "DIR", "-q"]), "cold_cache": cold,
                                   "returncode": done.returncode, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                                   "threads": threads}
         metrics = out / "metrics.json"
