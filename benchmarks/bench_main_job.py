@@ -410,30 +410,35 @@ def ratio_entry(stage: dict[str, float], floor: dict[str, float]) -> dict[str, f
     return {unit: round(B.ratio(stage[unit], floor[unit]), 3) for unit in UNITS}
 
 
-def ratios_and_targets(stages: dict[str, dict[str, Any]], unit: str, differ: list[str],
+def ratios_and_targets(stages: dict[str, dict[str, Any]], unit: str, differ: list[str] | None,
                        jobs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    forward, generate = stages["floor_forward"], stages["floor_generate"]
+    """Each stage over its floor, and the targets of what was measured (a run cut short has fewer).
+
+    `differ`: the evaluation conditions that generated any row (None: no evaluation yet).
+    """
+    forward, generate = stages.get("floor_forward"), stages.get("floor_generate")
     ratios: dict[str, Any] = {}
     for name, entry in stages.items():
-        if name.startswith(("fit", "floor_forward_media")):
+        if forward and name.startswith(("fit", "floor_forward_media")):
             ratios[name] = ratio_entry(entry, forward)
-        elif name.startswith("eval") and name != "eval_inputs":
+        elif generate and name.startswith("eval") and name != "eval_inputs":
             ratios[name] = ratio_entry(entry, generate)
-    if "floor_forward_media" in stages:
+    if forward and "floor_forward_media" in stages and "fit" in stages:
         both = {u: forward[u] + stages["floor_forward_media"][u] for u in UNITS}
         ratios["fit (floor: text + media prompts)"] = ratio_entry(stages["fit"], both)
+    other = "cpu_s" if unit == "wall_s" else "wall_s"
     targets: dict[str, Any] = {}
-    for name, stage, limit in (("fit", "fit", FIT_TARGET), ("sweep", "fit.sweep", SWEEP_TARGET),
-                               ("eval", "eval", 1.0 + len(differ))):
-        measured = ratios[stage][unit]
-        targets[name] = {"stage": stage, "ratio_max": limit, "ratio": measured, "unit": unit, "met": measured <= limit,
-                         "other_unit_ratio": ratios[stage]["cpu_s" if unit == "wall_s" else "wall_s"]}
-    targets["eval"]["conditions_that_differ"] = differ
-    if "floor_forward_media" in stages:  # the fit also records neutral-media prompts: their forward too
-        measured = ratios["fit (floor: text + media prompts)"]
-        targets["fit_vs_all_prompts"] = {"stage": "fit", "ratio_max": FIT_TARGET, "ratio": measured[unit], "unit": unit,
-                                         "met": measured[unit] <= FIT_TARGET,
-                                         "other_unit_ratio": measured["cpu_s" if unit == "wall_s" else "wall_s"]}
+    goals = [("fit", "fit", FIT_TARGET), ("sweep", "fit.sweep", SWEEP_TARGET),
+             ("fit_vs_all_prompts", "fit (floor: text + media prompts)", FIT_TARGET)]
+    if differ is not None:
+        goals.append(("eval", "eval", 1.0 + len(differ)))
+    for name, stage, limit in goals:
+        if stage in ratios:
+            measured = ratios[stage]
+            targets[name] = {"stage": stage, "ratio_max": limit, "ratio": measured[unit], "unit": unit,
+                             "met": measured[unit] <= limit, "other_unit_ratio": measured[other]}
+    if "eval" in targets:
+        targets["eval"]["conditions_that_differ"] = differ
     for name, limit in (("job", JOB_TARGET_S), ("job_cold", JOB_COLD_TARGET_S)):
         if name in jobs and jobs[name]["returncode"] == 0:
             job = jobs[name]
@@ -500,9 +505,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if "settings" in results:
+            differ = results["checks"].get("eval", {}).get("conditions_that_differ")
+            results["ratios_to_floor"], results["targets"] = ratios_and_targets(
+                results["stages"], results["settings"]["primary_unit"], differ, results.get("jobs", {}))
         results["environment"]["load_average_end"] = _load()
         B.write_results(results, args.out)
-    for name, target in results["targets"].items():
+    for name, target in results.get("targets", {}).items():
         B.log(f"target {name}: {json.dumps(target)}")
     return results
 
@@ -601,8 +610,6 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
         if args.job_cold:
             jobs["job_cold"] = run_job(args.threads, cold=True)
     results["jobs"] = jobs
-    results["ratios_to_floor"], results["targets"] = ratios_and_targets(
-        clock.stages, results["settings"]["primary_unit"], differ, jobs)
     results["complete"] = True
 
 
