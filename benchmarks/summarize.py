@@ -242,7 +242,8 @@ def main_job_section(result: dict[str, Any]) -> list[str]:
     targets = []
     for name, entry in result.get("targets", {}).items():
         if "ratio_max" in entry:
-            limit = f"<= {fmt(float(entry['ratio_max']), 1)} x floor"
+            floor = "text + media forward floors" if "media" in entry["stage"] else "floor"
+            limit = f"<= {fmt(float(entry['ratio_max']), 1)} x {floor}"
             extra = (f" ({len(entry['conditions_that_differ'])} conditions can differ)"
                      if "conditions_that_differ" in entry else "")
             targets.append([f"`{name}`", limit + extra, f"{fmt(entry['ratio'], 2)} ({entry['unit']})",
