@@ -1,34 +1,60 @@
 """The main job (`steerpeft run` with the `mars` recipe), stage by stage, priced against its floors.
 
-Stages, each timed (wall and process CPU seconds) in one process on the same model:
+Every stage runs the product's own code (no patched internals), in one process, on one model, and is
+timed in wall and process-CPU seconds (the device synchronised around each stage):
 
-- `floor_forward`: one plain forward over the fit prompts (`use_cache=False`, logits of the last
-  column only, the fit's batches): the fit's floor;
-- `fit_today` / `fit_fast`: `Steerer.fit` of the recipe's step; `fast` swaps the MARS selector's
-  per-candidate full forwards for one `DecisionPrefix` (one token per candidate plan).  Split into
-  `recording` (every split) and `sweep` (the selector) from the fit callbacks;
-- `floor_generate`: one unsteered greedy generation pass over the evaluation sets (the eval floor);
-- `eval_today`: `evaluate` with the MARS conditions + the gate values, as `evaluate_plan` runs them;
-- `eval_reuse_*`: `evaluate_mars` (decision prefix, only rows whose gate is open regenerated, gate
-  values from its recorded states): `rows` one call per condition, `rows_prefill` also sharing the
-  prompt prefill, `stacked` also generating the unsteered and decision-position conditions in one call.
+- `floor_forward`: one plain forward over the prompts the recipe's fit records (training and
+  validation splits, in the fit's batches; `use_cache=False`, `logits_to_keep=1`).  For
+  vision-language models also `floor_forward_media`: the neutral-media prompts the fit records;
+- `fit`: `recipe.fit(model, processor, callbacks=[timer])`, split from its callbacks into
+  `fit.recording_text` / `fit.recording_media` (recording per split), `fit.sweep` (the MARS
+  selector's scores: separation, KL, induce, false triggers; its media recording excluded),
+  `fit.calibrate` and `fit.rest`;
+- `fit_slow` (`--compare`): the same with `steps.0.selector.shared_prefix=false` (one full
+  forward per candidate plan); checks the same layer and table;
+- `floor_generate`: one unsteered greedy generation over the evaluation sets the run builds
+  (`steerpeft.run.evaluation.media_sets`: every modality the model takes, `eval.max_new_tokens`);
+- `eval`: `evaluate_plan` as the run calls it (`eval.reuse` on), gate values included;
+- `eval_slow` (`--compare`): `eval.reuse=false`; checks answers, scores, KL and gate values;
+- `job` (`--job`, smollm2): `python -m steerpeft run mars` in a fresh process, as a user runs it
+  (model conversion cached); `--job-cold` once more with an empty model cache (conversion included).
 
-Checks: the fast fit picks the same layer (per-layer KL / induce differences reported), and the
-fast evaluation gives the same answers, scores and KL as today's (counts and max differences).
+Targets (issue 13): fit <= 3 x `floor_forward`; the sweep's scores <= 1 x `floor_forward`; eval <=
+(1 + conditions that can differ) x `floor_generate`, a condition "can differ" when it generated
+any row (the rest reuse answers already made); the whole job <= 120 s wall on a quiet 2-core CPU
+(<= 180 s with the conversion).  Ratios use CPU seconds on the CPU and wall seconds on a GPU.
 
-    python benchmarks/bench_main_job.py --model smollm2 --threads 1 --out main-job-smollm2.json
-    python benchmarks/bench_main_job.py --smoke          # tiny model, seconds (CI)
+Models: `smollm2` (the embedded SmolLM2-135M, the main job on a CPU); `tiny` (a random 4-layer
+Llama with a word tokenizer built from the recipe's prompts: smoke); `7b-text` (random weights of
+Qwen2.5-7B-Instruct's shape) and `7b-vl` (Qwen2.5-VL-7B's shape, text + neutral image + neutral
+video), both built on the device with the real Qwen2.5 tokenizer from `--tokenizer`
+(`benchmarks/copy_qwen_tokenizer.py` copies it); `--dry-run` shrinks their widths for a CPU check.
+
+    python benchmarks/bench_main_job.py --model smollm2 --compare --job --threads 1 --out main-job-smollm2.json
+    python benchmarks/bench_main_job.py --model 7b-text --compare --out main-job-7b-text.json      # GPU
+    python benchmarks/bench_main_job.py --model 7b-vl --out main-job-7b-vl.json                    # GPU
+    python benchmarks/bench_main_job.py --model 7b-vl --dry-run --device cpu                       # CPU check
+    python benchmarks/bench_main_job.py --smoke                                                    # CI, seconds
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 
@@ -36,298 +62,566 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B
 
 from steerpeft.callbacks import Callback
-from steerpeft.evaluation import evaluate, generate_texts
-from steerpeft.evaluation.decision_prefix import DecisionPrefix
-from steerpeft.evaluation.reuse import trust_region_t
-from steerpeft.mars.evaluation import conditions, eval_sets, gate_values, mars_step
-from steerpeft.mars.evaluation_reuse import evaluate_mars
-from steerpeft.recipes import load_recipe
+from steerpeft.errors import SteeringWarning
+from steerpeft.evaluation import generate_texts
+from steerpeft.evaluation.decision_prefix import prefix_supported
+from steerpeft.inputs.batches import available_modalities, modality_batches
+from steerpeft.inputs.modality import Modality
+from steerpeft.recipes import Recipe, load_recipe
+from steerpeft.run.evaluation import eval_batch_size, eval_prompts, evaluate_plan, media_sets
 
-TARGETS = {"fit_fast": 3.0, "sweep_fast": 1.0}
-"""Ratios to the forward floor; the evaluation's target is (1 + conditions that can differ) x the generation floor."""
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("smollm2", "tiny", "7b-text", "7b-vl")
+FIT_TARGET, SWEEP_TARGET = 3.0, 1.0
+"""Ratios to `floor_forward`; the evaluation's target is (1 + conditions that can differ) x `floor_generate`."""
+JOB_TARGET_S, JOB_COLD_TARGET_S = 120.0, 180.0
+RANDOM_WEIGHTS = ["steps.0.selector.on_no_layer=best"]
+"""Random weights do not refuse: no layer is within MARS's limits, so take the best-separating one."""
+SMOKE = ["data.limit=24", "eval.max_new_tokens=4"]
+DRY_RUN = ["data.limit=16", "eval.max_new_tokens=4"]
+TEXT_SPLITS = ("positive", "negative", "positive_validation", "negative_validation")
+"""The recording splits of the text prompts; every other split a fit records is neutral media."""
+UNITS = ("wall_s", "cpu_s")
 
 
 # ---------------------------------------------------------------------------------------------
 # Timing
 
 
-class Clock:
-    """Wall and process-CPU seconds of named stages."""
+def now(device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds, after the device has finished its queued work."""
+    B.synchronize(device)
+    return time.perf_counter(), time.process_time()
 
-    def __init__(self) -> None:
-        self.stages: dict[str, dict[str, float]] = {}
+
+def span(start: tuple[float, float], end: tuple[float, float]) -> dict[str, float]:
+    return {"wall_s": round(end[0] - start[0], 3), "cpu_s": round(end[1] - start[1], 3)}
+
+
+class Clock:
+    """Wall and process-CPU seconds of named stages (and peak device memory on a GPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stages: dict[str, dict[str, Any]] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         B.log(f"{name} ...")
-        wall, cpu = time.perf_counter(), time.process_time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = now(self.device)
         yield
-        self.stages[name] = {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(time.process_time() - cpu, 3)}
-        B.log(f"{name}: {self.stages[name]['wall_s']:.1f} s wall, {self.stages[name]['cpu_s']:.1f} s CPU")
+        entry: dict[str, Any] = span(start, now(self.device))
+        if self.device.type == "cuda":
+            entry["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        self.stages[name] = entry
+        B.log(f"{name}: {entry['wall_s']:.2f} s wall, {entry['cpu_s']:.2f} s CPU")
+
+    def repeated(self, name: str, fn: Callable[[], Any], repeats: int) -> None:
+        """`fn` timed `repeats` times; the stage is the median of each unit (every run kept in `runs`)."""
+        runs = []
+        for index in range(repeats):
+            with self.stage(f"{name}#{index}"):
+                fn()
+            runs.append(self.stages.pop(f"{name}#{index}"))
+        entry: dict[str, Any] = {unit: round(statistics.median(run[unit] for run in runs), 3) for unit in UNITS}
+        if repeats > 1:
+            entry["runs"] = runs
+        self.stages[name] = entry
 
 
-class FitTimes(Callback):
-    """Recording and selector time of one `Steerer.fit`, from its callbacks."""
+class FitTimer(Callback):
+    """Where one `Recipe.fit` spends its time, read from its callbacks.
 
-    def __init__(self) -> None:
-        self.marks: dict[str, tuple[float, float]] = {}
-        self.recording = {"wall_s": 0.0, "cpu_s": 0.0}
-        self._start: tuple[float, float] | None = None
-
-    @staticmethod
-    def now() -> tuple[float, float]:
-        return time.perf_counter(), time.process_time()
-
-    def on_record_start(self, steerer: Any, split: str, total: int) -> None:
-        self._start = self.now()
-
-    def on_record_end(self, steerer: Any, split: str, activations: Any) -> None:
-        wall, cpu = self.now()
-        assert self._start is not None
-        self.recording["wall_s"] += wall - self._start[0]
-        self.recording["cpu_s"] += cpu - self._start[1]
-
-    def on_directions_computed(self, steerer: Any, directions: Any) -> None:
-        self.marks["directions"] = self.now()
-
-    def on_layer_selected(self, steerer: Any, selection: Any) -> None:
-        self.marks["selected"] = self.now()
-
-    def sweep(self) -> dict[str, float]:
-        (w0, c0), (w1, c1) = self.marks["directions"], self.marks["selected"]
-        return {"wall_s": round(w1 - w0, 3), "cpu_s": round(c1 - c0, 3)}
-
-
-# ---------------------------------------------------------------------------------------------
-# The fast sweep, wired in from outside the selector
-
-
-class PrefixedDecisionLogits:
-    """Drop-in for the MARS selector's `_decision_logits(model, batches, plan)`.
-
-    The selector passes the same list of harmless validation batches for the base logits and for
-    every candidate plan; the first call fills one `DecisionPrefix` over all of them, every later
-    call runs one decision token per row.
+    Recording spans are summed per kind (text splits vs neutral-media splits); the selector's own
+    time is from `on_directions_computed` to `on_layer_selected` minus the recording inside it (the
+    MARS selector records the neutral-media prompts for its false-trigger check).
     """
 
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.marks: dict[str, tuple[float, float]] = {}
+        self.recording = {"text": [0.0, 0.0], "media": [0.0, 0.0]}
+        self.splits: dict[str, dict[str, float]] = {}
+        self._open: tuple[float, float] | None = None
+        self._scored = 0
+
+    def _recorded(self) -> tuple[float, float]:
+        return tuple(sum(kind[i] for kind in self.recording.values()) for i in (0, 1))  # type: ignore[return-value]
+
+    def on_fit_start(self, runner: Any, model: Any) -> None:
+        self.marks["start"] = now(self.device)
+
+    def on_record_start(self, runner: Any, split: str, total: int) -> None:
+        self._open = now(self.device)
+
+    def on_record_end(self, runner: Any, split: str, activations: Any) -> None:
+        assert self._open is not None
+        taken = span(self._open, now(self.device))
+        kind = self.recording["text" if split in TEXT_SPLITS else "media"]
+        kind[0] += taken["wall_s"]
+        kind[1] += taken["cpu_s"]
+        self.splits[split] = taken
+
+    def on_directions_computed(self, runner: Any, directions: Any) -> None:
+        self.marks["directions"] = now(self.device)
+        self.marks["recorded_before_select"] = self._recorded()
+
+    def on_layer_scored(self, runner: Any, layer: int, scores: dict[str, Any]) -> None:
+        self._scored += 1
+
+    def on_layer_selected(self, runner: Any, selection: Any) -> None:
+        self.marks["selected"] = now(self.device)
+        self.marks["recorded_after_select"] = self._recorded()
+
+    def on_scaler_calibrated(self, runner: Any, scaler: Any) -> None:
+        self.marks["calibrated"] = now(self.device)
+
+    def on_fit_end(self, runner: Any, plan: Any) -> None:
+        self.marks["end"] = now(self.device)
+
+    def stages(self, prefix: str) -> dict[str, dict[str, float]]:
+        m = self.marks
+        inside = [after - before for after, before in zip(m["recorded_after_select"], m["recorded_before_select"])]
+        select = span(m["directions"], m["selected"])
+        sweep = {"wall_s": round(select["wall_s"] - inside[0], 3), "cpu_s": round(select["cpu_s"] - inside[1], 3)}
+        recorded = [kind[0] + kind[1] for kind in zip(*self.recording.values())]
+        total = span(m["start"], m["end"])
+        parts = {
+            "recording_text": {"wall_s": round(self.recording["text"][0], 3), "cpu_s": round(self.recording["text"][1], 3)},
+            "recording_media": {"wall_s": round(self.recording["media"][0], 3),
+                                "cpu_s": round(self.recording["media"][1], 3)},
+            "sweep": sweep,
+            "calibrate": span(m["selected"], m["calibrated"]),
+        }
+        accounted = [recorded[i] + sweep[unit] + parts["calibrate"][unit] for i, unit in enumerate(UNITS)]
+        parts["rest"] = {unit: round(total[unit] - accounted[i], 3) for i, unit in enumerate(UNITS)}
+        if not self.recording["media"][0]:
+            del parts["recording_media"]
+        return {f"{prefix}.{name}": value for name, value in parts.items()}
+
+
+class RowCounter(Callback):
+    """Rows each evaluation condition scored (with `evaluate`, every condition generates every row)."""
+
     def __init__(self) -> None:
-        self._batches: list[Any] | None = None
-        self._prefix: DecisionPrefix | None = None
-        self.calls = 0
+        self.rows: dict[str, int] = {}
 
-    def __call__(self, model: Any, batches: list[dict[str, torch.Tensor]], plan: Any = None) -> torch.Tensor:
-        if self._batches is not batches:
-            self._batches, self._prefix = batches, DecisionPrefix(model, batches)
-        self.calls += 1
-        assert self._prefix is not None
-        return self._prefix.logits(plan)
-
-
-@contextmanager
-def fast_sweep() -> Iterator[PrefixedDecisionLogits]:
-    shim = PrefixedDecisionLogits()
-    with mock.patch("steerpeft.selectors.mars._decision_logits", shim):
-        yield shim
+    def on_eval_batch_end(self, runner: Any, condition: str, set_name: str, rows: int) -> None:
+        self.rows[condition] = self.rows.get(condition, 0) + rows
 
 
 # ---------------------------------------------------------------------------------------------
-# Stages
+# The model and the recipe
 
 
-def fit_prompts(loaded: B.Loaded, smoke_count: int) -> tuple[list[str], list[str]]:
-    """(harmful, harmless): the built-in sets for SmolLM2 (the recipe's data), synthetic words otherwise."""
-    if loaded.real_weights:
-        from steerpeft.data import builtin_prompts
+def build(args: argparse.Namespace) -> B.Loaded:
+    if args.model == "smollm2":
+        return B.build_model("smollm2", args.device, args.torch_dtype, args.seed)
+    if args.model == "tiny":
+        recipe = load_recipe("mars")
+        positive, negative = recipe.prompts()
+        return B.build_tiny_chat(args.device, args.torch_dtype, [*positive, *negative], args.seed)
+    builder = B.build_qwen_text if args.model == "7b-text" else B.build_qwen_vl
+    return builder(args.device, args.torch_dtype, args.tokenizer, args.seed, layers=args.layers, dry_run=args.dry_run)
 
-        return list(builtin_prompts("harmful").prompts), list(builtin_prompts("harmless").prompts)
-    return B.contrast_prompts(loaded, smoke_count, 8, 0)
+
+def recipe_for(args: argparse.Namespace, loaded: B.Loaded) -> tuple[Recipe, list[str]]:
+    """The `mars` recipe with the benchmark's overrides (recorded in the results)."""
+    overrides = [] if loaded.real_weights else list(RANDOM_WEIGHTS)
+    if args.smoke:
+        overrides += SMOKE
+    elif args.dry_run:
+        overrides += DRY_RUN
+    overrides += list(args.set)
+    return load_recipe("mars", overrides), overrides
 
 
-def plain_forward(loaded: B.Loaded, batches: Sequence[dict[str, torch.Tensor]]) -> None:
-    with torch.no_grad():
+def fit_batches(recipe: Recipe, loaded: B.Loaded) -> list[dict[str, torch.Tensor]]:
+    """The text batches `Recipe.fit` records: each split of step 0, in the fit's batch size."""
+    steerer = recipe.steerers()[0]
+    splits = recipe.split_prompts(0)
+    return [batch for name in TEXT_SPLITS if splits[name]
+            for batch in steerer.text_batches(loaded.model, loaded.tokenizer, splits[name])]
+
+
+def media_fit_batches(recipe: Recipe, loaded: B.Loaded) -> list[dict[str, Any]]:
+    """The neutral-media batches the MARS calibration records (harmless training and held-out prompts
+    per medium, plus the harmful ones with `media.segment: modality`); empty for text models."""
+    options, splits = recipe.section("media"), recipe.split_prompts(0)
+    media = [m for m in available_modalities(loaded.model, loaded.tokenizer) if m != Modality.TEXT.label]
+    if options.modalities:
+        media = [m for m in media if m in options.modalities]
+    held_out = splits["negative_validation"] or splits["negative"]
+    parts = [(splits["negative"], 0), (held_out, 1000)]
+    if options.segment == "modality":
+        parts.append((splits["positive"], 2000))
+    device = loaded.device
+    return [batch for modality in media for prompts, seed in parts
+            for batch in modality_batches(loaded.tokenizer, prompts, modality, batch_size=recipe.section("fit").batch_size,
+                                          seed=options.seed + seed, video_frames=options.video_frames, device=device)]
+
+
+@torch.no_grad()
+def plain_forward(model: Any, batches: Sequence[dict[str, Any]]) -> None:
+    for batch in batches:
+        model(**batch, use_cache=False, logits_to_keep=1)
+
+
+@torch.no_grad()
+def plain_generation(loaded: B.Loaded, sets: dict[str, list[dict[str, Any]]], max_new_tokens: int) -> None:
+    for batches in sets.values():
         for batch in batches:
-            loaded.model(**batch, use_cache=False, logits_to_keep=1)
+            generate_texts(loaded.model, loaded.tokenizer, batch, max_new_tokens)
 
 
-def run_fit(recipe: Any, loaded: B.Loaded, harmful: list[str], harmless: list[str], clock: Clock, name: str,
-            fast: bool) -> tuple[Any, Any, FitTimes, int]:
-    times = FitTimes()
-    steerer = recipe.steerers([times])[0]
-    calls = 0
-    with clock.stage(name):
-        if fast:
-            with fast_sweep() as shim:
-                plan = steerer.fit(loaded.model, loaded.tokenizer, harmful, harmless)
-            calls = shim.calls
-        else:
-            plan = steerer.fit(loaded.model, loaded.tokenizer, harmful, harmless)
-    return plan, steerer, times, calls
+@torch.no_grad()
+def warm_up(loaded: B.Loaded, batches: Sequence[dict[str, Any]], sets: dict[str, list[dict[str, Any]]]) -> None:
+    """One forward of the first fit batch and of the first batch of every set, one short generation:
+    kernels, allocator and (on a GPU) the CUDA context are ready before anything is timed."""
+    plain_forward(loaded.model, [batches[0], *(b[0] for b in sets.values() if b)])
+    first = next(b[0] for b in sets.values() if b)
+    generate_texts(loaded.model, loaded.tokenizer, first, 2)
 
 
-def gate_section(plan: Any, model: Any, sets: dict[str, list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
-    """Today's gate values per set (re-centred), as `evaluate_plan` records them."""
-    return {name: gate_values(plan, model, batches, name.split("/", 1)[1]) for name, batches in sets.items()}
+# ---------------------------------------------------------------------------------------------
+# Checks
 
 
-def gate_from_states(plan: Any, stats: dict[str, Any], sets: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The same gate values from the states `evaluate_mars` recorded (no second recording)."""
-    from steerpeft.mars.calibration import MODALITY_INDEX
+def layer_table(plan: Any) -> list[dict[str, Any]]:
+    return plan.metadata["steps"]["mars"]["layer_scores"]
 
-    step = mars_step(plan)
-    layer = step.layers[0]
-    values = {}
-    for name in sets:
-        modality = MODALITY_INDEX[name.split("/", 1)[1]]
-        values[name] = trust_region_t(step.scaler, layer, stats["states"][name][layer], modality or None)
-    return values
+
+def compare_tables(fast: list[dict[str, Any]], slow: list[dict[str, Any]]) -> dict[str, Any]:
+    """The selector's table from one shared prefix vs one full forward per candidate."""
+    by_layer = {row["layer"]: row for row in fast}
+
+    def diff(key: str) -> float:
+        return max(abs(float(row[key]) - float(by_layer[row["layer"]][key])) for row in slow)
+
+    return {
+        "layers": len(slow),
+        "same_layers": sorted(by_layer) == sorted(row["layer"] for row in slow),
+        "chosen": next(row["layer"] for row in fast if row["chosen"]),
+        "chosen_slow": next(row["layer"] for row in slow if row["chosen"]),
+        "same_layer": next(row["layer"] for row in fast if row["chosen"]) == next(r["layer"] for r in slow if r["chosen"]),
+        "max_kl_diff": diff("kl"),
+        "max_induce_diff": diff("induce"),
+        "max_separation_diff": diff("separation"),
+        "max_tau_diff": diff("tau"),
+        "same_exclusions": all(row["excluded_by"] == by_layer[row["layer"]]["excluded_by"] for row in slow),
+    }
 
 
 def compare_reports(fast: Any, slow: Any) -> dict[str, Any]:
-    texts_total = texts_equal = 0
+    """Answers, first-token scores and KL of the reuse evaluation vs every condition run in full."""
+    total = equal = 0
     score_diff = kl_diff = 0.0
+    unequal: dict[str, int] = {}
     for condition, results in slow.rows.items():
         for set_name, expected in results.items():
             got = fast.rows[condition][set_name]
             if expected.texts is not None:
-                texts_total += len(expected.texts)
-                texts_equal += sum(a == b for a, b in zip(got.texts, expected.texts))
-            score_diff = max(score_diff, max(abs(a - b) for a, b in zip(got.scores, expected.scores)))
-            if expected.kl is not None:
+                same = sum(a == b for a, b in zip(got.texts or [], expected.texts))
+                total += len(expected.texts)
+                equal += same
+                if same != len(expected.texts):
+                    unequal[f"{condition} | {set_name}"] = len(expected.texts) - same
+            score_diff = max([score_diff, *(abs(a - b) for a, b in zip(got.scores, expected.scores))])
+            if expected.kl is not None and got.kl is not None:
                 kl_diff = max(kl_diff, abs(got.kl - expected.kl))
-    return {"same_conditions": list(fast.rows) == list(slow.rows), "texts_equal": texts_equal,
-            "texts_total": texts_total, "max_score_diff": score_diff, "max_mean_kl_diff": kl_diff}
+    return {"same_conditions": list(fast.rows) == list(slow.rows), "texts_equal": equal, "texts_total": total,
+            "unequal_texts": unequal, "max_score_diff": score_diff, "max_mean_kl_diff": kl_diff}
+
+
+def compare_gates(fast: dict[str, Any] | None, slow: dict[str, Any] | None) -> dict[str, Any]:
+    """Gate values t (re-centred and raw) per set: from the reuse path's decision states vs a recording."""
+    if fast is None or slow is None:
+        return {"present": fast is not None, "present_slow": slow is not None}
+    diff, same_share = 0.0, True
+    for set_name, entry in slow["sets"].items():
+        for kind in ("recentered", "raw"):
+            expected, got = entry[kind], fast["sets"][set_name][kind]
+            if expected is None:
+                continue
+            diff = max([diff, *(abs(a - b) for a, b in zip(got["values"], expected["values"]))])
+            same_share &= got["above_tau"] == expected["above_tau"]
+    return {"same_layer": fast["layer"] == slow["layer"], "tau_diff": abs(fast["tau"] - slow["tau"]),
+            "max_t_diff": diff, "same_share_above_tau": same_share}
+
+
+def mean_kl(report: Any) -> dict[str, float]:
+    """Each steered condition's first-token KL from the unsteered model, averaged over its sets (does it steer?)."""
+    return {condition: float(statistics.fmean(result.kl for result in results.values()))
+            for condition, results in report.rows.items() if condition != report.baseline}
 
 
 def changed_answers(report: Any) -> dict[str, int]:
-    """Answers that differ from the unsteered ones, per condition (what 'can differ' means in practice)."""
+    """Rows whose answer differs from the unsteered one, per condition (does each condition steer?)."""
     base = report.rows[report.baseline]
     return {condition: sum(a != b for name, result in results.items()
                            for a, b in zip(result.texts or [], base[name].texts or []))
             for condition, results in report.rows.items() if condition != report.baseline}
 
 
-def compare_tables(fast: list[dict[str, Any]], slow: list[dict[str, Any]]) -> dict[str, Any]:
-    by_layer = {row["layer"]: row for row in fast}
-    return {
-        "chosen_today": next(row["layer"] for row in slow if row["chosen"]),
-        "chosen_fast": next(row["layer"] for row in fast if row["chosen"]),
-        "max_kl_diff": max(abs(row["kl"] - by_layer[row["layer"]]["kl"]) for row in slow),
-        "max_induce_diff": max(abs(row["induce"] - by_layer[row["layer"]]["induce"]) for row in slow),
-        "layers": len(slow),
-    }
+# ---------------------------------------------------------------------------------------------
+# The whole job, as a user runs it
+
+
+def run_job(threads: int | None, cold: bool) -> dict[str, Any]:
+    """`python -m steerpeft run mars` in a fresh process: wall and CPU seconds (the child's user + system),
+    and the per-stage timings of its metrics.json.  `cold`: with an empty model cache (conversion included)."""
+    with tempfile.TemporaryDirectory(prefix="bench-main-job-") as tmp:
+        out = Path(tmp) / "run"
+        command = [sys.executable, "-m", "steerpeft", "run", "mars", "--out", str(out), "-q"]
+        env = dict(os.environ, TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        if cold:
+            env["STEERPEFT_CACHE"] = str(Path(tmp) / "cache")
+        B.log(f"job{' (empty model cache)' if cold else ''}: {shlex.join(command)} ...")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run(command, check=False, env=env, cwd=tmp, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        result: dict[str, Any] = {"command": shlex.join(["python", *command[1:5], "DIR", "-q"]), "cold_cache": cold,
+                                  "returncode": done.returncode, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                                  "threads": threads}
+        metrics = out / "metrics.json"
+        if done.returncode == 0 and metrics.is_file():
+            record = json.loads(metrics.read_text())
+            result["timings"] = {k: round(float(v), 3) for k, v in record.get("timings", {}).items()}
+            result["eval_reuse"] = record.get("eval", {}).get("reuse")
+        else:
+            result["stderr_tail"] = done.stderr[-3000:]
+        B.log(f"job: rc {done.returncode}, {wall:.1f} s wall, {cpu:.1f} s CPU, timings {result.get('timings')}")
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Ratios and targets
+
+
+def ratio_entry(stage: dict[str, float], floor: dict[str, float]) -> dict[str, float]:
+    return {unit: round(B.ratio(stage[unit], floor[unit]), 3) for unit in UNITS}
+
+
+def ratios_and_targets(stages: dict[str, dict[str, Any]], unit: str, differ: list[str] | None,
+                       jobs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each stage over its floor, and the targets of what was measured (a run cut short has fewer).
+
+    `differ`: the evaluation conditions that generated any row (None: no evaluation yet).
+    """
+    forward, generate = stages.get("floor_forward"), stages.get("floor_generate")
+    ratios: dict[str, Any] = {}
+    for name, entry in stages.items():
+        if forward and name.startswith(("fit", "floor_forward_media")):
+            ratios[name] = ratio_entry(entry, forward)
+        elif generate and name.startswith("eval") and name != "eval_inputs":
+            ratios[name] = ratio_entry(entry, generate)
+    if forward and "floor_forward_media" in stages and "fit" in stages:
+        both = {u: forward[u] + stages["floor_forward_media"][u] for u in UNITS}
+        ratios["fit (floor: text + media prompts)"] = ratio_entry(stages["fit"], both)
+    other = "cpu_s" if unit == "wall_s" else "wall_s"
+    targets: dict[str, Any] = {}
+    goals = [("fit", "fit", FIT_TARGET), ("sweep", "fit.sweep", SWEEP_TARGET),
+             ("fit_vs_all_prompts", "fit (floor: text + media prompts)", FIT_TARGET)]
+    if differ is not None:
+        goals.append(("eval", "eval", 1.0 + len(differ)))
+    for name, stage, limit in goals:
+        if stage in ratios:
+            measured = ratios[stage]
+            targets[name] = {"stage": stage, "ratio_max": limit, "ratio": measured[unit], "unit": unit,
+                             "met": measured[unit] <= limit, "other_unit_ratio": measured[other]}
+    if "eval" in targets:
+        targets["eval"]["conditions_that_differ"] = differ
+    for name, limit in (("job", JOB_TARGET_S), ("job_cold", JOB_COLD_TARGET_S)):
+        if name in jobs and jobs[name]["returncode"] == 0:
+            job = jobs[name]
+            targets[name] = {"seconds_max": limit, "wall_s": job["wall_s"], "cpu_s": job["cpu_s"],
+                             "met_wall": job["wall_s"] <= limit, "met_cpu": job["cpu_s"] <= limit}
+    return ratios, targets
 
 
 # ---------------------------------------------------------------------------------------------
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="smollm2",
+                        help="smollm2: the embedded model (CPU main job); tiny: smoke; 7b-text / 7b-vl: random "
+                             "Qwen2.5-7B / Qwen2.5-VL-7B shapes built on the device")
+    parser.add_argument("--compare", action="store_true",
+                        help="also fit_slow (selector.shared_prefix=false) and eval_slow (eval.reuse=false), with checks")
+    parser.add_argument("--job", action="store_true", help="time `python -m steerpeft run mars` (smollm2 only)")
+    parser.add_argument("--job-cold", action="store_true", help="with --job: once more with an empty model cache")
+    parser.add_argument("--tokenizer", default=str(B.QWEN_TOKENIZER_DIR),
+                        help="folder with the Qwen2.5 tokenizer files (7b-*; see benchmarks/copy_qwen_tokenizer.py)")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers of the 7b-* shapes (default 28)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="7b-*: toy widths, 4 layers, 16 prompts per set, 4 new tokens (a CPU check of the GPU modes)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override on top of the benchmark's (e.g. eval.max_new_tokens=8)")
+    parser.add_argument("--floor-repeats", type=int, default=1, help="time each floor this many times (median)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--dtype", choices=sorted(B.DTYPES), default=None, help="default bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU with --compare: seconds (CI)")
+    parser.add_argument("--out", default=None, help="write the JSON results here")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.device, args.compare = "tiny", args.device or "cpu", True
+        args.threads = args.threads or 1
+    if args.job and args.model != "smollm2":
+        parser.error("--job runs the recipe's own model: use it with --model smollm2")
+    if args.dry_run and not args.model.startswith("7b"):
+        parser.error("--dry-run shrinks the 7b-* shapes")
+    if args.dry_run and args.layers is None:
+        args.layers = 4
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.dtype = args.dtype or ("float32" if args.device.type == "cpu" else "bfloat16")
+    args.torch_dtype = B.DTYPES[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.type == "cuda":
+        torch.cuda.set_device(args.device)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = B.common_parser(__doc__.splitlines()[0])
-    parser.add_argument("--new-tokens", type=int, default=None, help="eval max_new_tokens (default: the recipe's)")
-    parser.add_argument("--prompts", type=int, default=12, help="prompts per class for random models (smoke)")
-    parser.add_argument("--skip-today", action="store_true", help="time only the floors and the fast paths")
-    parser.add_argument("--eval-batch-size", type=int, default=None, help="eval batch size (default: the recipe's)")
-    args = B.finish_args(parser, argv, {"new_tokens": 4})
-    if args.model not in ("smollm2", "tiny"):
-        parser.error("--model must be smollm2 (the main job) or tiny (smoke)")
-    clock = Clock()
-    with clock.stage("load"):
-        loaded = B.build_model(args.model, args.device, args.torch_dtype, args.seed)
-    recipe = load_recipe("mars")
-    if not loaded.real_weights:
-        recipe = recipe.with_overrides(["fit.batch_size=4", "eval.batch_size=4"])
-    if args.eval_batch_size:
-        recipe = recipe.with_overrides([f"eval.batch_size={args.eval_batch_size}"])
-    fit_options = recipe.config["fit"]
-    eval_options = recipe.config["eval"]
-    new_tokens = int(args.new_tokens or eval_options["max_new_tokens"])
-    harmful, harmless = fit_prompts(loaded, args.prompts)
-    steerer = recipe.steerers()[0]
-    fit_batches = [b for prompts in (harmful, harmless)
-                   for b in steerer.text_batches(loaded.model, loaded.tokenizer, prompts)]
-    results: dict[str, Any] = {
-        "benchmark": "main_job",
-        "environment": B.environment(args.device),
-        "settings": {"model": args.model, "dtype": args.dtype, "recipe": "mars", "fit_prompts": len(harmful) + len(harmless),
-                     "fit_batch_size": fit_options["batch_size"], "validation_fraction": fit_options["validation_fraction"],
-                     "eval_batch_size": eval_options["batch_size"], "max_new_tokens": new_tokens,
-                     "num_layers": loaded.layout.num_layers, "smoke": args.smoke},
-    }
-
-    with clock.stage("floor_forward"):
-        plain_forward(loaded, fit_batches)
-
-    plan_fast, steerer_fast, times_fast, calls = run_fit(recipe, loaded, harmful, harmless, clock, "fit_fast", True)
-    stages = clock.stages
-    stages["recording_fast"] = {k: round(v, 3) for k, v in times_fast.recording.items()}
-    stages["sweep_fast"] = times_fast.sweep()
-    table_fast = plan_fast.metadata["steps"]["mars"]["layer_scores"]
-    checks: dict[str, Any] = {"sweep_decision_steps": calls}
-    plan_today = None
-    if not args.skip_today:
-        plan_today, _, times_today, _ = run_fit(recipe, loaded, harmful, harmless, clock, "fit_today", False)
-        stages["recording_today"] = {k: round(v, 3) for k, v in times_today.recording.items()}
-        stages["sweep_today"] = times_today.sweep()
-        checks["fit"] = compare_tables(table_fast, plan_today.metadata["steps"]["mars"]["layer_scores"])
-    plan = plan_today or plan_fast
-
-    # Evaluation: the validation split the fit held out, as the pipeline evaluates it.
-    _, harmful_val = steerer_fast.split(harmful)
-    _, harmless_val = steerer_fast.split(harmless)
-    sets = eval_sets(loaded.model, loaded.tokenizer, harmful_val, harmless_val, modalities=["text"],
-                     batch_size=int(eval_options["batch_size"]))
-    with clock.stage("floor_generate"), torch.no_grad():
-        for batches in sets.values():
-            for batch in batches:
-                generate_texts(loaded.model, loaded.tokenizer, batch, new_tokens)
-    slow = None
-    if not args.skip_today:
-        with clock.stage("eval_today"):
-            slow = evaluate(loaded.model, loaded.tokenizer, sets, conditions(plan, loaded.model, "mars"),
-                            max_new_tokens=new_tokens, progress=False)
-            gate_today = gate_section(plan, loaded.model, sets)
-    fast_reports = {}
-    for label, share, stack in (("eval_reuse_rows", False, False), ("eval_reuse_rows_prefill", True, False),
-                                ("eval_reuse_stacked", True, True)):
-        stats: dict[str, Any] = {}
-        with clock.stage(label):
-            fast_reports[label] = evaluate_mars(loaded.model, loaded.tokenizer, sets, plan, name="mars",
-                                                max_new_tokens=new_tokens, share_prefill=share, stack=stack,
-                                                stats=stats)
-            gate_fast = gate_from_states(plan, stats, sets)
-        checks[label] = {"generated_rows": stats["generated"], "rows_per_condition": stats["rows"]}
-        if slow is not None:
-            checks[label].update(compare_reports(fast_reports[label], slow))
-            checks[label]["max_gate_t_diff"] = max(float((gate_fast[n] - gate_today[n]).abs().max()) for n in sets)
-    reference = slow or fast_reports["eval_reuse_stacked"]
-    checks["answers_changed_vs_unsteered"] = changed_answers(reference)
-    # Conditions that can differ from answers already made: those the reuse had to generate any row for.
-    generated = checks["eval_reuse_stacked"]["generated_rows"]
-    differ = sum(1 for condition, count in generated.items() if condition != "unsteered" and count)
-    checks["eval_rows"] = sum(len(b["input_ids"]) for batches in sets.values() for b in batches)
-
-    floor_fit, floor_eval = stages["floor_forward"], stages["floor_generate"]
-    ratios: dict[str, dict[str, float]] = {}
-    for name, floor in (("fit_fast", floor_fit), ("sweep_fast", floor_fit), ("recording_fast", floor_fit),
-                        ("fit_today", floor_fit), ("sweep_today", floor_fit), ("recording_today", floor_fit),
-                        ("eval_today", floor_eval), ("eval_reuse_rows", floor_eval),
-                        ("eval_reuse_rows_prefill", floor_eval), ("eval_reuse_stacked", floor_eval)):
-        if name in stages:
-            ratios[name] = {unit: round(B.ratio(stages[name][unit], floor[unit]), 3) for unit in ("wall_s", "cpu_s")}
-    results["stages"] = stages
-    results["ratios_to_floor"] = ratios
-    results["targets"] = {**{name: {"ratio_max": target, "cpu_ratio": ratios[name]["cpu_s"]}
-                             for name, target in TARGETS.items()},
-                          "eval_reuse_stacked": {"ratio_max": 1 + differ,
-                                                 "cpu_ratio": ratios["eval_reuse_stacked"]["cpu_s"],
-                                                 "conditions_that_differ": differ}}
-    results["checks"] = checks
-    job = ["load", "fit_fast", "eval_reuse_stacked"]
-    results["job_fast"] = {unit: round(sum(stages[s][unit] for s in job), 3) for unit in ("wall_s", "cpu_s")}
-    if "fit_today" in stages:
-        today = ["load", "fit_today", "eval_today"]
-        results["job_today"] = {unit: round(sum(stages[s][unit] for s in today), 3) for unit in ("wall_s", "cpu_s")}
-    B.write_results(results, args.out)
+    """Run the stages; the results are written even when a stage fails (`complete: false`, `error`)."""
+    args = parse(argv)
+    results: dict[str, Any] = {"benchmark": "main_job", "environment": B.environment(args.device), "complete": False}
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` sends SIGTERM: keep what was measured
+    try:
+        measure(args, results)
+    except BaseException as error:
+        results["error"] = f"{type(error).__name__}: {error}"[:2000]
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if "settings" in results:
+            differ = results["checks"].get("eval", {}).get("conditions_that_differ")
+            results["ratios_to_floor"], results["targets"] = ratios_and_targets(
+                results["stages"], results["settings"]["primary_unit"], differ, results.get("jobs", {}))
+        results["environment"]["load_average_end"] = _load()
+        B.write_results(results, args.out)
+    for name, target in results.get("targets", {}).items():
+        B.log(f"target {name}: {json.dumps(target)}")
     return results
+
+
+def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    clock = Clock(args.device)
+    B.log(f"main job benchmark: {args.model} on {args.device} ({args.dtype}), load average {_load()}")
+    with clock.stage("load"):
+        loaded = build(args)
+    recipe, overrides = recipe_for(args, loaded)
+    if not loaded.real_weights:  # every fit says no layer is within the limits: expected, see RANDOM_WEIGHTS
+        warnings.filterwarnings("ignore", category=SteeringWarning)
+    model, processor = loaded.model, loaded.tokenizer
+    options, media = recipe.section("eval"), recipe.section("media")
+    harmful, harmless, source = eval_prompts(recipe)
+    batch_size = eval_batch_size(recipe)
+    batches = fit_batches(recipe, loaded)
+    media_batches = media_fit_batches(recipe, loaded)
+    with clock.stage("eval_inputs"):  # evaluate_plan builds these again, inside the `eval` stage
+        sets, modalities = media_sets(model, processor, harmful, harmless, batch_size=batch_size, media=media)
+    prefix = prefix_supported(model)
+    config = getattr(model.config, "text_config", model.config)
+    vision = getattr(model.config, "vision_config", None)
+    results["settings"] = {
+        "model": args.model, "model_id": model.config._name_or_path, "dtype": args.dtype, "device": str(args.device),
+        "parameters": B.parameter_count(model), "num_layers": loaded.layout.num_layers,
+        "hidden_size": loaded.layout.hidden_size, "intermediate_size": getattr(config, "intermediate_size", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "vision": None if vision is None else {k: getattr(vision, k, None) for k in
+                                                ("depth", "hidden_size", "intermediate_size", "num_heads")},
+        "dry_run": args.dry_run, "smoke": args.smoke, "recipe": "mars", "overrides": overrides,
+        "fit_prompts": sum(len(b["input_ids"]) for b in batches), "fit_batches": len(batches),
+        "fit_media_prompts": sum(len(b["input_ids"]) for b in media_batches),
+        "fit_batch_size": recipe.section("fit").batch_size, "eval_prompts": source,
+        "eval_rows": {name: sum(len(b["input_ids"]) for b in set_batches) for name, set_batches in sets.items()},
+        "eval_batch_size": batch_size, "max_new_tokens": options.max_new_tokens, "modalities": modalities,
+        "prefix_supported": prefix, "threads": torch.get_num_threads(),
+        "primary_unit": "wall_s" if args.device.type == "cuda" else "cpu_s",
+    }
+    B.log(f"{results['settings']['parameters'] / 1e9:.3f} B parameters, {loaded.layout.num_layers} layers, modalities "
+          f"{modalities}, {results['settings']['fit_prompts']} fit prompts ({len(batches)} batches), "
+          f"{sum(results['settings']['eval_rows'].values())} eval rows, decision prefix supported: {prefix}")
+    results["stages"], checks = clock.stages, {}
+    results["checks"] = checks
+    with clock.stage("warmup"):
+        warm_up(loaded, batches, sets)
+
+    clock.repeated("floor_forward", lambda: plain_forward(model, batches), args.floor_repeats)
+    if media_batches:
+        clock.repeated("floor_forward_media", lambda: plain_forward(model, media_batches), args.floor_repeats)
+    timer = FitTimer(args.device)
+    with clock.stage("fit"):
+        plan = recipe.fit(model, processor, callbacks=[timer])
+    clock.stages.update(timer.stages("fit"))
+    checks["fit"] = {"chosen": plan.metadata["steps"]["mars"]["selected_layers"], "recorded_splits": timer.splits,
+                     "layers_scored": timer._scored}
+    if args.compare:
+        if prefix:
+            slow_recipe = recipe.with_overrides(["steps.0.selector.shared_prefix=false"])
+            with clock.stage("fit_slow"):
+                slow_plan = slow_recipe.fit(model, processor, callbacks=[slow_timer := FitTimer(args.device)])
+            clock.stages.update(slow_timer.stages("fit_slow"))
+            checks["fit"].update(compare_tables(layer_table(plan), layer_table(slow_plan)))
+        else:
+            checks["fit"]["slow"] = "skipped: no decision prefix for this model, so the fit already ran full forwards"
+
+    clock.repeated("floor_generate", lambda: plain_generation(loaded, sets, options.max_new_tokens), args.floor_repeats)
+    counter = RowCounter()
+    with clock.stage("eval"):
+        report, gate, _, reuse = evaluate_plan(plan, model, processor, harmful, harmless, name=recipe.name,
+                                               options=options, batch_size=batch_size, media=media, progress=False,
+                                               callbacks=[counter])
+    total_rows = sum(results["settings"]["eval_rows"].values())
+    generated = reuse["generated"] if reuse else {condition: counter.rows.get(condition, 0) for condition in report.rows}
+    differ = [condition for condition, rows in generated.items() if condition != report.baseline and rows]
+    checks["eval"] = {"path": "evaluate_mars (reuse)" if reuse else "evaluate (every condition in full)",
+                      "rows_per_condition": reuse["rows"] if reuse else total_rows, "generated_rows": generated,
+                      "conditions_that_differ": differ, "answers_changed_vs_unsteered": changed_answers(report),
+                      "mean_kl_vs_unsteered": mean_kl(report)}
+    if args.compare:
+        if reuse:
+            slow_options = recipe.with_overrides(["eval.reuse=false"]).section("eval")
+            with clock.stage("eval_slow"):
+                slow_report, slow_gate, _, _ = evaluate_plan(plan, model, processor, harmful, harmless,
+                                                             name=recipe.name, options=slow_options,
+                                                             batch_size=batch_size, media=media, progress=False,
+                                                             callbacks=[])
+            checks["eval"].update(compare_reports(report, slow_report))
+            checks["eval"]["gate"] = compare_gates(gate, slow_gate)
+        else:
+            checks["eval"]["slow"] = "skipped: the run already evaluated every condition in full (no reuse here)"
+
+    jobs: dict[str, dict[str, Any]] = {}
+    if args.job:
+        jobs["job"] = run_job(args.threads, cold=False)
+        if args.job_cold:
+            jobs["job_cold"] = run_job(args.threads, cold=True)
+    results["jobs"] = jobs
+    results["complete"] = True
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

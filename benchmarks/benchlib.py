@@ -34,10 +34,11 @@ from torch import nn
 
 from steerpeft.architectures import ModelLayout, decoder_layers, get_module, resolve_layout
 from steerpeft.interventions import Ablate, AddDirection
+from steerpeft.models.base import set_model_id
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
+from steerpeft.provenance import model_info
 from steerpeft.scalers import ConstantScaler, TrustRegionScaler
 from steerpeft.scalers.trust_region import LayerRegion
-from steerpeft.provenance import model_info
 
 # Real model shapes (weights are random: throughput depends on shapes, not values).
 LLAMA_3_ROPE = {
@@ -207,6 +208,193 @@ def synthetic_tokenizer(vocab_size: int) -> Any:
                                         eos_token="<pad>", padding_side="left")
     tokenizer.synthetic_words = words
     return tokenizer
+
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def chat_word_tokenizer(texts: Sequence[str]) -> Any:
+    """A word-level tokenizer over the words of `texts`, with ChatML special tokens and chat template.
+
+    Built in code (no file, no download), so a tiny random model can run a recipe on its real
+    prompts: every word of `texts` (and of the refusal openings) has its own id; anything else is
+    `<unk>`.  Left padding with `<pad>`; `<|im_end|>` ends a turn (the eos token).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from steerpeft.evaluation.first_token import DEFAULT_REFUSAL_OPENINGS
+
+    specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [*texts, *DEFAULT_REFUSAL_OPENINGS, "system user assistant"]
+    backend.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                        eos_token="<|im_end|>", padding_side="left")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_chat(device: torch.device, dtype: torch.dtype, texts: Sequence[str], seed: int = 0) -> Loaded:
+    """The `tiny` Llama shape (random weights) with `chat_word_tokenizer(texts)`: a recipe's smoke model."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = chat_word_tokenizer(texts)
+    settings = {**CONFIGS["tiny"], "vocab_size": len(tokenizer), "bos_token_id": None,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**settings), dtype=dtype)
+    model.eval()
+    _greedy(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    set_model_id(model, tokenizer, "random-tiny-llama")
+    return Loaded(model, tokenizer, resolve_layout(model), "tiny", False)
+
+
+def _greedy(model: nn.Module, eos: Any, pad: int | None) -> None:
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+    model.generation_config.do_sample = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Qwen2.5 7B shapes with random weights and the real Qwen2.5 tokenizer (main job on the GPU)
+
+QWEN_TOKENIZER_DIR = Path(__file__).resolve().parent / ".assets" / "qwen-tokenizer"
+"""Default `--tokenizer` folder: the Qwen2.5 tokenizer files, copied by `copy_qwen_tokenizer.py` (git-ignored)."""
+QWEN_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+# Qwen2.5-7B-Instruct's language model (also Qwen2.5-VL-7B's): 7.6 B parameters.
+QWEN25_7B_TEXT: dict[str, Any] = {
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152064,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+    "hidden_act": "silu",
+}
+# Qwen2.5-VL-7B's vision tower: 0.67 B parameters (window attention, full attention every 8th block).
+QWEN25_VL_7B_VISION: dict[str, Any] = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "tokens_per_second": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "hidden_act": "silu",
+}
+# `--dry-run`: the same classes, tokenizer and processors at toy widths (a CPU check of the GPU modes).
+DRY_RUN_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                "num_key_value_heads": 2}
+DRY_RUN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "fullatt_block_indexes": [1]}
+
+
+def qwen_text_settings(vocab_size: int, *, layers: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Qwen2.5-7B's text config as a dict (toy widths with `dry_run`); vocab at least `vocab_size`."""
+    settings = {**QWEN25_7B_TEXT, **(DRY_RUN_TEXT if dry_run else {})}
+    settings["vocab_size"] = max(settings["vocab_size"], vocab_size)
+    if layers is not None:
+        settings["num_hidden_layers"] = layers
+    return settings
+
+
+def qwen_vision_settings(*, dry_run: bool = False) -> dict[str, Any]:
+    """Qwen2.5-VL-7B's vision tower settings (toy widths with `dry_run`)."""
+    return {**QWEN25_VL_7B_VISION, **(DRY_RUN_VISION if dry_run else {})}
+
+
+def qwen_text_tokenizer(folder: str | Path) -> Any:
+    """The Qwen2.5 tokenizer and chat template from `folder` (see `QWEN_TOKENIZER_FILES`), left padding."""
+    from transformers import AutoTokenizer
+
+    from steerpeft.models.base import prepare_tokenizer
+
+    _check_tokenizer_folder(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def _check_tokenizer_folder(folder: str | Path) -> None:
+    missing = [name for name in QWEN_TOKENIZER_FILES if not (Path(folder) / name).is_file()]
+    if missing:
+        raise SystemExit(f"--tokenizer {folder}: missing {', '.join(missing)}. Copy the Qwen2.5 tokenizer first: "
+                         "python benchmarks/copy_qwen_tokenizer.py")
+
+
+def _qwen_generation(model: nn.Module, tokenizer: Any) -> None:
+    ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    _greedy(model, ends, tokenizer.pad_token_id)
+
+
+def build_qwen_text(device: torch.device, dtype: torch.dtype, tokenizer_dir: str | Path, seed: int = 0, *,
+                    layers: int | None = None, dry_run: bool = False) -> Loaded:
+    """A Qwen2 model of Qwen2.5-7B-Instruct's shape, random weights built on `device`, the real tokenizer."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    tokenizer = qwen_text_tokenizer(tokenizer_dir)
+    config = Qwen2Config(**qwen_text_settings(len(tokenizer), layers=layers, dry_run=dry_run))
+    torch.manual_seed(seed)
+    # Built on the device (no CPU copy of the weights); HF init draws normal(0, 0.02).
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    _qwen_generation(model, tokenizer)
+    set_model_id(model, tokenizer, "random-qwen2.5-7b-shaped" + ("-dry-run" if dry_run else ""))
+    return Loaded(model, tokenizer, resolve_layout(model), "7b-text", False)
+
+
+def build_qwen_vl(device: torch.device, dtype: torch.dtype, tokenizer_dir: str | Path, seed: int = 0, *,
+                  layers: int | None = None, dry_run: bool = False) -> Loaded:
+    """A Qwen2.5-VL-7B-shaped model (random weights on `device`) with the real Qwen-VL processor classes.
+
+    Tokenizer, chat template, config and processor come from `steerpeft.models.qwen_vl_shaped`; the
+    processors keep their own pixel budgets (the released model's), so neutral images and video
+    frames are 448 x 448 (`steerpeft.inputs.media.DYNAMIC_RESOLUTION_SIDE`): 256 tokens per image,
+    256 per two frames.  `Loaded.tokenizer` is the processor.
+    """
+    import importlib.util
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise SystemExit("7b-vl needs torchvision: the Qwen-VL processor's video side imports it (pip install torchvision).")
+    from steerpeft.models.qwen_vl_shaped import qwen_vl_config, qwen_vl_processor, qwen_vl_tokenizer
+
+    _check_tokenizer_folder(tokenizer_dir)
+    tokenizer = qwen_vl_tokenizer(tokenizer_dir)
+    config = qwen_vl_config(qwen_text_settings(len(tokenizer), layers=layers, dry_run=dry_run),
+                            qwen_vision_settings(dry_run=dry_run), tokenizer, tie_word_embeddings=False)
+    processor = qwen_vl_processor(tokenizer, config.vision_config, image_pixels=None, video_pixels=None)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model.eval()
+    _qwen_generation(model, tokenizer)
+    set_model_id(model, processor, "random-qwen2.5-vl-7b-shaped" + ("-dry-run" if dry_run else ""))
+    return Loaded(model, processor, resolve_layout(model), "7b-vl", False)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def synthetic_prompts(count: int, min_len: int, max_len: int, words: int, *, low: int, high: int,

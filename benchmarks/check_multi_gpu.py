@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from steerpeft.architectures import resolve_layout
 from steerpeft.interventions import Ablate, AddDirection
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
-from steerpeft.scalers import ConstantScaler
 from steerpeft.provenance import model_info
+from steerpeft.scalers import ConstantScaler
 
 
 def plans(model) -> dict[str, Plan]:

@@ -218,18 +218,75 @@ def hooks_section(result: dict[str, Any]) -> list[str]:
 
 
 def main_job_section(result: dict[str, Any]) -> list[str]:
+    """The main job's stages, their ratios to the floors, the targets and the equality checks."""
+    if "settings" not in result:
+        return [f"### Main job: `{result['_file']}` failed before any stage: {result.get('error', '?')}", ""]
     s = result["settings"]
-    lines = [(f"### Main job (`mars` recipe) stage by stage: {s['model']} ({s['dtype']}), {s['fit_prompts']} fit prompts, "
-              f"eval batch {s['eval_batch_size']}, {s['max_new_tokens']} new tokens"), ""]
-    ratios = result["ratios_to_floor"]
-    rows = [[f"`{name}`", fmt(entry["wall_s"]), fmt(entry["cpu_s"]),
+    rows_total = sum(s["eval_rows"].values())
+    size = f"{s['parameters'] / 1e9:.2f} B parameters" if s["parameters"] >= 1e8 else f"{s['parameters']:,} parameters"
+    media = f" + {s['fit_media_prompts']} with neutral media" if s.get("fit_media_prompts") else ""
+    lines = [(f"### Main job (`mars` recipe): {s['model']} ({s['dtype']}, {s['device']}"
+              f"{', dry run' if s.get('dry_run') else ''}), {size}, {s['num_layers']} layers"), "",
+             (f"- Fit: {s['fit_prompts']} text prompts{media}, batch {s['fit_batch_size']}; evaluation: {rows_total} rows "
+              f"({', '.join(s['modalities'])}), batch {s['eval_batch_size']}, {s['max_new_tokens']} new tokens; "
+              f"decision prefix supported: {fmt(s['prefix_supported'])}; torch threads {s['threads']}."),
+             f"- Recipe overrides: {', '.join(f'`{o}`' for o in s['overrides']) or 'none'}.", ""]
+    ratios = result.get("ratios_to_floor", {})
+    rows = [[f"`{name}`", fmt(entry["wall_s"], 2), fmt(entry["cpu_s"], 2),
              fmt(ratios.get(name, {}).get("wall_s"), 2), fmt(ratios.get(name, {}).get("cpu_s"), 2)]
             for name, entry in result["stages"].items()]
+    rows += [[f"`{name}`", fmt(entry["wall_s"], 2), fmt(entry["cpu_s"], 2), "", ""]
+             for name, entry in result.get("jobs", {}).items() if "wall_s" in entry]
     lines += table(["stage", "wall s", "CPU s", "wall / floor", "CPU / floor"], rows)
-    targets = [[f"`{name}`", f"<= {fmt(float(entry['ratio_max']), 1)}", fmt(entry["cpu_ratio"], 2)]
-               for name, entry in result["targets"].items()]
-    lines += table(["target", "ratio to its floor", "measured (CPU)"], targets)
-    return lines
+    lines += ["Floors: `fit*` and `floor_forward_media` / `floor_forward`; `eval*` / `floor_generate`.", ""]
+    targets = []
+    for name, entry in result.get("targets", {}).items():
+        if "ratio_max" in entry:
+            floor = "text + media forward floors" if "media" in entry["stage"] else "floor"
+            limit = f"<= {fmt(float(entry['ratio_max']), 1)} x {floor}"
+            extra = (f" ({len(entry['conditions_that_differ'])} conditions can differ)"
+                     if "conditions_that_differ" in entry else "")
+            targets.append([f"`{name}`", limit + extra, f"{fmt(entry['ratio'], 2)} ({entry['unit']})",
+                            fmt(entry["other_unit_ratio"], 2), fmt(entry["met"])])
+        else:
+            targets.append([f"`{name}`", f"<= {fmt(float(entry['seconds_max']), 0)} s", f"{fmt(entry['wall_s'])} s wall",
+                            f"{fmt(entry['cpu_s'])} s CPU", fmt(entry["met_wall"])])
+    lines += table(["target", "limit", "measured", "other unit", "met"], targets)
+    if result.get("error"):
+        lines += [f"**Stopped by `{result['error']}`.**", ""]
+    lines += main_job_checks(result.get("checks", {}))
+    for name, job in result.get("jobs", {}).items():
+        timings = ", ".join(f"{k} {fmt(v)}" for k, v in job.get("timings", {}).items())
+        lines.append(f"- `{name}`: `{job['command']}` (rc {job['returncode']}): {fmt(job['wall_s'])} s wall, "
+                     f"{fmt(job['cpu_s'])} s CPU; metrics.json timings (s): {timings or job.get('stderr_tail', '')}")
+    return lines + [""]
+
+
+def main_job_checks(checks: dict[str, Any]) -> list[str]:
+    lines = []
+    fit, evaluation = checks.get("fit", {}), checks.get("eval", {})
+    if "max_kl_diff" in fit:
+        lines.append(f"- Fit, shared prefix vs full forwards: layer {fit['chosen']} vs {fit['chosen_slow']} "
+                     f"(same: {fmt(fit['same_layer'])}); max diff over {fit['layers']} layers: KL "
+                     f"{fit['max_kl_diff']:.2g}, induce {fit['max_induce_diff']:.2g}, separation "
+                     f"{fit['max_separation_diff']:.2g}, tau {fit['max_tau_diff']:.2g}; same exclusions: "
+                     f"{fmt(fit['same_exclusions'])}.")
+    elif "slow" in fit:
+        lines.append(f"- Fit: {fit['slow']}.")
+    if evaluation:
+        generated = ", ".join(f"{k} {v}" for k, v in evaluation["generated_rows"].items())
+        lines.append(f"- Evaluation path: {evaluation['path']}; rows generated per condition (of "
+                     f"{evaluation['rows_per_condition']}): {generated}.")
+    if "texts_total" in evaluation:
+        gate = evaluation.get("gate", {})
+        lines.append(f"- Evaluation, reuse vs every condition in full: answers equal {evaluation['texts_equal']} / "
+                     f"{evaluation['texts_total']}; max first-token score diff {evaluation['max_score_diff']:.2g}, "
+                     f"max mean-KL diff {evaluation['max_mean_kl_diff']:.2g}; gate t max diff "
+                     f"{gate.get('max_t_diff', float('nan')):.2g}, same share above tau: "
+                     f"{fmt(gate.get('same_share_above_tau'))}.")
+    elif "slow" in evaluation:
+        lines.append(f"- Evaluation: {evaluation['slow']}.")
+    return lines + ([""] if lines else [])
 
 
 def render(groups: list[tuple[str, list[dict[str, Any]]]], intro: bool = True) -> str:

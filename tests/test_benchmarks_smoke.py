@@ -172,23 +172,50 @@ def test_main_job_smoke(tmp_path: Path) -> None:
     out = tmp_path / "main_job.json"
     bench_main_job.main(["--smoke", "--out", str(out)])
     result = _json(out)
-    assert result["benchmark"] == "main_job"
+    assert result["benchmark"] == "main_job" and result["complete"]
     stages = result["stages"]
-    for name in ("floor_forward", "fit_fast", "fit_today", "sweep_fast", "sweep_today", "floor_generate", "eval_today",
-                 "eval_reuse_rows", "eval_reuse_rows_prefill", "eval_reuse_stacked"):
+    for name in ("load", "floor_forward", "fit", "fit.recording_text", "fit.sweep", "fit_slow", "fit_slow.sweep",
+                 "floor_generate", "eval", "eval_slow"):
         assert stages[name]["wall_s"] > 0, name
-    checks = result["checks"]
-    assert checks["sweep_decision_steps"] > 1  # the selector really ran through the decision prefix
-    assert checks["fit"]["chosen_fast"] == checks["fit"]["chosen_today"]
-    assert checks["fit"]["max_kl_diff"] < 1e-4 and checks["fit"]["max_induce_diff"] < 1e-4
-    for label in ("eval_reuse_rows", "eval_reuse_rows_prefill", "eval_reuse_stacked"):
-        check = checks[label]
-        assert check["same_conditions"] and check["texts_equal"] == check["texts_total"] > 0
-        assert check["max_score_diff"] < 1e-4 and check["max_mean_kl_diff"] < 1e-4 and check["max_gate_t_diff"] < 1e-4
-        assert check["generated_rows"]["mars (no re-centering)"] == 0  # text rows reuse the plan's answers
-    assert sum(checks["answers_changed_vs_unsteered"].values()) > 0  # some condition really steered
-    assert set(result["ratios_to_floor"]) >= {"fit_fast", "sweep_fast", "eval_reuse_stacked"}
+    fit = result["checks"]["fit"]
+    assert fit["layers_scored"] == fit["layers"] > 0  # the sweep scored every candidate, from the callbacks
+    assert set(fit["recorded_splits"]) == {"positive", "negative", "positive_validation", "negative_validation"}
+    assert fit["same_layer"] and fit["same_layers"] and fit["same_exclusions"]
+    assert fit["max_kl_diff"] < 1e-4 and fit["max_induce_diff"] < 1e-4  # shared prefix == full forwards
+    check = result["checks"]["eval"]
+    assert check["path"].startswith("evaluate_mars")  # the run's reuse path really ran
+    assert check["same_conditions"] and check["texts_equal"] == check["texts_total"] > 0
+    assert check["max_score_diff"] < 1e-4 and check["max_mean_kl_diff"] < 1e-4
+    assert check["gate"]["max_t_diff"] < 1e-4 and check["gate"]["same_share_above_tau"]
+    assert check["generated_rows"]["mars (no re-centering)"] == 0  # text rows reuse the plan's answers
+    assert check["generated_rows"]["unsteered"] == check["rows_per_condition"] == sum(result["settings"]["eval_rows"].values())
+    assert check["mean_kl_vs_unsteered"]["mars (fixed strength)"] > 1e-6  # the conditions really steer
+    targets = result["targets"]
+    assert targets["eval"]["ratio_max"] == 1 + len(check["conditions_that_differ"])
+    assert set(targets) >= {"fit", "sweep", "eval"} and set(result["ratios_to_floor"]) >= {"fit", "fit.sweep", "eval"}
     import summarize
 
     text = summarize.main([str(out)])
-    assert "### Main job" in text and "`eval_reuse_stacked`" in text
+    assert "### Main job" in text and "`fit.sweep`" in text and "answers equal" in text
+
+
+def test_main_job_7b_shapes() -> None:
+    """The GPU modes' shapes are the released models' (7.6 B text, 8.3 B with the vision tower), built on the
+    meta device: no memory, no tokenizer needed."""
+    from transformers import (
+        AutoModelForCausalLM,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2Config,
+    )
+
+    text = B.qwen_text_settings(151665)
+    assert text["vocab_size"] == 152064
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(Qwen2Config(**text), dtype=torch.bfloat16)
+    assert 7.5e9 < B.parameter_count(model) < 7.7e9
+    vision = {**B.qwen_vision_settings(), "out_hidden_size": text["hidden_size"]}
+    config = Qwen2_5_VLConfig(text_config={**text, "model_type": "qwen2_5_vl_text"}, vision_config=vision)
+    with torch.device("meta"):
+        vlm = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    assert 8.2e9 < B.parameter_count(vlm) < 8.4e9

@@ -35,7 +35,7 @@ from steerpeft.models.gguf import drop_loading_details, gguf_folder, is_gguf_pat
 from steerpeft.models.gguf_header import gguf_architecture
 
 if TYPE_CHECKING:
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +212,12 @@ def _mrope_section(head_dim: int) -> list[int]:
 # --------------------------------------------------------------------------- building
 
 
-def _qwen_vl_tokenizer(text_folder: pathlib.Path) -> Any:
-    """The text model's tokenizer, its chat template extended to image and video parts."""
+def qwen_vl_tokenizer(text_folder: str | pathlib.Path) -> Any:
+    """The tokenizer of the Qwen2 text model in `text_folder`, its chat template extended to image and video parts.
+
+    Only the tokenizer files are read (`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`):
+    the benchmarks build random-weight Qwen-VL shapes around it.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(text_folder)
@@ -235,25 +239,17 @@ def _qwen_vl_tokenizer(text_folder: pathlib.Path) -> Any:
     return tokenizer
 
 
-def _build_qwen_vl(folder: pathlib.Path, text_folder: pathlib.Path, seed: int) -> None:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2_5_VLTextConfig,
-        Qwen2_5_VLVisionConfig,
-        Qwen2ForCausalLM,
-        Qwen2VLImageProcessorPil,
-        Qwen2VLVideoProcessor,
-    )
-    from transformers.initialization import no_init_weights
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+def qwen_vl_config(text_settings: dict[str, Any], vision_settings: dict[str, Any], tokenizer: Any, *,
+                   tie_word_embeddings: bool) -> Qwen2_5_VLConfig:
+    """A `Qwen2_5_VLConfig` from a Qwen2 text config (as a dict) and vision tower settings.
 
-    start = time.perf_counter()
-    text = Qwen2ForCausalLM.from_pretrained(text_folder, dtype=torch.float32)
-    tokenizer = _qwen_vl_tokenizer(text_folder)
+    The text settings get M-RoPE sections 2:3:3 of the rotary half-dimension (see `_mrope_section`);
+    the vision tower projects to the text hidden size; the image, video and vision start / end token
+    ids are read from `tokenizer` (see `qwen_vl_tokenizer`).
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
 
-    settings = text.config.to_dict()
+    settings = dict(text_settings)
     for key in ("_name_or_path", "architectures", "dtype", "transformers_version", "model_type",
                 "tie_word_embeddings", "quantization_config"):
         settings.pop(key, None)
@@ -261,18 +257,55 @@ def _build_qwen_vl(folder: pathlib.Path, text_folder: pathlib.Path, seed: int) -
     rope = dict(settings.get("rope_parameters") or {"rope_type": "default", "rope_theta": 1e6})
     rope["mrope_section"] = _mrope_section(head_dim)
     settings["rope_parameters"] = rope
-    vision = Qwen2_5_VLVisionConfig(**QWEN_VL_VISION, out_hidden_size=settings["hidden_size"])
+    vision = Qwen2_5_VLVisionConfig(**{**vision_settings, "out_hidden_size": settings["hidden_size"]})
     image_id, video_id = (tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>"))
     start_id, end_id = (tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>"))
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config=Qwen2_5_VLTextConfig(**settings),
         vision_config=vision,
         image_token_id=image_id,
         video_token_id=video_id,
         vision_start_token_id=start_id,
         vision_end_token_id=end_id,
-        tie_word_embeddings=bool(text.config.tie_word_embeddings),
+        tie_word_embeddings=tie_word_embeddings,
     )
+
+
+def qwen_vl_processor(tokenizer: Any, vision: Any, *, image_pixels: tuple[int, int] | None = QWEN_VL_IMAGE_PIXELS,
+                      video_pixels: tuple[int, int] | None = QWEN_VL_VIDEO_PIXELS) -> Qwen2_5_VLProcessor:
+    """The real Qwen-VL processor classes around `tokenizer`, sized for the vision config `vision`.
+
+    `image_pixels` / `video_pixels`: (fewest, most) pixels per image / video frame; None keeps the
+    processor classes' own defaults (those of the released Qwen2-VL / Qwen2.5-VL models).
+    """
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen2VLVideoProcessor
+
+    grid = {"patch_size": vision.patch_size, "temporal_patch_size": vision.temporal_patch_size,
+            "merge_size": vision.spatial_merge_size}
+    image_size = {} if image_pixels is None else {
+        "size": {"shortest_edge": image_pixels[0], "longest_edge": image_pixels[1]}}
+    video_size = {} if video_pixels is None else {
+        "size": {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}}
+    image_processor = Qwen2VLImageProcessorPil(**image_size, **grid)
+    video_processor = Qwen2VLVideoProcessor(
+        **video_size,
+        **grid,
+        cap_pixels_per_frame=True,  # the reference behaviour (qwen-vl-utils); no effect at these sizes
+    )
+    return Qwen2_5_VLProcessor(image_processor, tokenizer, video_processor, chat_template=tokenizer.chat_template)
+
+
+def _build_qwen_vl(folder: pathlib.Path, text_folder: pathlib.Path, seed: int) -> None:
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM
+    from transformers.initialization import no_init_weights
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    start = time.perf_counter()
+    text = Qwen2ForCausalLM.from_pretrained(text_folder, dtype=torch.float32)
+    tokenizer = qwen_vl_tokenizer(text_folder)
+    config = qwen_vl_config(text.config.to_dict(), QWEN_VL_VISION, tokenizer,
+                            tie_word_embeddings=bool(text.config.tie_word_embeddings))
+    vision = config.vision_config
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -294,24 +327,7 @@ def _build_qwen_vl(folder: pathlib.Path, text_folder: pathlib.Path, seed: int) -
         generation.pad_token_id if generation.pad_token_id is not None else tokenizer.pad_token_id
     )
     model.save_pretrained(folder)
-
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": QWEN_VL_IMAGE_PIXELS[0], "longest_edge": QWEN_VL_IMAGE_PIXELS[1]},
-        patch_size=vision.patch_size,
-        temporal_patch_size=vision.temporal_patch_size,
-        merge_size=vision.spatial_merge_size,
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        size={"shortest_edge": QWEN_VL_VIDEO_PIXELS[0], "longest_edge": QWEN_VL_VIDEO_PIXELS[1]},
-        patch_size=vision.patch_size,
-        temporal_patch_size=vision.temporal_patch_size,
-        merge_size=vision.spatial_merge_size,
-        cap_pixels_per_frame=True,  # the reference behaviour (qwen-vl-utils); no effect at these sizes
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor, tokenizer, video_processor, chat_template=tokenizer.chat_template
-    )
-    processor.save_pretrained(folder)
+    qwen_vl_processor(tokenizer, vision).save_pretrained(folder)
     logger.info("Built the Qwen2.5-VL-shaped model on %s in %.1f s", text_folder, time.perf_counter() - start)
 
 
