@@ -483,7 +483,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--dry-run shrinks the 7b-* shapes")
     if args.dry_run and args.layers is None:
         args.layers = 4
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and args.device.index is None:
+        args.device = torch.device("cuda", 0)
     args.dtype = args.dtype or ("float32" if args.device.type == "cpu" else "bfloat16")
     args.torch_dtype = B.DTYPES[args.dtype]
     if args.threads:
