@@ -177,7 +177,7 @@ def evaluate(
                     kls: list[float] = []
                     texts: list[str] = []
                     for index, batch in enumerate(batches):
-                        logits = decision_logits(model, batch).cpu()
+                        logits = decision_logits(model, batch)  # scores and KL reduce on the model's device
                         scores += first_token_refusal_score(logits, token_ids).tolist()
                         if factory is None:
                             reference[(set_name, index)] = logits

@@ -187,15 +187,15 @@ def _decision_logits(model: Any, batches: list[dict[str, torch.Tensor]], variant
     for group in groups:
         prefix = DecisionPrefix(model, group)
         outputs.append(prefix.run(None, record_layers=layers))
-        parts.append({condition: prefix.logits(variant).cpu() for condition, variant in variants.items()})
+        parts.append({condition: prefix.logits(variant) for condition, variant in variants.items()})
         sizes += prefix.rows_per_batch
     unsteered = DecisionOutput(torch.cat([o.logits for o in outputs]),
                                {layer: torch.cat([o.states[layer] for o in outputs]) for layer in layers})
-    logits = {UNSTEERED: unsteered.logits.cpu()}
+    logits = {UNSTEERED: unsteered.logits}
     logits.update({condition: torch.cat([part[condition] for part in parts]) for condition in variants})
     if everywhere is not None:
         with everywhere[1].apply(model):
-            logits[everywhere[0]] = torch.cat([decision_logits(model, batch).cpu() for batch in batches])
+            logits[everywhere[0]] = torch.cat([decision_logits(model, batch) for batch in batches])
     return unsteered, logits, sizes
 
 

@@ -152,6 +152,9 @@ def _logits_function(model: Any, batches: list[dict[str, torch.Tensor]], shared_
                      ) -> Callable[[Plan | None], torch.Tensor]:
     """Decision logits of the harmless validation prompts under a decision-position plan (None: unsteered).
 
+    The logits stay on the model's device: KL and refusal scores over the vocabulary are computed
+    there (on a GPU, moving them to the host and reducing them there cost more than the forwards).
+
     With `shared_prefix` the prompts minus their decision token are prefilled once and each plan
     runs one token per row (`DecisionPrefix`: the same logits, a small fraction of the cost); models
     whose positions a prefix cannot reproduce (multimodal rope state) fall back to full forwards.
@@ -162,11 +165,11 @@ def _logits_function(model: Any, batches: list[dict[str, torch.Tensor]], shared_
         except ConfigError:
             prefix = None
         if prefix is not None:
-            return lambda plan: prefix.logits(plan).float().cpu()
+            return lambda plan: prefix.logits(plan).float()
 
     def full_forwards(plan: Plan | None) -> torch.Tensor:
         with plan.apply(model) if plan is not None else contextlib.nullcontext():
-            return torch.cat([decision_logits(model, batch) for batch in batches]).float().cpu()
+            return torch.cat([decision_logits(model, batch) for batch in batches]).float()
 
     return full_forwards
 
