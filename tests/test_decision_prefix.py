@@ -100,6 +100,20 @@ def test_matches_full_forward_per_plan(family):
     assert (prefix.logits() - unsteered).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("max_rows", [5, 1024], ids=["several-steps", "one-step"])
+def test_stacked_plans_give_each_plans_own_logits(family, max_rows):
+    model, tok = tiny_text_model(family)
+    batches = [encode_prompts(tok, PROMPTS_A), encode_prompts(tok, PROMPTS_B)]
+    plans = [None, *_plans(model, tok, batches).values(), None]
+    prefix = DecisionPrefix(model, batches)
+    stacked = prefix.logits_of_plans(plans, max_rows=max_rows)
+    assert len(stacked) == len(plans)
+    for plan, logits in zip(plans, stacked, strict=True):
+        assert (logits - _reference(model, batches, plan)).abs().max() <= TOL
+    assert (stacked[1] - stacked[0]).abs().max() > 1e-2  # the blocks really differ: each plan steered its own
+
+
 def test_one_batch_and_many_plans_helper():
     model, tok = tiny_text_model("llama")
     batch = encode_prompts(tok, PROMPTS_A)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +38,15 @@ from torch import nn
 
 from steerpeft.architectures import decoder_layers, resolve_layout, unwrap_model
 from steerpeft.errors import ConfigError, DataError
+from steerpeft.evaluation.row_blocks import for_rows
 from steerpeft.evaluation.runs import _accepts, _attention_mask, _on_model_device, last_token_index
+from steerpeft.plan import Plan
 from steerpeft.positions import DecisionPosition
 from steerpeft.recording import layer_output
 from steerpeft.session import active_session
+
+MAX_STACKED_ROWS = 1024
+"""Rows of one stacked decision step (`DecisionPrefix.logits_of_plans`): a few plans per step."""
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "position_ids")
 """Batch entries laid out [batch, seq] like the tokens: sliced into prefix and decision token.
@@ -254,6 +259,46 @@ class DecisionPrefix:
         require_decision_plan(plan)
         with plan.apply(self.model), self._rows_modality():
             return self._step(record_layers)
+
+    @torch.no_grad()
+    def logits_of_plans(self, plans: Sequence[Any], max_rows: int = MAX_STACKED_ROWS) -> list[torch.Tensor]:
+        """Float32 decision logits [rows, vocab] under each of `plans` (None: unsteered), stacked.
+
+        The same logits as `[self.logits(plan) for plan in plans]`, from fewer, larger steps: the
+        prefix is repeated once per plan (up to `max_rows` rows a step) and each plan steers only
+        its own block of rows (`for_rows`).  A one-token step on an accelerator is bound by launching
+        its kernels, not by its rows, so a layer sweep costs a few steps instead of one per plan.
+        Memory: the prefix cache once per plan of a step.
+        """
+        if active_session(self._base) is not None:
+            raise ConfigError("DecisionPrefix.logits_of_plans was called inside a steering block; pass the plans.")
+        for plan in plans:
+            if plan is not None:
+                require_decision_plan(plan)
+        rows = self.num_rows
+        per_step = max(1, max_rows // rows)
+        found: list[torch.Tensor] = []
+        for start in range(0, len(plans), per_step):
+            group = list(plans[start:start + per_step])
+            found += self._stacked_step(group) if len(group) > 1 else [self.logits(group[0])]
+        return found
+
+    def _stacked_step(self, plans: list[Any]) -> list[torch.Tensor]:
+        rows, count = self.num_rows, len(plans)
+        index = torch.arange(rows).repeat(count)
+        steps = []
+        info = next((plan.model_info for plan in plans if plan is not None), {})
+        for block, plan in enumerate(plans):
+            if plan is not None:
+                mask = torch.zeros(rows * count)
+                mask[block * rows:(block + 1) * rows] = 1.0
+                steps += for_rows(plan, mask).steps
+        tail = {key: value.repeat(count, *([1] * (value.dim() - 1))) for key, value in self._tail.items()}
+        cache = fork_cache(self.cache, index)
+        with (Plan(steps, info).apply(self.model) if steps else nullcontext()), \
+                rows_modality(self._base, self._input_ids, index):
+            output = self.model(**tail, past_key_values=cache, use_cache=True)
+        return list(output.logits[:, -1].float().split(rows))
 
     def _step(self, record_layers: Sequence[int]) -> DecisionOutput:
         states: dict[int, torch.Tensor] = {}

@@ -16,17 +16,16 @@ tests and the SmolLM2 benchmark see identical answers).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from steerpeft.architectures import unwrap_model
-from steerpeft.errors import ConfigError, DataError
+from steerpeft.errors import ConfigError
 from steerpeft.evaluation.decision_prefix import (
     SEQUENCE_KEYS,
     _stack_caches,
@@ -35,45 +34,8 @@ from steerpeft.evaluation.decision_prefix import (
     rows_modality,
 )
 from steerpeft.evaluation.reuse import _decode, _pad_token_id
+from steerpeft.evaluation.row_blocks import for_rows
 from steerpeft.plan import Plan
-from steerpeft.scalers.base import Scaler
-
-
-@dataclass
-class RowSubsetScaler(Scaler):
-    """`inner`'s strength and shift on the rows where `rows` is 1, zero elsewhere (runtime only, never saved)."""
-
-    inner: Scaler
-    rows: torch.Tensor  # [batch] 0/1
-    _masks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
-
-    def _mask(self, like: torch.Tensor) -> torch.Tensor:
-        if self.rows.shape[0] != like.shape[0]:
-            raise DataError(f"A row-restricted plan was built for {self.rows.shape[0]} rows but runs on {like.shape[0]}.")
-        key = (like.device, like.dtype)
-        if key not in self._masks:  # copied to the device once, not in every hook call
-            self._masks[key] = self.rows.to(like.device, like.dtype).view(-1, 1, 1)
-        return self._masks[key]
-
-    def observed_layers(self) -> set[int]:
-        return self.inner.observed_layers()
-
-    def observe(self, layer: int, hidden: torch.Tensor, fc: Any) -> None:
-        self.inner.observe(layer, hidden, fc)
-
-    def strength(self, hidden: torch.Tensor, layer: int, fc: Any) -> torch.Tensor:
-        return self._mask(hidden) * self.inner.strength(hidden, layer, fc)
-
-    def shift(self, hidden: torch.Tensor, layer: int, fc: Any) -> torch.Tensor | None:
-        shift = self.inner.shift(hidden, layer, fc)
-        return None if shift is None else self._mask(hidden) * shift
-
-
-def for_rows(plan: Plan, rows: torch.Tensor) -> Plan:
-    """`plan` steering only the rows where `rows` (bool or 0/1, [batch]) is set; other rows are left exactly alone."""
-    mask = torch.as_tensor(rows).float()
-    steps = [dataclasses.replace(step, scaler=RowSubsetScaler(step.scaler, mask)) for step in plan.steps]
-    return Plan(steps, plan.model_info, plan.metadata)
 
 
 @dataclass

@@ -42,6 +42,8 @@ from steerpeft.selectors.base import SELECTORS, LayerSelector, Selection, layer_
 from steerpeft.selectors.scores import auroc
 
 DEFAULT_LIMITS = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0}
+LAYERS_PER_STEP = 8
+"""Candidate layers scored per stacked decision step (two plans each: induce and the gate)."""
 NO_LAYER_CHOICES = ("fail", "best")
 """What a fit does when no candidate layer is within the limits: stop with the reasons, or take the
 best-separating layer anyway with a `SteeringWarning` (and say so in the table and the report)."""
@@ -79,31 +81,37 @@ class MarsSelector(LayerSelector):
         batches = list(data.services.text_batches(list(harmless_prompts.prompts)))
         refusal_ids = refusal_token_ids(data.tokenizer)
         logits_under = _logits_function(data.model, batches, self.shared_prefix)
-        base_logits = logits_under(None)
+        base_logits = logits_under([None])[0]
         base_scores = first_token_refusal_score(base_logits, refusal_ids)
         table: list[dict[str, Any]] = []
-        for layer in self.candidate_layers(data.layout.num_layers):
-            region = layer_region(data, stats, layer)
-            tau = stats.tau(region, layer, self.tau_quantile)
-            t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
-            t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
-            neutral = stats.gate_values(region, layer, "check")
-            induce_logits = logits_under(_push_to_harmful(data, layer, region))
-            mars_logits = logits_under(_mars_plan(data, layer, region, tau, self.form))
-            row = {
-                "layer": layer,
-                "separation": auroc(t_pos, t_neg),
-                "induce": float((first_token_refusal_score(induce_logits, refusal_ids) - base_scores).mean()),
-                "kl": float(first_token_kl(base_logits, mars_logits).mean()),
-                "false_trigger": float((neutral > tau).double().mean()) if len(neutral) else 0.0,
-                "tau": tau,
-                "t_harmful_mean": float(t_pos.mean()),
-                "t_harmless_mean": float(t_neg.mean()),
-            }
-            row["excluded_by"] = exclusions(row, self.limits, self.form)
-            row["within_limits"] = not row["excluded_by"]
-            table.append(row)
-            data.services.emit("on_layer_scored", layer=layer, scores=row)
+        layers = self.candidate_layers(data.layout.num_layers)
+        for start in range(0, len(layers), LAYERS_PER_STEP):
+            chunk = layers[start:start + LAYERS_PER_STEP]
+            regions = {layer: layer_region(data, stats, layer) for layer in chunk}
+            taus = {layer: stats.tau(regions[layer], layer, self.tau_quantile) for layer in chunk}
+            plans = [plan for layer in chunk for plan in (_push_to_harmful(data, layer, regions[layer]),
+                                                           _mars_plan(data, layer, regions[layer], taus[layer], self.form))]
+            logits = logits_under(plans)
+            for index, layer in enumerate(chunk):
+                region, tau = regions[layer], taus[layer]
+                t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
+                t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
+                neutral = stats.gate_values(region, layer, "check")
+                induce_logits, mars_logits = logits[2 * index], logits[2 * index + 1]
+                row = {
+                    "layer": layer,
+                    "separation": auroc(t_pos, t_neg),
+                    "induce": float((first_token_refusal_score(induce_logits, refusal_ids) - base_scores).mean()),
+                    "kl": float(first_token_kl(base_logits, mars_logits).mean()),
+                    "false_trigger": float((neutral > tau).double().mean()) if len(neutral) else 0.0,
+                    "tau": tau,
+                    "t_harmful_mean": float(t_pos.mean()),
+                    "t_harmless_mean": float(t_neg.mean()),
+                }
+                row["excluded_by"] = exclusions(row, self.limits, self.form)
+                row["within_limits"] = not row["excluded_by"]
+                table.append(row)
+                data.services.emit("on_layer_scored", layer=layer, scores=row)
         eligible = [row for row in table if row["within_limits"]]
         if not eligible:
             message = no_layer_message(table, self.limits)
@@ -149,15 +157,17 @@ def no_layer_message(table: list[dict[str, Any]], limits: dict[str, float]) -> s
 
 
 def _logits_function(model: Any, batches: list[dict[str, torch.Tensor]], shared_prefix: bool
-                     ) -> Callable[[Plan | None], torch.Tensor]:
-    """Decision logits of the harmless validation prompts under a decision-position plan (None: unsteered).
+                     ) -> Callable[[list[Plan | None]], list[torch.Tensor]]:
+    """Decision logits of the harmless validation prompts under each of several decision-position plans
+    (None: unsteered).
 
     The logits stay on the model's device: KL and refusal scores over the vocabulary are computed
     there (on a GPU, moving them to the host and reducing them there cost more than the forwards).
 
-    With `shared_prefix` the prompts minus their decision token are prefilled once and each plan
-    runs one token per row (`DecisionPrefix`: the same logits, a small fraction of the cost); models
-    whose positions a prefix cannot reproduce (multimodal rope state) fall back to full forwards.
+    With `shared_prefix` the prompts minus their decision token are prefilled once and the plans run
+    one token per row, several plans per step (`DecisionPrefix.logits_of_plans`: the same logits, a
+    small fraction of the cost); models whose positions a prefix cannot reproduce (multimodal rope
+    state) fall back to full forwards, one per plan.
     """
     if shared_prefix:
         try:
@@ -165,11 +175,14 @@ def _logits_function(model: Any, batches: list[dict[str, torch.Tensor]], shared_
         except ConfigError:
             prefix = None
         if prefix is not None:
-            return lambda plan: prefix.logits(plan).float()
+            return prefix.logits_of_plans
 
-    def full_forwards(plan: Plan | None) -> torch.Tensor:
-        with plan.apply(model) if plan is not None else contextlib.nullcontext():
-            return torch.cat([decision_logits(model, batch) for batch in batches]).float()
+    def full_forwards(plans: list[Plan | None]) -> list[torch.Tensor]:
+        found = []
+        for plan in plans:
+            with plan.apply(model) if plan is not None else contextlib.nullcontext():
+                found.append(torch.cat([decision_logits(model, batch) for batch in batches]).float())
+        return found
 
     return full_forwards
 
