@@ -377,7 +377,7 @@ def build_qwen_vl(device: torch.device, dtype: torch.dtype, tokenizer_dir: str |
 
     if importlib.util.find_spec("torchvision") is None:
         raise SystemExit("7b-vl needs torchvision: the Qwen-VL processor's video side imports it (pip install torchvision).")
-    from steerpeft.models.qwen_vl_shaped import qwen_vl_config, qwen_vl_processor, qwen_vl_tokenizer
+    from steerpeft.models.qwen_vl_parts import qwen_vl_config, qwen_vl_processor, qwen_vl_tokenizer
 
     _check_tokenizer_folder(tokenizer_dir)
     tokenizer = qwen_vl_tokenizer(tokenizer_dir)

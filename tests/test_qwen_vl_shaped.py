@@ -21,7 +21,7 @@ import torch
 from steerpeft.architectures import decoder_layers, resolve_layout
 from steerpeft.errors import ConfigError, SteerpeftError
 from steerpeft.mars.inputs import available_modalities, build_batch, modality_batches
-from steerpeft.models import CACHE_MARKER, cache_dir, load_model, qwen_vl_shaped_id
+from steerpeft.models import CACHE_MARKER, cache_dir, load_model, qwen_vl_parts, qwen_vl_shaped_id
 from steerpeft.models import qwen_vl_shaped as qwen_vl
 from steerpeft.models.gguf_header import gguf_architecture
 from steerpeft.prompting import encode_prompts
@@ -133,7 +133,7 @@ def test_template_prefix_renders_parts_and_keeps_strings():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     body = "{% for m in messages %}[{{ m['role'] }}:{{ m['content'] }}]{% endfor %}"
-    template = ImmutableSandboxedEnvironment().from_string(qwen_vl.qwen_vl_chat_template(body))
+    template = ImmutableSandboxedEnvironment().from_string(qwen_vl_parts.qwen_vl_chat_template(body))
     parts = [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "hi"}]
     rendered = template.render(messages=[{"role": "system", "content": "S"}, {"role": "user", "content": parts}])
     assert rendered == (
