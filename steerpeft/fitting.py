@@ -46,7 +46,8 @@ class FitData:
     """Train and validation activations for both classes plus the extracted directions.
 
     `settings`: the recipe's typed sections by key (e.g. "media" for MARS); `cache`: results a
-    component computes once per fit and shares with others (neutral-media statistics).
+    component computes once per fit and shares with others (neutral-media statistics); `scaler`:
+    the step's scaler before calibration, so a selector can score candidate layers under it.
     """
 
     model: Any
@@ -61,6 +62,7 @@ class FitData:
     services: FitServices
     settings: Mapping[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    scaler: Any = None
 
     def validation(self) -> tuple[Activations, Activations]:
         """Validation activations, or the training ones when no split was made."""

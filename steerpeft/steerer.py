@@ -186,7 +186,8 @@ class Steerer:
                                 ("negative_validation", neg_val)) if items
         }
         data = FitData(model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
-                       prompt_sets, _BoundServices(self, model, tokenizer, layout), settings=dict(self.settings))
+                       prompt_sets, _BoundServices(self, model, tokenizer, layout), settings=dict(self.settings),
+                       scaler=self.scaler)
         selection = self.selector.select(data)
         self.call("on_layer_selected", selection=selection)
         step_directions = self._step_directions(directions, selection.layers, layout)

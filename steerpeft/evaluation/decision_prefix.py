@@ -28,7 +28,7 @@ Assumptions, checked where cheap:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,7 @@ from steerpeft.architectures import decoder_layers, resolve_layout, unwrap_model
 from steerpeft.errors import ConfigError, DataError
 from steerpeft.evaluation.row_blocks import for_rows
 from steerpeft.evaluation.runs import _accepts, _attention_mask, _on_model_device, last_token_index
+from steerpeft.evaluation.runs import decision_logits as _full_decision_logits
 from steerpeft.plan import Plan
 from steerpeft.positions import DecisionPosition
 from steerpeft.recording import layer_output
@@ -388,3 +389,24 @@ def decision_logits_per_plan(
             require_decision_plan(plan)
     prefix = DecisionPrefix(model, batches)
     return [prefix.logits(plan) for plan in plans]
+
+
+def plan_logits_runner(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], shared: bool = True
+                       ) -> Callable[[Sequence[Any]], list[torch.Tensor]]:
+    """Float32 decision logits of `batches` under each of several decision-position plans (None: unsteered).
+
+    With `shared`, a `DecisionPrefix` where the model allows it (one prefill, one token per plan,
+    several plans stacked per step); else (or for models that keep multimodal rope state) one full
+    forward per plan.  The logits stay on the model's device: scores over the vocabulary reduce there.
+    """
+    if shared and prefix_supported(model):
+        return DecisionPrefix(model, list(batches)).logits_of_plans
+
+    def one_by_one(plans: Sequence[Any]) -> list[torch.Tensor]:
+        found = []
+        for plan in plans:
+            with plan.apply(model) if plan is not None else nullcontext(), torch.no_grad():
+                found.append(torch.cat([_full_decision_logits(model, batch) for batch in batches]).float())
+        return found
+
+    return one_by_one

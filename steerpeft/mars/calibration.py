@@ -44,6 +44,7 @@ class LayerRegion:
     raw_norm: float
     offsets: torch.Tensor  # [3, hidden], rows in `Modality` order (text row: zeros)
     spans: torch.Tensor | None = None  # [3]: harmless->harmful length along u per modality; None = p+ - p- for all
+    target: float = 1.0  # where the traversal ends, in t units (1: the harmful centroid, MARS.md)
 
     def span_table(self) -> torch.Tensor:
         """Per-modality span [3] (float32): measured, or the text span for every modality."""

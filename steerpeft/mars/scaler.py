@@ -7,8 +7,12 @@ span s^m = p+ - p- (MARS.md as written), or, when the fit measured it (recipe
 prompts with neutral media of modality m: s^m = <mu+^m - delta^m, u> - p-.
 Rows with t <= tau get strength exactly 0 and so stay bit-for-bit unchanged.
 
-- `form="traversal"` (default): h' = h + g * ReLU(p- + s^m - <h~,u>) * u,
-  g = clip((t - tau) / (1 - tau), 0, 1): never past the harmful centroid.
+- `form="traversal"` (default): h' = h + g * ReLU(p- + T s^m - <h~,u>) * u: the state is raised to
+  level T along u, never lowered.  The target T (`target`): 1, the harmful centroid (MARS.md); a
+  number; or read off the fit at calibration (`calibrated`: where the model's own first token turns
+  to refusal on the fit harmful prompts; `refused_centroid`: the centroid of the fit harmful prompts
+  it refuses; see `steerpeft.mars.target`).  The gate g (`gate`): `ramp`, clip((t - tau) / (1 - tau),
+  0, 1) (MARS.md), or `hard`, 1 as soon as t > tau.
 - `form="beta"`: h' = h + min(beta * ReLU(t - tau), rho) * (s^m / s^text) * r.
 
 `recenter`: "measure" (only the gate sees h~), "shift" (h itself is re-centred
@@ -27,6 +31,8 @@ import torch
 
 from steerpeft.errors import ConfigError
 from steerpeft.mars.calibration import LayerRegion, layer_region, neutral_statistics
+from steerpeft.mars.target import TARGET_MODES, layer_targets
+from steerpeft.registry import suggest
 from steerpeft.scalers.base import SCALERS, Scaler
 
 if TYPE_CHECKING:
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 
 RECENTER_MODES = ("measure", "shift", "none")
 FORMS = ("traversal", "beta")
+GATES = ("ramp", "hard")
 
 
 @SCALERS.register("trust_region")
@@ -48,6 +55,9 @@ class TrustRegionScaler(Scaler):
     tau: float | None = None
     tau_quantile: float = 0.95
     recenter: str = "measure"
+    target: float | str = 1.0
+    target_share: float = 0.95
+    gate: str = "ramp"
     regions: dict[int, LayerRegion] = field(default_factory=dict, init=False, repr=False)
     _device_cache: dict[Any, tuple[torch.Tensor, ...]] = field(default_factory=dict, init=False, repr=False)
 
@@ -58,6 +68,21 @@ class TrustRegionScaler(Scaler):
             raise ConfigError(f"trust_region recenter must be one of {RECENTER_MODES}, got {self.recenter!r}.")
         if not 0.0 < self.tau_quantile < 1.0:
             raise ConfigError(f"tau_quantile must be in (0, 1), got {self.tau_quantile}.")
+        if self.gate not in GATES:
+            raise ConfigError(f"trust_region gate must be one of {GATES}, got {self.gate!r}."
+                              f"{suggest(str(self.gate), list(GATES))}")
+        if isinstance(self.target, str):
+            if self.target not in TARGET_MODES:
+                raise ConfigError(f"trust_region target must be a number (1 = the harmful centroid) or one of "
+                                  f"{', '.join(TARGET_MODES)}, got {self.target!r}.{suggest(self.target, list(TARGET_MODES))}")
+        elif isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or not \
+                (math.isfinite(self.target) and self.target > 0):
+            raise ConfigError(f"trust_region target must be a positive number of spans (1 = the harmful centroid), "
+                              f"got {self.target!r}.")
+        else:
+            self.target = float(self.target)
+        if not 0.0 < self.target_share <= 1.0:
+            raise ConfigError(f"trust_region target_share must be in (0, 1], got {self.target_share}.")
         if self.tau is not None and not math.isfinite(self.tau):
             raise ConfigError(f"tau must be a finite number (0 = harmless centroid, 1 = harmful), got {self.tau}.")
 
@@ -68,6 +93,12 @@ class TrustRegionScaler(Scaler):
             self.regions[layer] = layer_region(data, stats, layer)
         if self.tau is None:
             self.tau = stats.tau(self.regions[layers[0]], layers[0], self.tau_quantile)
+        if isinstance(self.target, str):
+            for layer, fit in layer_targets(data, self.regions, self).items():
+                self.regions[layer].target = fit.target
+        else:
+            for region in self.regions.values():
+                region.target = float(self.target)
         self._device_cache.clear()
 
     # -- inference ---------------------------------------------------------------
@@ -131,10 +162,12 @@ class TrustRegionScaler(Scaler):
         tau = float(self.tau)  # type: ignore[arg-type]
         t, projection, span = self.gate_position(hidden, layer, fc)
         if self.form == "traversal":
-            # tau >= 1 means harmless inputs already sit past the harmful centroid: the gate may
-            # open, but ReLU(p+ - <h~,u>) is 0 there, so nothing moves.
-            gate = ((t - tau) / max(1.0 - tau, 1e-6)).clamp(0.0, 1.0)
-            value = gate * torch.relu(region.p_minus + span - projection)
+            # tau >= T means the gate opens only past the target, where ReLU(p- + T s - <h~,u>) is 0.
+            if self.gate == "hard":
+                gate = (t > tau).to(t.dtype)
+            else:
+                gate = ((t - tau) / max(1.0 - tau, 1e-6)).clamp(0.0, 1.0)
+            value = gate * torch.relu(region.p_minus + region.target * span - projection)
         else:
             scale = region.raw_norm / (region.p_plus - region.p_minus)
             value = torch.clamp(self.beta * torch.relu(t - tau), max=self.rho) * span * scale
@@ -160,6 +193,7 @@ class TrustRegionScaler(Scaler):
             state[f"{layer}.unit"] = region.unit.float().cpu()
             state[f"{layer}.offsets"] = region.offsets.float().cpu()
             state[f"{layer}.centroids"] = torch.tensor([region.p_plus, region.p_minus, region.raw_norm], dtype=torch.float64)
+            state[f"{layer}.target"] = torch.tensor([region.target], dtype=torch.float64)
             if region.spans is not None:
                 state[f"{layer}.spans"] = region.spans.float().cpu()
         return state
@@ -168,14 +202,15 @@ class TrustRegionScaler(Scaler):
         layers = {int(key.split(".")[0]) for key in state}
         for layer in layers:
             p_plus, p_minus, raw_norm = state[f"{layer}.centroids"].tolist()
+            target = state.get(f"{layer}.target")  # plans written before targets existed end at the centroid
             self.regions[layer] = LayerRegion(state[f"{layer}.unit"], p_plus, p_minus, raw_norm, state[f"{layer}.offsets"],
-                                              state.get(f"{layer}.spans"))
+                                              state.get(f"{layer}.spans"), 1.0 if target is None else float(target[0]))
         self._device_cache.clear()
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = dict(self.to_config()["params"])
         for layer, region in self.regions.items():
-            info[f"layer_{layer}"] = {"p_plus": region.p_plus, "p_minus": region.p_minus,
+            info[f"layer_{layer}"] = {"p_plus": region.p_plus, "p_minus": region.p_minus, "target": region.target,
                                       "offset_norms": region.offsets.norm(dim=1).tolist(),
                                       "spans": region.span_table().tolist()}
         return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,30 @@ class _ScoreRegistry(Registry[ScoreFn]):
 
 
 SCORES = _ScoreRegistry("score")
+
+
+def binomial_lower_bound(successes: int, trials: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson lower bound of a rate seen as `successes` of `trials` (0 for none seen).
+
+    The rate p at which seeing `successes` or more has probability 1 - `confidence`; found by bisection
+    on the binomial tail (exact, no scipy).
+    """
+    if trials <= 0 or successes <= 0:
+        return 0.0
+    if successes > trials:
+        raise ValueError(f"{successes} successes in {trials} trials")
+
+    def tail(p: float) -> float:  # P(X >= successes | p)
+        return 1.0 - sum(math.comb(trials, i) * p**i * (1 - p) ** (trials - i) for i in range(successes))
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if tail(middle) < 1.0 - confidence:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
