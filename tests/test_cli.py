@@ -243,7 +243,7 @@ def test_steerpeft_run_on_the_embedded_smollm2(tmp_path: Path, capsys: pytest.Ca
     assert 6 <= layer < 24  # the candidate range [0.2 L, 0.8 L)
     assert metrics["plan"]["tau"] is not None
     assert [r["set"] for r in metrics["eval"]["table"][:2]] == ["harmful/text", "harmless/text"]
-    held_out = load_recipe("mars", ["data.limit=24"]).split_prompts()["positive_validation"]
+    held_out = load_recipe("mars", ["data.limit=24"]).split_prompts()["positive_test"]
     assert metrics["eval"]["table"][0]["n"] == len(held_out) and metrics["eval"]["prompts"]["harmful"] == held_out
     assert f"chosen layer  {layer} of 30" in printed and str(out) in printed
     if metrics["adapter"]["status"] == "exported":

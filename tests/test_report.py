@@ -90,14 +90,16 @@ def test_metrics_record_the_plan_the_evaluation_and_provenance(run: Any, metrics
     assert metrics["adapter"]["status"] in ("exported", "unavailable")
 
 
-def test_eval_prompts_are_the_validation_split_of_the_fit(metrics: dict[str, Any]) -> None:
+def test_eval_prompts_are_the_test_split_no_fit_decision_saw(metrics: dict[str, Any]) -> None:
     recipe = load_recipe("mars", OVERRIDES)
     split = recipe.split_prompts()
-    assert metrics["eval"]["prompts"]["harmful"] == split["positive_validation"]
-    assert metrics["eval"]["prompts"]["harmless"] == split["negative_validation"]
-    assert not set(split["positive_validation"]) & set(split["positive"])
+    assert metrics["eval"]["prompts"]["harmful"] == split["positive_test"]
+    assert metrics["eval"]["prompts"]["harmless"] == split["negative_test"]
+    assert not set(split["positive_test"]) & (set(split["positive"]) | set(split["positive_validation"]))
+    assert metrics["eval"]["prompts"]["source"].startswith("the test split")
     counts = metrics["plan"]["steps"][0]["prompts"]
     assert counts["positive_validation"] == len(split["positive_validation"]) > 0
+    assert counts["positive"] + counts["positive_validation"] + len(split["positive_test"]) == 12  # data.limit
 
 
 # ---------------------------------------------------------------------------
@@ -136,8 +138,13 @@ def test_gate_values_and_separation_recomputed_from_the_saved_plan(tiny: tuple[A
         assert saved["mean"] == pytest.approx(float(t.mean()), abs=1e-3)
         assert saved["above_tau"] == pytest.approx(float((t > metrics["gate"]["tau"]).double().mean()))
         recomputed[label] = t.tolist()
+    # the layer table's separation is measured on the validation split (the prompts that chose the layer)
+    split = load_recipe("mars", OVERRIDES).split_prompts()
+    validation = {label: (_decision_states(model, tokenizer, split[f"{kind}_validation"], layer) @ region.unit.float()
+                          - region.p_minus) / (region.p_plus - region.p_minus)
+                  for label, kind in (("harmful", "positive"), ("harmless", "negative"))}
     row = next(r for r in metrics["plan"]["steps"][0]["layer_scores"] if r["layer"] == layer)
-    assert row["separation"] == pytest.approx(_auroc(recomputed["harmful"], recomputed["harmless"]))
+    assert row["separation"] == pytest.approx(_auroc(validation["harmful"].tolist(), validation["harmless"].tolist()))
 
 
 def test_refusal_rates_are_the_mean_of_the_saved_per_prompt_verdicts(metrics: dict[str, Any]) -> None:

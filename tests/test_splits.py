@@ -29,7 +29,7 @@ def test_the_three_parts_are_disjoint_and_cover_the_data() -> None:
 
 
 def test_no_test_fraction_gives_the_two_way_split_of_before() -> None:
-    recipe = load_recipe("mars", ["fit.validation_fraction=0.4"])
+    recipe = load_recipe("mars", ["fit.validation_fraction=0.4", "fit.test_fraction=0"])
     parts = recipe.split_prompts()
     positive = list(recipe.prompts()[0])
     assert (parts["positive"], parts["positive_validation"]) == holdout_split(positive, 0.4, 0)
