@@ -5,8 +5,9 @@ centroids' projections, the modality offsets delta^m and (optionally) per-modali
 
 Harmless prompts are recorded once text-only and once per media modality with neutral (solid
 random colour) images or videos.  The difference of means is the modality offset delta^m_l; the
-re-centred gate values t of the neutral-media prompts calibrate tau (calibration half) and measure
-the false-trigger rate (check half).  With `media.segment: modality` the training harmful prompts
+re-centred gate values t of all held-out harmless prompts (text and neutral media) calibrate tau,
+and the false-trigger rate is measured on the same prompts by leaving each one out of the tau it is
+judged against (so every held-out prompt serves both, and no prompt judges a tau it helped set).  With `media.segment: modality` the training harmful prompts
 are recorded with neutral media too, so each modality's segment gets its own length along u (its
 span), instead of the text span.  Results are memoised in `FitData.cache`, so the selector and the
 scaler share one recording.
@@ -58,9 +59,9 @@ class NeutralStatistics:
     """Modality offsets per layer ([3, hidden]) and held-out harmless states per modality.
 
     `held_out[modality][layer]` is [prompts, hidden]: decision-position states of the
-    validation harmless prompts (with neutral media for image/video).  Even rows form
-    the *calibration* half (tau), odd rows the *check* half (false-trigger rate), so tau
-    is never measured on the prompts that defined the direction or on those it is judged by.
+    validation harmless prompts (with neutral media for image/video).  They set tau together, and
+    each is judged for a false trigger against the tau of the others (`false_triggers`), so tau is
+    never measured on the prompts that defined the direction, nor a prompt on a tau it helped set.
     """
 
     offsets: dict[int, torch.Tensor]
@@ -68,7 +69,7 @@ class NeutralStatistics:
     media_modalities: list[str] = field(default_factory=list)
     spans: dict[int, torch.Tensor] = field(default_factory=dict)  # [3] per layer, only with segment "modality"
 
-    def gate_values(self, region: LayerRegion, layer: int, split: str = "calibration", recenter: bool = True,
+    def gate_values(self, region: LayerRegion, layer: int, split: str = "all", recenter: bool = True,
                     modalities: list[str] | None = None) -> torch.Tensor:
         """t of the harmless prompts of `split` ("calibration", "check" or "all"), pooled over modalities."""
         values = []
@@ -83,9 +84,21 @@ class NeutralStatistics:
         return torch.cat(values) if values else torch.empty(0)
 
     def tau(self, region: LayerRegion, layer: int, quantile: float) -> float:
-        """The `quantile` of calibration-half t values, floored at 0 (MARS.md step 4)."""
-        values = self.gate_values(region, layer, "calibration")
-        return max(0.0, float(torch.quantile(values.double(), quantile)))
+        """The `quantile` of the held-out harmless t values, floored at 0 (MARS.md step 4)."""
+        return quantile_tau(self.gate_values(region, layer, "all"), quantile)
+
+    def false_triggers(self, region: LayerRegion, layer: int, quantile: float) -> tuple[int, int]:
+        """(triggers, prompts): held-out harmless prompts whose t passes the tau set by all the others."""
+        values = self.gate_values(region, layer, "all").double()
+        if len(values) < 2:
+            return 0, len(values)
+        others = [torch.cat([values[:i], values[i + 1:]]) for i in range(len(values))]
+        return sum(int(values[i] > quantile_tau(rest, quantile)) for i, rest in enumerate(others)), len(values)
+
+
+def quantile_tau(values: torch.Tensor, quantile: float) -> float:
+    """tau from harmless t values: their `quantile`, floored at 0."""
+    return max(0.0, float(torch.quantile(values.double(), quantile))) if len(values) else 0.0
 
 
 def gate_value(projection: torch.Tensor, region: LayerRegion, modality: int = Modality.TEXT) -> torch.Tensor:

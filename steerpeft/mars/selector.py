@@ -6,7 +6,8 @@ For each candidate layer (default [0.2 L, 0.8 L)) on validation data:
   when the decision state is pushed to the harmful centroid (> 0 wanted);
 - `kl`: mean first-token KL on harmless prompts under the MARS scaler;
 - `false_trigger`: share of held-out harmless prompts (text and neutral media) whose
-  gate opens; tau comes from the other half of the held-out prompts.
+  gate opens at the tau set by the other held-out prompts (leave one out), judged on its
+  one-sided 95% lower bound.
 The layer with the best separation among those within `limits` (and with a gate that can
 act: tau < 1 for the traversal form) wins; each row records what excluded it.  When no layer
 is within the limits the fit fails with the reasons, or, with `on_no_layer: best`, takes the
@@ -109,15 +110,14 @@ class MarsSelector(LayerSelector):
                 region, tau = regions[layer], taus[layer]
                 t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
                 t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
-                neutral = stats.gate_values(region, layer, "check")
-                triggers = int((neutral > tau).sum())
+                triggers, checked = stats.false_triggers(region, layer, self.tau_quantile)
                 row = {
                     "layer": layer,
                     "separation": auroc(t_pos, t_neg),
                     "induce": float((first_token_refusal_score(logits[2 * index], refusal_ids) - base_scores).mean()),
                     "kl": float(first_token_kl(base_logits, logits[2 * index + 1]).mean()),
-                    "false_trigger": triggers / len(neutral) if len(neutral) else 0.0,
-                    "false_trigger_bound": binomial_lower_bound(triggers, len(neutral)),
+                    "false_trigger": triggers / checked if checked else 0.0,
+                    "false_trigger_bound": binomial_lower_bound(triggers, checked),
                     "tau": tau,
                     "target": region.target,
                     "t_harmful_mean": float(t_pos.mean()),
@@ -128,7 +128,7 @@ class MarsSelector(LayerSelector):
                 if refused is not None:
                     row["refusal"] = float(refusal_flags(refused[index], flags).double().mean())
                     row["refusal_unsteered"] = base_refusal
-                row["excluded_by"] = exclusions(row, self.limits, template.form, len(neutral))
+                row["excluded_by"] = exclusions(row, self.limits, template.form, checked)
                 row["within_limits"] = not row["excluded_by"]
                 table.append(row)
                 data.services.emit("on_layer_scored", layer=layer, scores=row)
