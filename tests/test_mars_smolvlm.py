@@ -18,7 +18,8 @@ from steerpeft.models import build_smolvlm_shaped
 pytestmark = pytest.mark.slow
 
 OVERRIDES = ["data.limit=60", "steps.0.selector.candidates.start=15", "steps.0.selector.candidates.stop=19",
-             TINY_FALLBACK]  # 60 prompts: every layer is past the 5% false-trigger limit; the mechanics still show
+             TINY_FALLBACK,  # 60 prompts: every layer is past the 5% false-trigger limit; the mechanics still show
+             "steps.0.selector.score=separation"]  # SmolLM2 does not refuse, so the refusal score cannot rank layers
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ Assumptions, checked where cheap:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from torch import nn
 
 from steerpeft.architectures import decoder_layers, resolve_layout, unwrap_model
 from steerpeft.errors import ConfigError, DataError
+from steerpeft.evaluation.kv_forks import fork_cache, require_dynamic_cache, stack_caches
 from steerpeft.evaluation.row_blocks import for_rows
 from steerpeft.evaluation.runs import _accepts, _attention_mask, _on_model_device, last_token_index
 from steerpeft.evaluation.runs import decision_logits as _full_decision_logits
@@ -48,6 +48,11 @@ from steerpeft.session import active_session
 
 MAX_STACKED_ROWS = 1024
 """Rows of one stacked decision step (`DecisionPrefix.logits_of_plans`): a few plans per step."""
+
+__all__ = [
+    "DecisionOutput", "DecisionPrefix", "decision_logits_per_plan", "fork_cache", "plan_logits_runner",
+    "prefix_supported", "require_decision_plan", "rows_modality",
+]
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "position_ids")
 """Batch entries laid out [batch, seq] like the tokens: sliced into prefix and decision token.
@@ -69,69 +74,6 @@ def require_decision_plan(plan: Any) -> None:
                 "prompt, so it takes plans that steer the 'decision' position only. Use decision_logits(model, batch) "
                 "under plan.apply(model) for this plan."
             )
-
-
-def fork_cache(cache: Any, rows: torch.Tensor | None = None) -> Any:
-    """A copy of a dynamic KV cache that a forward (or `generate`) may extend without touching `cache`.
-
-    Dynamic cache layers never write into their tensors: an update concatenates into new
-    ones, a crop or row selection slices.  So a shallow copy of the cache and of each layer
-    is an independent cache that shares the prefix's memory until it grows.  `rows` keeps
-    only those batch rows (a copy of them).
-    """
-    fork = copy.copy(cache)
-    fork.layers = [copy.copy(layer) for layer in cache.layers]
-    if rows is not None:
-        fork.batch_select_indices(rows.to(_cache_device(cache)))
-    return fork
-
-
-def _cache_device(cache: Any) -> torch.device:
-    for layer in cache.layers:
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, torch.Tensor):
-            return keys.device
-    return torch.device("cpu")
-
-
-def _check_dynamic(cache: Any) -> None:
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if layers is None or not all(isinstance(layer, DynamicLayer) for layer in layers):
-        raise ConfigError(
-            f"A decision prefix needs a dynamic KV cache (transformers DynamicCache layers), got {type(cache).__name__}; "
-            "this model's cache is not supported."
-        )
-
-
-def _stack_caches(caches: list[Any], widths: list[int]) -> Any:
-    """One cache holding every batch's rows, right-aligned to the longest prefix (zeros on the left).
-
-    The zero columns are masked out by the stacked attention mask, so they get no attention
-    weight.  Sliding-window layers keep at most window - 1 columns; they are aligned the same
-    way and their token count is the longest prefix.
-    """
-    stacked = fork_cache(caches[0])
-    longest = max(widths)
-    for index, layer in enumerate(stacked.layers):
-        parts = [cache.layers[index] for cache in caches]
-        if not all(getattr(part, "is_initialized", False) for part in parts):
-            continue
-        columns = max(part.keys.shape[-2] for part in parts)
-
-        def aligned(tensor: torch.Tensor, columns: int = columns) -> torch.Tensor:
-            missing = columns - tensor.shape[-2]
-            if missing == 0:
-                return tensor
-            pad = tensor.new_zeros(*tensor.shape[:-2], missing, tensor.shape[-1])
-            return torch.cat([pad, tensor], dim=-2)
-
-        layer.keys = torch.cat([aligned(part.keys) for part in parts])
-        layer.values = torch.cat([aligned(part.values) for part in parts])
-        if hasattr(layer, "cumulative_length"):
-            layer.cumulative_length = longest
-    return stacked
 
 
 @dataclass
@@ -185,7 +127,7 @@ class DecisionPrefix:
             self.cache = caches[0]
             self._tail = tails[0]
         else:
-            self.cache = _stack_caches(caches, [w - 1 for w in widths])
+            self.cache = stack_caches(caches, [w - 1 for w in widths])
             self._tail = self._stacked_tail(tails, widths)
 
     # -- building ------------------------------------------------------------
@@ -215,7 +157,7 @@ class DecisionPrefix:
             extra["logits_to_keep"] = 1  # the prefix's logits are never read
         output = self.model(**prefix, **extra)
         cache = output.past_key_values
-        _check_dynamic(cache)
+        require_dynamic_cache(cache)
         if "position_ids" not in tail and _accepts(self.model, "position_ids"):
             # The position `decision_logits` gives the last column: the model's default 0..T-1.  Explicit,
             # because batches of other widths are stacked into one step.

@@ -33,12 +33,11 @@ from steerpeft.errors import ConfigError, DataError
 from steerpeft.evaluation.decision_prefix import (
     SEQUENCE_KEYS,
     _accepts,
-    _check_dynamic,
     _keeps_rope_state,
-    fork_cache,
     require_decision_plan,
     rows_modality,
 )
+from steerpeft.evaluation.kv_forks import fork_cache, require_dynamic_cache
 from steerpeft.evaluation.runs import _attention_mask, _on_model_device, generate_texts, last_token_index
 from steerpeft.inputs.text import text_tokenizer
 from steerpeft.plan import Plan
@@ -193,7 +192,7 @@ class GenerationPrefix:
             extra["logits_to_keep"] = 1
         with torch.no_grad():
             self.cache = model(**prefix, **extra).past_key_values
-        _check_dynamic(self.cache)
+        require_dynamic_cache(self.cache)
         # What `generate` gets: the full prompt tokens (it feeds only those past the cache) and their mask.
         self.inputs = {k: v for k, v in batch.items() if k in SEQUENCE_KEYS and isinstance(v, torch.Tensor)}
         self.num_rows = int(mask.shape[0])

@@ -28,11 +28,10 @@ from steerpeft.architectures import unwrap_model
 from steerpeft.errors import ConfigError
 from steerpeft.evaluation.decision_prefix import (
     SEQUENCE_KEYS,
-    _stack_caches,
-    fork_cache,
     require_decision_plan,
     rows_modality,
 )
+from steerpeft.evaluation.kv_forks import fork_cache, stack_caches
 from steerpeft.evaluation.reuse import _decode, _pad_token_id
 from steerpeft.evaluation.row_blocks import for_rows
 from steerpeft.plan import Plan
@@ -82,7 +81,7 @@ def generate_stacked(model: nn.Module, tokenizer_or_processor: Any, batch: dict[
     if prefix is not None:
         inputs = {k: v[index.to(v.device)] for k, v in prefix.inputs.items()}
         forks = [fork_cache(prefix.cache, torch.as_tensor(block.rows).long()) for block in blocks.values()]
-        cache = forks[0] if len(forks) == 1 else _stack_caches(forks, [prefix.cache.get_seq_length()] * len(forks))
+        cache = forks[0] if len(forks) == 1 else stack_caches(forks, [prefix.cache.get_seq_length()] * len(forks))
         extra: dict[str, Any] = {"past_key_values": cache}
         full_ids = prefix.inputs["input_ids"]
     else:
