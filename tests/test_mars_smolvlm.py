@@ -83,7 +83,8 @@ def test_modality_segment_opens_the_gate_for_harmful_media(model_and_processor, 
     assert spans[1] < 0.5 * spans[0], "the image shrinks the segment on this model"
     with capsys.disabled():
         opened = _report("modality", plan, t, raw)
-    assert opened["harmful/image"] >= 0.5
-    assert opened["harmful/image"] > opened["harmless/image"]
-    assert opened["harmful/video"] >= 0.5
-    assert opened["harmful/video"] > opened["harmless/video"]
+    for modality in ("image", "video"):
+        # the scale is restored: at the same tau, harmful + media opens about as often as harmful text
+        # (with the text span, harmful + image opens on no row at all: the test above prints 0%)
+        assert opened[f"harmful/{modality}"] >= 0.8 * opened["harmful/text"] > 0
+        assert opened[f"harmful/{modality}"] > opened[f"harmless/{modality}"]
