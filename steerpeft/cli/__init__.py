@@ -9,15 +9,18 @@ overridden with trailing `key.path=value` arguments.  Errors print
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
 
 from steerpeft.cli.commands import cmd_eval, cmd_export, cmd_fit, cmd_recipes, cmd_run
 from steerpeft.cli.describe import cmd_info
 from steerpeft.cli.parser import _split_arguments, build_parser
-from steerpeft.errors import SteerpeftError
+from steerpeft.errors import SteeringWarning, SteerpeftError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -36,6 +39,25 @@ def _quiet_libraries() -> None:
         pass
 
 
+@contextlib.contextmanager
+def _steering_warnings_shown_plainly() -> Iterator[None]:
+    """Print our own warnings as `warning: ...` lines: the user needs the message, not our source line."""
+    plain = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None, **extra: Any) -> None:
+        if issubclass(category, SteeringWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.showwarning = plain
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 error, 1 run finished with a failed export)."""
     parser = build_parser()
@@ -48,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[args.command](args)
+        with _steering_warnings_shown_plainly():
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
