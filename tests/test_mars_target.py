@@ -94,8 +94,9 @@ def test_bad_target_and_gate_are_refused_with_a_suggestion() -> None:
         TrustRegionScaler(gate="hrad")
 
 
-def _steerer(**scaler: object) -> Steerer:
-    return Steerer(DiffMeans(), MarsSelector(candidates=[1, 2], on_no_layer="best", score="refusal"),
+def _steerer(limits: dict[str, float] | None = None, **scaler: object) -> Steerer:
+    return Steerer(DiffMeans(), MarsSelector(candidates=[1, 2], on_no_layer="best", score="refusal",
+                                             limits=limits or {}),
                    TrustRegionScaler(**scaler), AddDirection(normalize=True), positions="decision", batch_size=4,
                    validation_fraction=0.5)
 
@@ -131,12 +132,28 @@ def test_the_calibrated_target_is_the_smallest_grid_level_reaching_the_share(lla
 
 def test_the_refusal_score_picks_the_layer_that_refuses_most(llama) -> None:
     model, tok = llama
-    plan = _steerer(target=2.0, gate="hard").fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
+    relaxed = {"kl": 100.0, "false_trigger": 1.0, "induce": -1e6}  # every layer within the limits
+    plan = _steerer(relaxed, target=2.0, gate="hard", form="beta").fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
     table = plan.metadata["steps"]["step"]["layer_scores"]
+    assert all(row["within_limits"] for row in table)
     assert all("refusal" in row and "refusal_unsteered" in row for row in table)
-    eligible = [row for row in table if row["within_limits"]] or table
     chosen = next(row for row in table if row["chosen"])
-    assert chosen["refusal"] == max(row["refusal"] for row in eligible)
+    assert chosen["refusal"] == max(row["refusal"] for row in table)
+
+
+def test_layers_the_recorded_states_exclude_cost_no_gate_forwards(llama) -> None:
+    """tau >= 1 or too many false triggers exclude a layer before its target, KL and refusal are measured;
+    the chosen layer is always measured in full (a fallback too)."""
+    model, tok = llama
+    plan = _steerer(target="calibrated", gate="hard").fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
+    table = plan.metadata["steps"]["step"]["layer_scores"]
+    for row in table:
+        assert row["induce"] is not None
+        if row["chosen"]:
+            assert row["kl"] is not None and row["target"] is not None and "refusal" in row
+        elif row["kl"] is None:
+            assert row["excluded_by"] and not any(reason.startswith("kl") for reason in row["excluded_by"])
+            assert row["target"] is None and "refusal" not in row
 
 
 def test_a_false_trigger_excludes_a_layer_only_when_the_bound_passes_the_limit() -> None:

@@ -82,56 +82,28 @@ class MarsSelector(LayerSelector):
         return layer_range(self.candidates, num_layers)
 
     def select(self, data: FitData) -> Selection:
+        """Score every candidate, cheapest first: a layer the recorded states already exclude (tau, false
+        triggers) or whose push to the harmful centroid does not raise refusal (induce) gets no target, KL
+        or refusal forwards; the table says what excluded it.  (The chosen layer is always scored fully.)"""
         stats = neutral_statistics(data)
-        positive, negative = data.validation()
         template = data.scaler if isinstance(data.scaler, TrustRegionScaler) else TrustRegionScaler(form=self.form)
         layers = self.candidate_layers(data.layout.num_layers)
         regions = {layer: layer_region(data, stats, layer) for layer in layers}
-        targets = layer_targets(data, regions, template) if isinstance(template.target, str) else {}
-        for layer, region in regions.items():
-            region.target = targets[layer].target if layer in targets else float(template.target)
-        refusal_ids = refusal_token_ids(data.tokenizer)
-        harmless = _runner(data, "negative_validation", "negative", self.shared_prefix)
-        harmful = _runner(data, "positive_validation", "positive", self.shared_prefix) \
-            if self.score == "refusal" else None
-        base_logits = harmless([None])[0]
-        base_scores = first_token_refusal_score(base_logits, refusal_ids)
-        flags = torch.tensor(refusal_ids)
-        base_refusal = float(refusal_flags(harmful([None])[0], flags).double().mean()) if harmful else None
-        table: list[dict[str, Any]] = []
-        for start in range(0, len(layers), LAYERS_PER_STEP):
-            chunk = layers[start:start + LAYERS_PER_STEP]
-            taus = {layer: stats.tau(regions[layer], layer, self.tau_quantile) for layer in chunk}
-            gates = [_mars_plan(data, layer, regions[layer], taus[layer], template) for layer in chunk]
-            logits = harmless([plan for layer, gate in zip(chunk, gates, strict=True)
-                               for plan in (_push_to_harmful(data, layer, regions[layer]), gate)])
-            refused = harmful(gates) if harmful else None
-            for index, layer in enumerate(chunk):
-                region, tau = regions[layer], taus[layer]
-                t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
-                t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
-                triggers, checked = stats.false_triggers(region, layer, self.tau_quantile)
-                row = {
-                    "layer": layer,
-                    "separation": auroc(t_pos, t_neg),
-                    "induce": float((first_token_refusal_score(logits[2 * index], refusal_ids) - base_scores).mean()),
-                    "kl": float(first_token_kl(base_logits, logits[2 * index + 1]).mean()),
-                    "false_trigger": triggers / checked if checked else 0.0,
-                    "false_trigger_bound": binomial_lower_bound(triggers, checked),
-                    "tau": tau,
-                    "target": region.target,
-                    "t_harmful_mean": float(t_pos.mean()),
-                    "t_harmless_mean": float(t_neg.mean()),
-                }
-                if layer in targets:
-                    row["target_share"], row["target_reached"] = targets[layer].share, targets[layer].reached
-                if refused is not None:
-                    row["refusal"] = float(refusal_flags(refused[index], flags).double().mean())
-                    row["refusal_unsteered"] = base_refusal
-                row["excluded_by"] = exclusions(row, self.limits, template.form, checked)
-                row["within_limits"] = not row["excluded_by"]
-                table.append(row)
-                data.services.emit("on_layer_scored", layer=layer, scores=row)
+        rows = {layer: self._state_scores(data, stats, layer, regions[layer]) for layer in layers}
+        checked = {layer: stats.false_triggers(regions[layer], layer, self.tau_quantile)[1] for layer in layers}
+        scoring = _GateScoring(data, self, template, regions)
+        scoring.induce(rows)
+        promising = [layer for layer in layers if not exclusions(rows[layer], self.limits, template.form)]
+        for layer in layers:
+            if layer not in promising:
+                self._finish(data, rows[layer], template, checked[layer])
+        scoring.calibrate_targets(promising)  # every layer's bisection at once: stacked steps
+        for start in range(0, len(promising), LAYERS_PER_STEP):
+            chunk = promising[start:start + LAYERS_PER_STEP]
+            scoring.gate(chunk, rows)
+            for layer in chunk:
+                self._finish(data, rows[layer], template, checked[layer])
+        table = [rows[layer] for layer in layers]
         eligible = [row for row in table if row["within_limits"]]
         if not eligible:
             message = no_layer_message(table, self.limits)
@@ -140,12 +112,91 @@ class MarsSelector(LayerSelector):
             warnings.warn(f"{message}\nUsing the best-separating layer anyway (on_no_layer=best).", SteeringWarning,
                           stacklevel=2)
         rank = (lambda row: (row["refusal"], row["separation"])) if self.score == "refusal" and eligible else \
-            (lambda row: (row["separation"], -row["kl"]))
+            (lambda row: (row["separation"], -(row["kl"] if row["kl"] is not None else 0.0)))
         best = max(eligible or table, key=rank)
+        if best["kl"] is None:  # a fallback layer the limits excluded early: score it fully too
+            scoring.gate([best["layer"]], rows)
+            best["excluded_by"] = exclusions(best, self.limits, template.form, checked[best["layer"]])
         for row in table:
             row["chosen"] = row is best
             row["fallback"] = not eligible and row is best
         return Selection([best["layer"]], table)
+
+    def _state_scores(self, data: FitData, stats: Any, layer: int, region: LayerRegion) -> dict[str, Any]:
+        """What the recorded validation states give without a forward: separation, tau, false triggers."""
+        positive, negative = data.validation()
+        t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
+        t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
+        triggers, checked = stats.false_triggers(region, layer, self.tau_quantile)
+        return {
+            "layer": layer,
+            "separation": auroc(t_pos, t_neg),
+            "induce": None,
+            "kl": None,
+            "false_trigger": triggers / checked if checked else 0.0,
+            "false_trigger_bound": binomial_lower_bound(triggers, checked),
+            "tau": stats.tau(region, layer, self.tau_quantile),
+            "target": None,
+            "t_harmful_mean": float(t_pos.mean()),
+            "t_harmless_mean": float(t_neg.mean()),
+        }
+
+    def _finish(self, data: FitData, row: dict[str, Any], template: TrustRegionScaler, checked: int) -> None:
+        row["excluded_by"] = exclusions(row, self.limits, template.form, checked)
+        row["within_limits"] = not row["excluded_by"]
+        data.services.emit("on_layer_scored", layer=row["layer"], scores=row)
+
+
+class _GateScoring:
+    """The forward-pass scores of the sweep, on the decision prefix of the validation prompts."""
+
+    def __init__(self, data: FitData, selector: MarsSelector, template: TrustRegionScaler,
+                 regions: dict[int, LayerRegion]) -> None:
+        self.data, self.selector, self.template, self.regions = data, selector, template, regions
+        self.refusal_ids = refusal_token_ids(data.tokenizer)
+        self.flags = torch.tensor(self.refusal_ids)
+        self.harmless = _runner(data, "negative_validation", "negative", selector.shared_prefix)
+        self.harmful = _runner(data, "positive_validation", "positive", selector.shared_prefix) \
+            if selector.score == "refusal" else None
+        self.base_logits = self.harmless([None])[0]
+        self.base_scores = first_token_refusal_score(self.base_logits, self.refusal_ids)
+        self.base_refusal = float(refusal_flags(self.harmful([None])[0], self.flags).double().mean()) \
+            if self.harmful else None
+
+    def induce(self, rows: dict[int, dict[str, Any]]) -> None:
+        """Mean rise of the first-token refusal score on harmless prompts pushed to the harmful centroid."""
+        layers = list(rows)
+        for start in range(0, len(layers), 2 * LAYERS_PER_STEP):
+            chunk = layers[start:start + 2 * LAYERS_PER_STEP]
+            pushed = self.harmless([_push_to_harmful(self.data, layer, self.regions[layer]) for layer in chunk])
+            for layer, logits in zip(chunk, pushed, strict=True):
+                rows[layer]["induce"] = float((first_token_refusal_score(logits, self.refusal_ids)
+                                               - self.base_scores).mean())
+
+    def calibrate_targets(self, layers: list[int]) -> None:
+        """The target of every layer in `layers` (memoised in the fit's cache), all bisections stacked."""
+        if isinstance(self.template.target, str) and layers:
+            layer_targets(self.data, {layer: self.regions[layer] for layer in layers}, self.template)
+
+    def gate(self, layers: list[int], rows: dict[int, dict[str, Any]]) -> None:
+        """The fitted trust region at each layer (its target calibrated first): KL on harmless, and the
+        refusal rate on harmful prompts when the selector ranks by refusal."""
+        regions = {layer: self.regions[layer] for layer in layers}
+        targets = layer_targets(self.data, regions, self.template) if isinstance(self.template.target, str) else {}
+        for layer, region in regions.items():
+            region.target = targets[layer].target if layer in targets else float(self.template.target)
+        gates = [_mars_plan(self.data, layer, regions[layer], rows[layer]["tau"], self.template) for layer in layers]
+        kl_logits = self.harmless(gates)
+        refused = self.harmful(gates) if self.harmful else None
+        for index, layer in enumerate(layers):
+            row = rows[layer]
+            row["kl"] = float(first_token_kl(self.base_logits, kl_logits[index]).mean())
+            row["target"] = regions[layer].target
+            if layer in targets:
+                row["target_share"], row["target_reached"] = targets[layer].share, targets[layer].reached
+            if refused is not None:
+                row["refusal"] = float(refusal_flags(refused[index], self.flags).double().mean())
+                row["refusal_unsteered"] = self.base_refusal
 
 
 def exclusions(row: dict[str, Any], limits: dict[str, float], form: str, checked: int = 0) -> list[str]:
@@ -160,14 +211,14 @@ def exclusions(row: dict[str, Any], limits: dict[str, float], form: str, checked
     if form == "traversal" and row["tau"] >= 1.0:
         reasons.append(f"tau {row['tau']:.3f} >= 1: harmless prompts reach past the harmful centroid, so the gate "
                        "cannot tell them from harmful ones (and a traversal to the centroid cannot move anything)")
-    if row["kl"] > limits["kl"]:
+    if row.get("kl") is not None and row["kl"] > limits["kl"]:
         reasons.append(f"kl {row['kl']:.3g} > {limits['kl']:g}")
     bound = row.get("false_trigger_bound", row["false_trigger"])
     if bound > limits["false_trigger"]:
         seen = f"{round(row['false_trigger'] * checked)}/{checked}, " if checked else ""
         reasons.append(f"false_trigger {row['false_trigger']:.1%} ({seen}95% lower bound {bound:.1%}) > "
                        f"{limits['false_trigger']:.1%}")
-    if not row["induce"] > limits["induce"]:
+    if row.get("induce") is not None and not row["induce"] > limits["induce"]:
         reasons.append(f"induce {row['induce']:.3g} <= {limits['induce']:g} (pushing to the harmful centroid does not "
                        "raise refusal)")
     return reasons
