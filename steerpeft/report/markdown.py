@@ -16,7 +16,7 @@ from steerpeft.report.metrics import limits_cell, modalities_of, result_rows
 
 ABLATION_NOTES = {
     "no re-centering": "the gate ignores the modality offsets (tau unchanged)",
-    "fixed strength": "no gate: every input gets the full centroid gap p+ - p- along u",
+    "fixed strength": "no gate: every input gets the full centroid gap p+ - p- along u (whatever the target)",
     "all tokens": "the same gated update at every token, not only the first generated one",
 }
 
@@ -70,8 +70,8 @@ def _header(metrics: Mapping[str, Any]) -> list[str]:
     if prompts:
         lines.append(f"- **Data**: {data.get('positive', 'positive')} vs {data.get('negative', 'negative')}: fitted on "
                      f"{prompts.get('positive', 0)} harmful / {prompts.get('negative', 0)} harmless prompts, "
-                     f"{prompts.get('positive_validation', 0)} / {prompts.get('negative_validation', 0)} held out "
-                     "for validation")
+                     f"{prompts.get('positive_validation', 0)} / {prompts.get('negative_validation', 0)} for "
+                     "validation (layer, threshold, target)")
     if metrics.get("command"):
         lines.append(f"- **Command**: `{metrics['command']}`")
     if timings:
@@ -121,7 +121,24 @@ def _fitted(metrics: Mapping[str, Any]) -> list[str]:
     if plan.get("tau") is not None:
         lines += ["", (f"The gate threshold is **tau = {plan['tau']:.3f}** (in units of the harmless-to-harmful centroid "
                       "distance: inputs with t <= tau are left exactly unchanged).")]
+        lines += _target_sentence(plan)
     return lines + [""]
+
+
+def _target_sentence(plan: Mapping[str, Any]) -> list[str]:
+    """Where the traversal ends at the chosen layer, and whether the calibrated target was reachable."""
+    main = next((s for s in plan.get("steps", []) if s.get("name") == plan.get("main_step")), {})
+    row = next((r for r in main.get("layer_scores") or [] if r.get("chosen")), None)
+    if row is None or row.get("target") is None:
+        return []
+    if "target_reached" not in row:
+        return ["", f"An open gate carries the input to **T = {row['target']:.2f}** (1 = the harmful centroid)."]
+    if row["target_reached"]:
+        return ["", (f"An open gate carries the input to **T = {row['target']:.2f}**, where the model's own first token "
+                f"is a refusal opening on {row['target_share']:.0%} of the fit harmful prompts (1 = the harmful centroid).")]
+    return ["", (f"**The calibrated target was not reachable**: no level up to 5 spans made the model open with a refusal "
+            f"often enough (at most {row['target_share']:.0%} of the fit harmful prompts), so an open gate carries the "
+            "input to the harmful centroid (T = 1), as MARS.md does.")]
 
 
 def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
@@ -133,11 +150,11 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     if "layers" in plots:
         lines += [f"![Per-layer scores]({plots['layers']})", ""]
     if table:
-        columns = [c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau", "t_harmful_mean",
-                               "t_harmless_mean") if any(c in r for r in table)]
+        columns = [c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau", "target", "refusal",
+                               "t_harmful_mean", "t_harmless_mean") if any(c in r for r in table)]
         names = {"separation": "separation (AUROC)", "induce": "induce", "kl": "KL (nats)", "false_trigger": "false-trigger",
                  "tau": "tau", "t_harmful_mean": "mean t harmful", "t_harmless_mean": "mean t harmless",
-                 "accuracy": "accuracy"}
+                 "accuracy": "accuracy", "target": "target T", "refusal": "refused (validation harmful)"}
         gated = any("within_limits" in r for r in table)
         headers = ["layer"] + [names[c] for c in columns] + (["within limits"] if gated else []) + ["chosen"]
         rows = []
@@ -145,7 +162,7 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
             cells: list[Any] = [r["layer"]]
             for c in columns:
                 value = r.get(c)
-                cells.append(_pct(value) if c == "false_trigger" else _num(value, 3))
+                cells.append(_pct(value) if c in ("false_trigger", "refusal") else _num(value, 3))
             if gated:
                 cells.append(limits_cell(r))
             cells.append("**<-**" if r.get("chosen") else "")
@@ -154,7 +171,10 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
                   "between harmful and harmless prompts; induce is the mean rise of the first-token refusal log-odds on "
                   "harmless prompts when their state is pushed to the harmful centroid; KL is the first-token KL on "
                   "harmless prompts under the gated steering; false-trigger is the share of held-out harmless inputs (text "
-                  "only and with neutral media) whose gate opens at that layer's tau."), "", _table(headers, rows, ["r"] * len(headers)), ""]
+                  "only and with neutral media) whose gate opens at that layer's tau; target T is where an open gate "
+                  "carries an input, and refused is the share of validation harmful prompts whose first token is a refusal "
+                  "opening under that layer's gate. A dash: not measured, because a cheaper score already excluded the "
+                  "layer."), "", _table(headers, rows, ["r"] * len(headers)), ""]
     return lines
 
 
