@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shlex
@@ -298,7 +299,11 @@ def compare_tables(fast: list[dict[str, Any]], slow: list[dict[str, Any]]) -> di
     by_layer = {row["layer"]: row for row in fast}
 
     def diff(key: str) -> float:
-        return max(abs(float(row[key]) - float(by_layer[row["layer"]][key])) for row in slow)
+        """Largest difference over the layers both measured (inf where only one did: a different exclusion)."""
+        pairs = [(row.get(key), by_layer[row["layer"]].get(key)) for row in slow]
+        gaps = [abs(float(a) - float(b)) if a is not None and b is not None else (0.0 if a is b else math.inf)
+                for a, b in pairs]
+        return max(gaps, default=0.0)
 
     return {
         "layers": len(slow),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -12,8 +12,13 @@ from torch import nn
 from steerpeft.errors import AdapterError
 from steerpeft.formats import TENSORS_ATTR
 
-if TYPE_CHECKING:
-    from steerpeft.adapters.steer.runtime import SteerRuntime
+
+class AdapterRuntime(Protocol):
+    """What a `SteerLayer` asks of the runtime that owns an adapter's hooks (`SteerRuntime`)."""
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _TensorBank(nn.Module):
@@ -38,7 +43,7 @@ class SteerLayer(nn.Module, BaseTunerLayer):
         self._active_adapter: list[str] = []
         self._disable_adapters = False
         self.merged_adapters = []
-        self._runtimes: dict[str, SteerRuntime] = {}
+        self._runtimes: dict[str, AdapterRuntime] = {}
 
     @property
     def weight(self) -> torch.Tensor:  # BaseTunerLayer.weight would recurse: there is no base layer
