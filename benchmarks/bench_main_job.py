@@ -1,15 +1,17 @@
 """The main job (`steerpeft run` with the `mars` recipe), stage by stage, priced against its floors.
 
-Every stage runs the product's own code (no patched internals), in one process, on one model, and is
-timed in wall and process-CPU seconds (the device synchronised around each stage):
+Every stage runs the product's own code, in one process, on one model, and is timed in wall and
+process-CPU seconds (the device synchronised around each stage; the only wrapper is a timer around the
+MARS target calibration, `layer_targets`, which changes nothing it computes):
 
 - `floor_forward`: one plain forward over the prompts the recipe's fit records (training and
   validation splits, in the fit's batches; `use_cache=False`, `logits_to_keep=1`).  For
   vision-language models also `floor_forward_media`: the neutral-media prompts the fit records;
 - `fit`: `recipe.fit(model, processor, callbacks=[timer])`, split from its callbacks into
   `fit.recording_text` / `fit.recording_media` (recording per split), `fit.sweep` (the MARS
-  selector's scores: separation, KL, induce, false triggers; its media recording excluded),
-  `fit.calibrate` and `fit.rest`;
+  selector's scores: separation, KL, induce, false triggers, validation refusal; its media recording
+  and target calibration excluded), `fit.target` (where each scored layer's traversal ends: the
+  bisection over the fit harmful prompts, in the selector and the scaler), `fit.calibrate` and `fit.rest`;
 - `fit_slow` (`--compare`): the same with `steps.0.selector.shared_prefix=false` (one full
   forward per candidate plan); checks the same layer and table;
 - `floor_generate`: one unsteered greedy generation over the evaluation sets the run builds
@@ -40,6 +42,7 @@ video), both built on the device with the real Qwen2.5 tokenizer from `--tokeniz
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -68,6 +71,8 @@ from steerpeft.evaluation import generate_texts
 from steerpeft.evaluation.decision_prefix import prefix_supported
 from steerpeft.inputs.batches import available_modalities, modality_batches
 from steerpeft.inputs.modality import Modality
+from steerpeft.mars import scaler as mars_scaler
+from steerpeft.mars import selector as mars_selector
 from steerpeft.recipes import Recipe, load_recipe
 from steerpeft.run.evaluation import eval_batch_size, eval_prompts, evaluate_plan, media_sets
 
@@ -144,6 +149,8 @@ class FitTimer(Callback):
         self.device = device
         self.marks: dict[str, tuple[float, float]] = {}
         self.recording = {"text": [0.0, 0.0], "media": [0.0, 0.0]}
+        self.target = {"select": [0.0, 0.0], "calibrate": [0.0, 0.0]}
+        self._phase = "select"
         self.splits: dict[str, dict[str, float]] = {}
         self._open: tuple[float, float] | None = None
         self._scored = 0
@@ -172,7 +179,33 @@ class FitTimer(Callback):
     def on_layer_scored(self, runner: Any, layer: int, scores: dict[str, Any]) -> None:
         self._scored += 1
 
+    @contextlib.contextmanager
+    def timing_targets(self) -> Iterator[None]:
+        """Time the MARS target calibration (`layer_targets`) on its own: a job the sweep's scores do not
+        include (the bisection of where each layer's traversal ends), charged to the phase it runs in."""
+        modules = [mars_selector, mars_scaler]
+        originals = [module.layer_targets for module in modules]
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = now(self.device)
+            try:
+                return originals[0](*args, **kwargs)
+            finally:
+                taken = span(start, now(self.device))
+                bucket = self.target[self._phase]
+                bucket[0] += taken["wall_s"]
+                bucket[1] += taken["cpu_s"]
+
+        for module in modules:
+            module.layer_targets = timed
+        try:
+            yield
+        finally:
+            for module, original in zip(modules, originals, strict=True):
+                module.layer_targets = original
+
     def on_layer_selected(self, runner: Any, selection: Any) -> None:
+        self._phase = "calibrate"
         self.marks["selected"] = now(self.device)
         self.marks["recorded_after_select"] = self._recorded()
 
@@ -186,7 +219,11 @@ class FitTimer(Callback):
         m = self.marks
         inside = [after - before for after, before in zip(m["recorded_after_select"], m["recorded_before_select"])]
         select = span(m["directions"], m["selected"])
-        sweep = {"wall_s": round(select["wall_s"] - inside[0], 3), "cpu_s": round(select["cpu_s"] - inside[1], 3)}
+        in_select, in_calibrate = self.target["select"], self.target["calibrate"]
+        sweep = {unit: round(select[unit] - inside[i] - in_select[i], 3) for i, unit in enumerate(UNITS)}
+        calibrate = span(m["selected"], m["calibrated"])
+        calibrate = {unit: round(calibrate[unit] - in_calibrate[i], 3) for i, unit in enumerate(UNITS)}
+        target = {unit: round(in_select[i] + in_calibrate[i], 3) for i, unit in enumerate(UNITS)}
         recorded = [kind[0] + kind[1] for kind in zip(*self.recording.values())]
         total = span(m["start"], m["end"])
         parts = {
@@ -194,9 +231,10 @@ class FitTimer(Callback):
             "recording_media": {"wall_s": round(self.recording["media"][0], 3),
                                 "cpu_s": round(self.recording["media"][1], 3)},
             "sweep": sweep,
-            "calibrate": span(m["selected"], m["calibrated"]),
+            "target": target,
+            "calibrate": calibrate,
         }
-        accounted = [recorded[i] + sweep[unit] + parts["calibrate"][unit] for i, unit in enumerate(UNITS)]
+        accounted = [recorded[i] + sweep[unit] + target[unit] + calibrate[unit] for i, unit in enumerate(UNITS)]
         parts["rest"] = {unit: round(total[unit] - accounted[i], 3) for i, unit in enumerate(UNITS)}
         if not self.recording["media"][0]:
             del parts["recording_media"]
@@ -570,7 +608,7 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if media_batches:
         clock.repeated("floor_forward_media", lambda: plain_forward(model, media_batches), args.floor_repeats)
     timer = FitTimer(args.device)
-    with clock.stage("fit"):
+    with clock.stage("fit"), timer.timing_targets():
         plan = recipe.fit(model, processor, callbacks=[timer])
     clock.stages.update(timer.stages("fit"))
     checks["fit"] = {"chosen": plan.metadata["steps"]["mars"]["selected_layers"], "recorded_splits": timer.splits,
@@ -578,8 +616,9 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if args.compare:
         if prefix:
             slow_recipe = recipe.with_overrides(["steps.0.selector.shared_prefix=false"])
-            with clock.stage("fit_slow"):
-                slow_plan = slow_recipe.fit(model, processor, callbacks=[slow_timer := FitTimer(args.device)])
+            slow_timer = FitTimer(args.device)
+            with clock.stage("fit_slow"), slow_timer.timing_targets():
+                slow_plan = slow_recipe.fit(model, processor, callbacks=[slow_timer])
             clock.stages.update(slow_timer.stages("fit_slow"))
             checks["fit"].update(compare_tables(layer_table(plan), layer_table(slow_plan)))
         else:
