@@ -21,9 +21,9 @@ from steerpeft.adapters import export_adapter, load_adapter
 from steerpeft.data import builtin_prompts
 from steerpeft.evaluation.kl import first_token_kl
 from steerpeft.evaluation.runs import decision_logits
+from steerpeft.inputs.text import encode_prompts
 from steerpeft.io import atomic_write_text
 from steerpeft.models import load_model
-from steerpeft.inputs.text import encode_prompts
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"ablation": "smollm2-135m-refusal-ablation", "mars": "smollm2-135m-mars"}
