@@ -61,25 +61,28 @@ def _header(metrics: Mapping[str, Any]) -> list[str]:
     lines = [f"# steerpeft run: {recipe.get('name', 'plan')}", ""]
     if config.get("description"):
         lines += [f"_{config['description']}_", ""]
-    lines.append(f"- **Model**: `{model.get('id', '?')}` ({model.get('type', '?')}, {model.get('num_layers', '?')} layers, "
-                 f"hidden size {model.get('hidden_size', '?')}), {model.get('dtype', '?')} on {model.get('device', '?')}; "
+    lines.append(f"- **Model**: `{model.get('id', '?')}` ({model.get('type', '?')}, "
+                 f"{model.get('num_layers', '?')} layers, hidden size {model.get('hidden_size', '?')}), "
+                 f"{model.get('dtype', '?')} on {model.get('device', '?')}; "
                  f"inputs: {', '.join(model.get('modalities') or ['text'])}")
     if recipe:
-        lines.append(f"- **Recipe**: `{recipe.get('name')}` from `{recipe.get('source')}`; the resolved recipe is saved "
-                     "as `recipe.yaml` (run it again with `steerpeft run recipe.yaml`)")
+        lines.append(f"- **Recipe**: `{recipe.get('name')}` from `{recipe.get('source')}`; the resolved "
+                     "recipe is saved as `recipe.yaml` (run it again with `steerpeft run recipe.yaml`)")
     if prompts:
-        lines.append(f"- **Data**: {data.get('positive', 'positive')} vs {data.get('negative', 'negative')}: fitted on "
-                     f"{prompts.get('positive', 0)} harmful / {prompts.get('negative', 0)} harmless prompts, "
-                     f"{prompts.get('positive_validation', 0)} / {prompts.get('negative_validation', 0)} for "
-                     "validation (layer, threshold, target)")
+        lines.append(f"- **Data**: {data.get('positive', 'positive')} vs {data.get('negative', 'negative')}: "
+                     f"fitted on {prompts.get('positive', 0)} harmful / {prompts.get('negative', 0)} "
+                     f"harmless prompts, {prompts.get('positive_validation', 0)} / "
+                     f"{prompts.get('negative_validation', 0)} for validation (layer, threshold, target)")
     if metrics.get("command"):
         lines.append(f"- **Command**: `{metrics['command']}`")
     if timings:
-        parts = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in timings.items() if k != "total_s")
+        parts = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s"
+                          for k, v in timings.items() if k != "total_s")
         lines.append(f"- **Wall time**: {timings.get('total_s', 0):.1f} s ({parts})")
     versions = metrics.get("versions") or {}
     if versions:
-        lines.append("- **Versions**: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"))
+        lines.append("- **Versions**: "
+                     + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"))
     return lines + [""]
 
 
@@ -97,8 +100,8 @@ def _preflight(metrics: Mapping[str, Any]) -> list[str]:
     return ["## Your model before steering", "", f"**{profile.get('verdict', '')}**", "",
             _table(["held-out text prompts", "n", "mean first-token refusal log-odds", "log-odds > 0",
                     "judged answers refused"], rows, ["l", "r", "r", "r", "r"]), "",
-            ("Measured before fitting, on the same held-out prompts as the results below: the log-odds on every "
-             "prompt (one forward pass), the keyword judge on a sample of answers."), ""]
+            ("Measured before fitting, on the same held-out prompts as the results below: the log-odds on "
+             "every prompt (one forward pass), the keyword judge on a sample of answers."), ""]
 
 
 def _fitted(metrics: Mapping[str, Any]) -> list[str]:
@@ -110,17 +113,20 @@ def _fitted(metrics: Mapping[str, Any]) -> list[str]:
         scaler = step.get("scaler") or {}
         positions = (step.get("positions") or {}).get("kind", "?")
         layers = [layer for layer in step.get("layers", []) if layer >= 0]
-        where = (f"layer {layers[0]}" if len(layers) == 1 else f"{len(layers)} layers ({layers[0]}..{layers[-1]})") \
-            if layers else "the embedding"
+        where = (f"layer {layers[0]}" if len(layers) == 1
+                 else f"{len(layers)} layers ({layers[0]}..{layers[-1]})") if layers else "the embedding"
         params = ", ".join(f"{k}={v}" for k, v in (scaler.get("params") or {}).items())
         ivars = ", ".join(f"{k}={v}" for k, v in (intervention.get("params") or {}).items())
-        lines.append(f"- Step `{step.get('name')}`: a `{extractor}` direction (harmful minus harmless activations at the "
-                     f"{(step.get('fit_positions') or {}).get('kind', 'decision')} position), steered at {where} with "
-                     f"`{intervention.get('name', '?')}`{f' ({ivars})' if ivars else ''} at `{positions}` positions; "
-                     f"strength from `{scaler.get('name', '?')}`{f' ({params})' if params else ''}.")
+        lines.append(f"- Step `{step.get('name')}`: a `{extractor}` direction (harmful minus harmless "
+                     f"activations at the {(step.get('fit_positions') or {}).get('kind', 'decision')} "
+                     f"position), steered at {where} with "
+                     f"`{intervention.get('name', '?')}`{f' ({ivars})' if ivars else ''} at `{positions}` "
+                     f"positions; strength from `{scaler.get('name', '?')}`"
+                     f"{f' ({params})' if params else ''}.")
     if plan.get("tau") is not None:
-        lines += ["", (f"The gate threshold is **tau = {plan['tau']:.3f}** (in units of the harmless-to-harmful centroid "
-                      "distance: inputs with t <= tau are left exactly unchanged).")]
+        lines += ["", (f"The gate threshold is **tau = {plan['tau']:.3f}** (in units of the "
+                      "harmless-to-harmful centroid distance: inputs with t <= tau are left exactly "
+                      "unchanged).")]
         lines += _target_sentence(plan)
     return lines + [""]
 
@@ -132,13 +138,15 @@ def _target_sentence(plan: Mapping[str, Any]) -> list[str]:
     if row is None or row.get("target") is None:
         return []
     if "target_reached" not in row:
-        return ["", f"An open gate carries the input to **T = {row['target']:.2f}** (1 = the harmful centroid)."]
+        return ["", (f"An open gate carries the input to **T = {row['target']:.2f}** "
+                     "(1 = the harmful centroid).")]
     if row["target_reached"]:
-        return ["", (f"An open gate carries the input to **T = {row['target']:.2f}**, where the model's own first token "
-                f"is a refusal opening on {row['target_share']:.0%} of the fit harmful prompts (1 = the harmful centroid).")]
-    return ["", (f"**The calibrated target was not reachable**: no level up to 5 spans made the model open with a refusal "
-            f"often enough (at most {row['target_share']:.0%} of the fit harmful prompts), so an open gate carries the "
-            "input to the harmful centroid (T = 1), as MARS.md does.")]
+        return ["", (f"An open gate carries the input to **T = {row['target']:.2f}**, where the model's own "
+                f"first token is a refusal opening on {row['target_share']:.0%} of the fit harmful prompts "
+                "(1 = the harmful centroid).")]
+    return ["", ("**The calibrated target was not reachable**: no level up to 5 spans made the model open "
+            f"with a refusal often enough (at most {row['target_share']:.0%} of the fit harmful prompts), so "
+            "an open gate carries the input to the harmful centroid (T = 1), as MARS.md does.")]
 
 
 def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
@@ -150,11 +158,12 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     if "layers" in plots:
         lines += [f"![Per-layer scores]({plots['layers']})", ""]
     if table:
-        columns = [c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau", "target", "refusal",
-                               "t_harmful_mean", "t_harmless_mean") if any(c in r for r in table)]
-        names = {"separation": "separation (AUROC)", "induce": "induce", "kl": "KL (nats)", "false_trigger": "false-trigger",
-                 "tau": "tau", "t_harmful_mean": "mean t harmful", "t_harmless_mean": "mean t harmless",
-                 "accuracy": "accuracy", "target": "target T", "refusal": "refused (validation harmful)"}
+        columns = [c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau", "target",
+                               "refusal", "t_harmful_mean", "t_harmless_mean") if any(c in r for r in table)]
+        names = {"separation": "separation (AUROC)", "induce": "induce", "kl": "KL (nats)",
+                 "false_trigger": "false-trigger", "tau": "tau", "t_harmful_mean": "mean t harmful",
+                 "t_harmless_mean": "mean t harmless", "accuracy": "accuracy", "target": "target T",
+                 "refusal": "refused (validation harmful)"}
         gated = any("within_limits" in r for r in table)
         headers = ["layer"] + [names[c] for c in columns] + (["within limits"] if gated else []) + ["chosen"]
         rows = []
@@ -167,14 +176,16 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
                 cells.append(limits_cell(r))
             cells.append("**<-**" if r.get("chosen") else "")
             rows.append(cells)
-        lines += [("Scores on the validation prompts, per candidate layer: separation is the AUROC of the gate value t "
-                  "between harmful and harmless prompts; induce is the mean rise of the first-token refusal log-odds on "
-                  "harmless prompts when their state is pushed to the harmful centroid; KL is the first-token KL on "
-                  "harmless prompts under the gated steering; false-trigger is the share of held-out harmless inputs (text "
-                  "only and with neutral media) whose gate opens at that layer's tau; target T is where an open gate "
-                  "carries an input, and refused is the share of validation harmful prompts whose first token is a refusal "
-                  "opening under that layer's gate. A dash: not measured, because a cheaper score already excluded the "
-                  "layer."), "", _table(headers, rows, ["r"] * len(headers)), ""]
+        lines += [("Scores on the validation prompts, per candidate layer: separation is the AUROC of the "
+                  "gate value t between harmful and harmless prompts; induce is the mean rise of the "
+                  "first-token refusal log-odds on harmless prompts when their state is pushed to the "
+                  "harmful centroid; KL is the first-token KL on harmless prompts under the gated steering; "
+                  "false-trigger is the share of held-out harmless inputs (text only and with neutral media) "
+                  "whose gate opens at that layer's tau; target T is where an open gate carries an input, "
+                  "and refused is the share of validation harmful prompts whose first token is a refusal "
+                  "opening under that layer's gate. A dash: not measured, because a cheaper score already "
+                  "excluded the layer."),
+                  "", _table(headers, rows, ["r"] * len(headers)), ""]
     return lines
 
 
@@ -195,8 +206,9 @@ def _results(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     reuse = evaluation.get("reuse")
     if reuse and generated:
         counts = ", ".join(f"{condition} {count}" for condition, count in reuse["generated"].items())
-        lines.append(f"Rows a decision-position plan cannot change (a closed gate) reuse the unsteered answer, which "
-                     f"they would repeat bit for bit; rows generated per condition, of {reuse['rows']}: {counts}.")
+        lines.append("Rows a decision-position plan cannot change (a closed gate) reuse the unsteered "
+                     "answer, which they would repeat bit for bit; rows generated per condition, of "
+                     f"{reuse['rows']}: {counts}.")
     lines.append("")
     titles = {"text": "Text only", "image": "Text + neutral image", "video": "Text + neutral video"}
     for modality in modalities:
@@ -216,7 +228,8 @@ def _results(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
         if len(modalities) > 1:
             lines += [f"**{titles.get(modality, modality)}**", ""]
         lines += [_table(headers, table_rows), ""]
-    notes = [f"- `{evaluation['baseline']}`: the model as it is.", f"- `{evaluation['steered']}`: the fitted plan."]
+    notes = [f"- `{evaluation['baseline']}`: the model as it is.",
+             f"- `{evaluation['steered']}`: the fitted plan."]
     for condition in evaluation["conditions"]:
         for label, note in ABLATION_NOTES.items():
             if condition.endswith(f"({label})"):
@@ -237,10 +250,11 @@ def _gate(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     if not gate:
         return []
     lines = ["## Gate values", "", (f"The gate value t of every evaluation input at layer {gate['layer']} "
-             f"(0 = harmless centroid, 1 = harmful centroid); the gate opens where t > tau = {gate['tau']:.3f}."), ""]
+             "(0 = harmless centroid, 1 = harmful centroid); "
+             f"the gate opens where t > tau = {gate['tau']:.3f}."), ""]
     if any(both.get("raw") for both in gate["sets"].values()):
-        lines[-2] += (" Inputs with media are measured after subtracting the modality offset (re-centering); the "
-                      "last two columns show them without it.")
+        lines[-2] += (" Inputs with media are measured after subtracting the modality offset (re-centering); "
+                      "the last two columns show them without it.")
     if "gate" in plots:
         lines += [f"![Gate values]({plots['gate']})", ""]
     rows = []
@@ -248,8 +262,8 @@ def _gate(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
         summary, raw = both["recentered"], both.get("raw")
         rows.append([name, summary["n"], _num(summary["mean"]), _pct(summary["above_tau"]),
                      _num(raw["mean"]) if raw else "–", _pct(raw["above_tau"]) if raw else "–"])
-    lines += [_table(["set", "n", "mean t", "share t > tau", "mean t, no re-centering", "share > tau, no re-centering"],
-                     rows), ""]
+    lines += [_table(["set", "n", "mean t", "share t > tau", "mean t, no re-centering",
+                      "share > tau, no re-centering"], rows), ""]
     return lines
 
 
@@ -263,26 +277,31 @@ def _usage(metrics: Mapping[str, Any]) -> list[str]:
         path = adapter.get("path")
         kind = adapter.get("kind", "?")
         exact = {True: ", exact", False: ", approximate: see its README.md"}.get(adapter.get("exact"), "")
-        lines += [(f"The adapter (`{path}/`, kind `{kind}`{exact}) steers the model without the plan's hooks; its "
-                  "`README.md` is the model card."), "", "```python", "from steerpeft.adapters import load_adapter",
-                  "from steerpeft.models import load_model", "", f"model, tokenizer = {load}",
-                  f"model = load_adapter(model, \"{path}\")  # a PeftModel", "```", ""]
+        lines += [(f"The adapter (`{path}/`, kind `{kind}`{exact}) steers the model without the plan's "
+                   "hooks; its `README.md` is the model card."), "", "```python",
+                  "from steerpeft.adapters import load_adapter", "from steerpeft.models import load_model",
+                  "", f"model, tokenizer = {load}", f"model = load_adapter(model, \"{path}\")  # a PeftModel",
+                  "```", ""]
         if kind == "lora":
             lines += ["It is a plain PEFT LoRA adapter, so PEFT alone loads it too:", "", "```python",
-                      "from peft import PeftModel", "", f"model = PeftModel.from_pretrained(model, \"{path}\")", "```", ""]
+                      "from peft import PeftModel", "",
+                      f"model = PeftModel.from_pretrained(model, \"{path}\")", "```", ""]
         elif kind == "steer":
             lines += [("It is a STEER adapter (a PEFT method steerpeft registers): `import steerpeft` before "
                       "`PeftModel.from_pretrained`, or use `load_adapter` as above."), ""]
     elif adapter.get("status") == "evaluated":
         lines += [(f"The evaluated adapter (`{adapter.get('path')}`) loads with "
-                  f"`model = load_adapter(model, \"{adapter.get('path')}\")` (from `steerpeft.adapters`)."), ""]
+                  f"`model = load_adapter(model, \"{adapter.get('path')}\")` "
+                  "(from `steerpeft.adapters`)."), ""]
     else:
-        lines += [(f"No adapter was exported ({adapter.get('status', 'skipped')}: {adapter.get('message', '')}). "
+        lines += [(f"No adapter was exported ({adapter.get('status', 'skipped')}: "
+                  f"{adapter.get('message', '')}). "
                   f"Export one with `steerpeft export {files.get('plan', 'plan')} --out adapter`."), ""]
     if not files.get("plan"):
         return lines
-    lines += ["The plan itself applies with hooks, inside a `with` block:", "", "```python", "from steerpeft import Plan",
-              "from steerpeft.models import load_model", "", f"model, tokenizer = {load}",
+    lines += ["The plan itself applies with hooks, inside a `with` block:", "", "```python",
+              "from steerpeft import Plan", "from steerpeft.models import load_model", "",
+              f"model, tokenizer = {load}",
               f"plan = Plan.load(\"{files.get('plan', 'plan')}\")", "with plan.apply(model):",
               "    ...  # generate as usual: steering is active here", "```", "",
               (f"`steerpeft info {files.get('plan', 'plan')}` describes it; "
@@ -292,8 +311,8 @@ def _usage(metrics: Mapping[str, Any]) -> list[str]:
 
 def _caveats(metrics: Mapping[str, Any]) -> list[str]:
     lines = ["## Caveats", "",
-             ("- The keyword judge is coarse: it misses refusals worded differently and flags the rare helpful answer "
-             "containing a refusal phrase. Compare rows; do not read the rates as exact.")]
+             ("- The keyword judge is coarse: it misses refusals worded differently and flags the rare "
+              "helpful answer containing a refusal phrase. Compare rows; do not read the rates as exact.")]
     evaluation = metrics.get("eval") or {}
     n = next(iter(evaluation.get("table", [])), {}).get("n")
     if n is not None and n < 50:
@@ -303,26 +322,28 @@ def _caveats(metrics: Mapping[str, Any]) -> list[str]:
     main = next((s for s in plan.get("steps", []) if s.get("name") == plan.get("main_step")), {})
     form = ((main.get("scaler") or {}).get("params") or {}).get("form")
     if tau is not None and tau >= 1 and form == "traversal":
-        lines.append(f"- tau = {tau:.3f} is at or past the harmful centroid (t = 1): the gate only opens for inputs that "
-                     "already project beyond the harmful centroid, where the traversal update ReLU(p+ - <h, u>) is zero, "
-                     "so this plan changes (almost) nothing. The held-out harmless prompts spread too far along the "
-                     "direction at this layer; try more prompts, a lower steps.0.scaler.tau_quantile, or "
-                     "steps.0.scaler.form=beta.")
+        lines.append(f"- tau = {tau:.3f} is at or past the harmful centroid (t = 1): the gate only opens for "
+                     "inputs that already project beyond the harmful centroid, where the traversal update "
+                     "ReLU(p+ - <h, u>) is zero, so this plan changes (almost) nothing. The held-out "
+                     "harmless prompts spread too far along the direction at this layer; try more prompts, a "
+                     "lower steps.0.scaler.tau_quantile, or steps.0.scaler.form=beta.")
     rows = result_rows(metrics)
     baseline = rows.get(evaluation.get("baseline", ""), {})
-    harmful = [r["refusal_rate"] for s, r in baseline.items() if s.startswith("harmful") and r.get("refusal_rate") is not None]
+    harmful = [r["refusal_rate"] for s, r in baseline.items()
+               if s.startswith("harmful") and r.get("refusal_rate") is not None]
     if harmful and max(harmful) < 0.2:
-        lines.append("- The unsteered model rarely refuses harmful prompts, so a refusal direction can be measured "
-                     "(separation) while steering along it changes little behaviour: small models often never "
-                     "learned to refuse.")
+        lines.append("- The unsteered model rarely refuses harmful prompts, so a refusal direction can be "
+                     "measured (separation) while steering along it changes little behaviour: small models "
+                     "often never learned to refuse.")
     return lines + [""]
 
 
 def _files(metrics: Mapping[str, Any]) -> list[str]:
     files = metrics.get("files") or {}
-    described = {"plan": "the fitted plan (`Plan.load`)", "adapter": "the PEFT adapter", "metrics": "every number "
-                 "of this report, with per-prompt answers", "log": "fit events, one JSON line each",
-                 "recipe": "the resolved recipe", "report": "this report"}
+    described = {"plan": "the fitted plan (`Plan.load`)", "adapter": "the PEFT adapter",
+                 "metrics": "every number of this report, with per-prompt answers",
+                 "log": "fit events, one JSON line each", "recipe": "the resolved recipe",
+                 "report": "this report"}
     lines = ["## Files", ""]
     for key, note in described.items():
         if files.get(key):
@@ -335,6 +356,7 @@ def _files(metrics: Mapping[str, Any]) -> list[str]:
 def render_report(metrics: Mapping[str, Any]) -> str:
     """The markdown report of a run (or of a plan evaluation) from its metrics dict."""
     plots = (metrics.get("files") or {}).get("plots") or {}
-    sections = [_header(metrics), _preflight(metrics), _fitted(metrics), _layers(metrics, plots), _results(metrics, plots),
-                _gate(metrics, plots), _usage(metrics), _caveats(metrics), _files(metrics)]
+    sections = [_header(metrics), _preflight(metrics), _fitted(metrics), _layers(metrics, plots),
+                _results(metrics, plots), _gate(metrics, plots), _usage(metrics), _caveats(metrics),
+                _files(metrics)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
