@@ -30,7 +30,9 @@ class Activations:
 
     def mean(self, layer: int) -> torch.Tensor:
         if self.count == 0:
-            raise DataError("No positions were recorded: the prompt set is empty or the positions select nothing.")
+            raise DataError(
+                "No positions were recorded: the prompt set is empty or the positions select nothing."
+            )
         return self.sums[layer] / self.count
 
     def prompts(self, layer: int) -> torch.Tensor:
@@ -77,15 +79,22 @@ def check_direction(vector: torch.Tensor, hidden_size: int, where: str) -> torch
     if not isinstance(vector, torch.Tensor):
         vector = torch.as_tensor(vector)
     if vector.is_meta:
-        raise ShapeError(f"{where}: direction is on the 'meta' device and holds no values; load or extract it for real.")
+        raise ShapeError(
+            f"{where}: direction is on the 'meta' device and holds no values; load or extract it for real."
+        )
     if vector.dim() != 1 or vector.shape[0] != hidden_size:
         raise ShapeError(
-            f"{where}: direction has shape {tuple(vector.shape)} but the model's hidden size is {hidden_size}. "
-            "Was it made for another model? Extract it again on this model."
+            f"{where}: direction has shape {tuple(vector.shape)} but the model's hidden size is "
+            f"{hidden_size}. Was it made for another model? Extract it again on this model."
         )
     vector = vector.detach().float().cpu()
     if not torch.isfinite(vector).all():
-        raise ShapeError(f"{where}: direction holds NaN or inf values; re-extract it (check the prompts and dtype).")
+        raise ShapeError(
+            f"{where}: direction holds NaN or inf values; re-extract it (check the prompts and dtype)."
+        )
     if float(vector.norm()) == 0.0:
-        raise ShapeError(f"{where}: direction has zero norm, so it points nowhere; the two prompt sets gave identical means.")
+        raise ShapeError(
+            f"{where}: direction has zero norm, so it points nowhere; the two prompt sets gave identical "
+            "means."
+        )
     return vector

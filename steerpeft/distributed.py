@@ -75,7 +75,9 @@ def gather_activations(
     layers = sorted(layers)
     sums = torch.stack([local.sums[layer].float() for layer in layers]).to(device)
     sums = reduce(sums, "sum").cpu()
-    counts = reduce(torch.tensor([local.count, local.num_prompts], dtype=torch.long, device=device), "sum").cpu()
+    counts = reduce(
+        torch.tensor([local.count, local.num_prompts], dtype=torch.long, device=device), "sum"
+    ).cpu()
     per_prompt = None
     if keep_per_prompt:
         if local.per_prompt is not None and local.num_prompts:

@@ -34,11 +34,12 @@ class ForwardContext:
     tokens compare it there instead of reading `first_column` (a host sync).
     """
 
-    def __init__(self, *, batch: int, seq: int, device: torch.device, first_column: Lazy, prompt_width: Lazy,
-                 real_tokens: torch.Tensor | None, last_prompt_column: torch.Tensor, is_continuation: bool,
-                 after_prompt: bool = False, every_token_real: bool = False, modality: torch.Tensor | None = None,
-                 row_state: dict[Any, torch.Tensor] | None = None,
-                 generated_offset: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, *, batch: int, seq: int, device: torch.device, first_column: Lazy, prompt_width: Lazy,
+        real_tokens: torch.Tensor | None, last_prompt_column: torch.Tensor, is_continuation: bool,
+        after_prompt: bool = False, every_token_real: bool = False, modality: torch.Tensor | None = None,
+        row_state: dict[Any, torch.Tensor] | None = None, generated_offset: torch.Tensor | None = None,
+    ) -> None:
         self.batch, self.seq, self.device = batch, seq, device
         self.generated_offset = generated_offset
         self._first_column, self._prompt_width = first_column, prompt_width
@@ -89,11 +90,11 @@ class ForwardContext:
         if view is None:
             move = lambda t: None if t is None else t.to(device)
             view = ForwardContext(
-                batch=self.batch, seq=self.seq, device=device,
-                first_column=lambda: self.first_column, prompt_width=lambda: self.prompt_width,
-                real_tokens=move(self._real_tokens), last_prompt_column=self.last_prompt_column.to(device),
-                is_continuation=self.is_continuation, after_prompt=self.after_prompt,
-                every_token_real=self.every_token_real, modality=move(self.modality), row_state=self.row_state,
+                batch=self.batch, seq=self.seq, device=device, first_column=lambda: self.first_column,
+                prompt_width=lambda: self.prompt_width, real_tokens=move(self._real_tokens),
+                last_prompt_column=self.last_prompt_column.to(device), is_continuation=self.is_continuation,
+                after_prompt=self.after_prompt, every_token_real=self.every_token_real,
+                modality=move(self.modality), row_state=self.row_state,
                 generated_offset=move(self.generated_offset),
             )
             self._views[device] = view
@@ -106,7 +107,8 @@ class ForwardContext:
         return self._mask_cache[positions]
 
     def weight_for(self, positions: Any, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
-        """`scale` at the chosen positions and 0 elsewhere, [batch, seq, 1] of `dtype`; once per forward pass."""
+        """`scale` at the chosen positions and 0 elsewhere, [batch, seq, 1] of `dtype`; once per forward
+        pass."""
         key = (positions, dtype, scale)
         if key not in self._mask_cache:
             mask = self.mask_for(positions)

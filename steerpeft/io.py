@@ -87,7 +87,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{path} is not valid JSON ({exc}); the file is corrupt: save or download it again.") from exc
+        raise AdapterError(
+            f"{path} is not valid JSON ({exc}); the file is corrupt: save or download it again."
+        ) from exc
 
 
 def read_adapter_meta(folder: str | os.PathLike) -> dict[str, Any]:
@@ -103,8 +105,12 @@ def read_adapter_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+def write_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    save_file(
+        {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata
+    )
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -116,7 +122,8 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise AdapterError(
-            f"{path} is not a readable safetensors file ({exc}). It is truncated or corrupt: save or download it again."
+            f"{path} is not a readable safetensors file ({exc}). It is truncated or corrupt: save or "
+            "download it again."
         ) from exc
 
 
@@ -125,5 +132,7 @@ def inside(root: str | os.PathLike, relative: str) -> Path:
     root_path = Path(root).resolve()
     candidate = (root_path / relative).resolve()
     if candidate != root_path and root_path not in candidate.parents:
-        raise ConfigError(f"Output path {relative!r} escapes the run folder {root_path}; use a path inside it.")
+        raise ConfigError(
+            f"Output path {relative!r} escapes the run folder {root_path}; use a path inside it."
+        )
     return candidate

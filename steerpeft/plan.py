@@ -139,7 +139,8 @@ class SteeringStep:
         return self.intervention.apply(base, raw, unit, strength, layer)
 
     def check_against(self, layout: ModelLayout) -> None:
-        """Refuse directions that do not fit `layout`; run at apply time, so edits since the last apply count."""
+        """Refuse directions that do not fit `layout`; run at apply time, so edits since the last apply
+        count."""
         self.release()
         for layer, vector in self.directions.items():
             if layer != EMBEDDING:
@@ -181,16 +182,28 @@ class SteeringHandle:
         try:
             modules = decoder_layers(self.model, layout)
             for layer in self.plan.touched_layers():
-                module = get_module(self.model, layout.embedding_path) if layer == EMBEDDING else modules[layer]
-                output_steps = [s for s in self.plan.steps if layer in s.directions and (s.site == "output" or layer == EMBEDDING)]
+                module = (
+                    get_module(self.model, layout.embedding_path) if layer == EMBEDDING else modules[layer]
+                )
+                output_steps = [
+                    s for s in self.plan.steps
+                    if layer in s.directions and (s.site == "output" or layer == EMBEDDING)
+                ]
                 observers = [s for s in self.plan.steps if layer in s.scaler.observed_layers()]
                 if output_steps or observers:
-                    self._handles.append(module.register_forward_hook(self._hook(layer, output_steps, observers)))
-                writer_steps = [s for s in self.plan.steps if layer in s.directions and s.site == "writers" and layer != EMBEDDING]
+                    self._handles.append(
+                        module.register_forward_hook(self._hook(layer, output_steps, observers))
+                    )
+                writer_steps = [
+                    s for s in self.plan.steps
+                    if layer in s.directions and s.site == "writers" and layer != EMBEDDING
+                ]
                 if writer_steps:
                     for path in residual_output_paths(layout, layer):
                         writer = get_module(self.model, path)
-                        self._handles.append(writer.register_forward_hook(self._hook(layer, writer_steps, [])))
+                        self._handles.append(
+                            writer.register_forward_hook(self._hook(layer, writer_steps, []))
+                        )
         except BaseException:
             self.remove()
             raise
@@ -287,7 +300,9 @@ class Plan:
         folder = Path(path)
         config = read_json(folder / "plan.json")
         if not isinstance(config, dict) or not is_plan_format(config.get("format")):
-            raise AdapterError(f"{folder / 'plan.json'} is not a steerpeft plan (format {PLAN_FORMAT!r} expected).")
+            raise AdapterError(
+                f"{folder / 'plan.json'} is not a steerpeft plan (format {PLAN_FORMAT!r} expected)."
+            )
         tensors = read_tensors(folder / "plan.safetensors")
         steps = [_load_step(index, spec, tensors) for index, spec in enumerate(config.get("steps", []))]
         if not steps:
@@ -328,7 +343,9 @@ def build_step_parts(index: int, spec: Any, where: str = "plan") -> tuple[Interv
         raise AdapterError(f"{label} lists no layers: the file is corrupt.")
     site = spec.get("site", "output")
     if site not in STEP_SITES:
-        raise ConfigError(f"{label} ({spec.get('name', 'step')!r}): site must be one of {STEP_SITES}, got {site!r}.")
+        raise ConfigError(
+            f"{label} ({spec.get('name', 'step')!r}): site must be one of {STEP_SITES}, got {site!r}."
+        )
     return intervention, scaler, positions
 
 
@@ -347,7 +364,13 @@ def _load_step(index: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor
     try:
         directions = {int(layer): tensors[f"{prefix}.direction.{layer}"] for layer in spec["layers"]}
     except KeyError as exc:
-        raise AdapterError(f"plan step {index} is incomplete: missing {exc}. The plan file is corrupt.") from exc
+        raise AdapterError(
+            f"plan step {index} is incomplete: missing {exc}. The plan file is corrupt."
+        ) from exc
     scaler_prefix = f"{prefix}.scaler."
-    scaler.load_state_dict({k[len(scaler_prefix):]: v for k, v in tensors.items() if k.startswith(scaler_prefix)})
-    return SteeringStep(directions, intervention, scaler, positions, spec.get("name", "step"), spec.get("site", "output"))
+    scaler.load_state_dict(
+        {k[len(scaler_prefix):]: v for k, v in tensors.items() if k.startswith(scaler_prefix)}
+    )
+    return SteeringStep(
+        directions, intervention, scaler, positions, spec.get("name", "step"), spec.get("site", "output")
+    )

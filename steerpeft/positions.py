@@ -134,7 +134,10 @@ class FirstGenerated(Positions):
     def covers_chunk(self, fc: ForwardContext) -> bool:
         if fc.generated_offset is not None:
             return False
-        return fc.every_token_real and fc.first_column >= fc.prompt_width and fc.last_column < fc.prompt_width + self.n
+        return (
+            fc.every_token_real and fc.first_column >= fc.prompt_width
+            and fc.last_column < fc.prompt_width + self.n
+        )
 
     def to_config(self) -> dict[str, Any]:
         return {"kind": self.kind, "n": self.n}
@@ -159,7 +162,10 @@ def parse_positions(spec: Positions | str | dict[str, Any] | None) -> Positions:
         params: dict[str, Any] = {}
         if colon:
             if not re.fullmatch(r"[0-9]+", arg):
-                raise ConfigError(f"positions {spec!r}: the part after ':' must be a whole number, as in 'first_generated:3'.")
+                raise ConfigError(
+                    f"positions {spec!r}: the part after ':' must be a whole number, as in "
+                    "'first_generated:3'."
+                )
             params["n"] = int(arg)
     elif isinstance(spec, dict) or hasattr(spec, "items"):
         params = dict(spec)
@@ -169,7 +175,8 @@ def parse_positions(spec: Positions | str | dict[str, Any] | None) -> Positions:
     cls = POSITION_KINDS.get(kind)
     if cls is None:
         raise ConfigError(
-            f"Unknown positions {kind!r}.{suggest(kind, list(POSITION_KINDS))} Known: {', '.join(POSITION_KINDS)}."
+            f"Unknown positions {kind!r}.{suggest(kind, list(POSITION_KINDS))} Known: "
+            f"{', '.join(POSITION_KINDS)}."
         )
     if params and cls is not FirstGenerated:
         raise ConfigError(f"positions {kind!r} takes no options, got {sorted(params)}.")

@@ -56,7 +56,8 @@ def weights_fingerprint(model: nn.Module) -> str | None:
 
 def normalised_name(name: str) -> str:
     """The last part of a Hub id or path, lower case (a cache snapshot path counts as its repo)."""
-    # steerpeft 0.1 folded the source into the id ("org/name (GGUF Q4_1 from ...)"): the id is the part before.
+    # steerpeft 0.1 folded the source into the id ("org/name (GGUF Q4_1 from ...)"): the id is the part
+    # before.
     text = re.sub(r"\s+\(.*\)$", "", name.strip()).rstrip("/")
     cached = re.search(r"models--([^/]+)--([^/]+)", text)
     if cached:
@@ -64,7 +65,9 @@ def normalised_name(name: str) -> str:
     return text.rsplit("/", 1)[-1].lower()
 
 
-def check_model_id(model: nn.Module, recorded: dict[str, Any], force: bool = False, what: str = "adapter") -> None:
+def check_model_id(
+    model: nn.Module, recorded: dict[str, Any], force: bool = False, what: str = "adapter"
+) -> None:
     """Refuse a model that is neither named like the recorded base model nor carries its weights."""
     expected, actual = str(recorded.get("model_id") or ""), model_id(model)
     if force or not expected or not actual or expected == actual:
@@ -75,9 +78,9 @@ def check_model_id(model: nn.Module, recorded: dict[str, Any], force: bool = Fal
     if fingerprint and _is_local_path(actual) and fingerprint == weights_fingerprint(model):
         return  # the same weights loaded from a local file (e.g. the same GGUF through plain transformers)
     raise AdapterError(
-        f"This {what} was made for base model {expected!r}, but the model is {actual!r}. Steering directions do not "
-        "transfer between models: load the right base model, or pass force=True if it is the same model under "
-        "another name."
+        f"This {what} was made for base model {expected!r}, but the model is {actual!r}. Steering directions "
+        "do not transfer between models: load the right base model, or pass force=True if it is the same "
+        "model under another name."
     )
 
 
@@ -92,12 +95,15 @@ def check_shape(info: dict[str, Any], hidden_size: int, num_layers: int, what: s
         if key in info and int(info[key]) != actual:
             fix = "fit it again on this model" if what == "plan" else "export the plan again from this one"
             raise ShapeError(
-                f"This {what} was made for a model with {key}={info[key]}, but the model has {key}={actual}: it was "
-                f"made for {info.get('model_id') or 'another model'!r}. Load it on that model, or {fix}."
+                f"This {what} was made for a model with {key}={info[key]}, but the model has {key}={actual}: "
+                f"it was made for {info.get('model_id') or 'another model'!r}. Load it on that model, or "
+                f"{fix}."
             )
 
 
-def fitting_layout(model: nn.Module, info: dict[str, Any], what: str = "adapter", *, force: bool = False) -> ModelLayout:
+def fitting_layout(
+    model: nn.Module, info: dict[str, Any], what: str = "adapter", *, force: bool = False
+) -> ModelLayout:
     """The model's layout, when a plan or adapter whose recorded model is `info` fits it.
 
     The one check plans and adapters share: the recorded layer paths must resolve and, unless

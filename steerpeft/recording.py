@@ -94,7 +94,9 @@ class ActivationRecorder:
         return hook
 
     @torch.no_grad()
-    def record(self, batches: Iterable[dict[str, torch.Tensor]], on_batch: Callable[[int], None] | None = None) -> Activations:
+    def record(
+        self, batches: Iterable[dict[str, torch.Tensor]], on_batch: Callable[[int], None] | None = None
+    ) -> Activations:
         """Run every batch and return the accumulated activations."""
         layout = self.layout
         session = acquire_session(self.model, layout.image_token_id, layout.video_token_id)
@@ -122,7 +124,9 @@ class ActivationRecorder:
         except _StopForward:
             pass
         if self._batch_count is None:
-            raise DataError(f"Positions {self.positions} selected nothing in this batch; check the position spec.")
+            raise DataError(
+                f"Positions {self.positions} selected nothing in this batch; check the position spec."
+            )
         rows = int(next(iter(batch.values())).shape[0])
         for layer in self.layers:
             self.sums[layer] += self._batch_sums[layer].cpu()

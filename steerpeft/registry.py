@@ -58,7 +58,8 @@ class Registry(Generic[T]):
             if not allow_import:
                 raise ConfigError(
                     f"{self.family} {name!r} is an import path, which is refused here: files loaded from "
-                    "disk or the Hub never import code. Import and register the class yourself, then load again."
+                    "disk or the Hub never import code. Import and register the class yourself, then load "
+                    "again."
                 )
             module_name, _, class_name = name.partition(":")
             try:
@@ -97,4 +98,6 @@ def check_keys(cls: type, params: dict[str, Any], what: str) -> None:
     accepted = [n for n in signature.parameters if n != "self"]
     for key in params:
         if key not in accepted:
-            raise ConfigError(f"{what} has no option {key!r}.{suggest(key, accepted)} Options: {', '.join(accepted)}.")
+            raise ConfigError(
+                f"{what} has no option {key!r}.{suggest(key, accepted)} Options: {', '.join(accepted)}."
+            )

@@ -150,7 +150,9 @@ class SteeringSession:
         # A 4-D mask (static caches) or a dict of them (hybrid models) holds no padding to read:
         # every column then counts as real.
         flat_mask = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
-        chunk_mask = None if flat_mask is None else flat_mask.to(device=device).bool()[:, flat_mask.shape[1] - seq:]
+        chunk_mask = (
+            None if flat_mask is None else flat_mask.to(device=device).bool()[:, flat_mask.shape[1] - seq:]
+        )
         cache = kwargs.get("past_key_values")
         current = self._generation
         if current is not None and current.prompt is not None and current.prompt.batch == batch:
@@ -159,7 +161,8 @@ class SteeringSession:
         past = int(flat_mask.shape[1]) - seq if flat_mask is not None else _cache_length(cache)
         prompt = self._prompt
         if current is None and past > 0 and prompt is not None and prompt.batch == batch:
-            # Outside a generation, a forward on a filled cache continues the last prompt (a hand-written loop).
+            # Outside a generation, a forward on a filled cache continues the last prompt (a hand-written
+            # loop).
             self.context = self._continuation(prompt, seq, device, past, chunk_mask,
                                               after_prompt=past >= prompt.prompt_width)
             return
@@ -170,8 +173,9 @@ class SteeringSession:
             arange = torch.arange(seq, device=device).expand(batch, seq)
             last = torch.where(chunk_mask, arange, torch.full_like(arange, -1)).amax(dim=1)
         self.context = ForwardContext(
-            batch=batch, seq=seq, device=device, first_column=past, prompt_width=past + seq, real_tokens=chunk_mask,
-            last_prompt_column=last + past, is_continuation=False, every_token_real=chunk_mask is None,
+            batch=batch, seq=seq, device=device, first_column=past, prompt_width=past + seq,
+            real_tokens=chunk_mask, last_prompt_column=last + past, is_continuation=False,
+            every_token_real=chunk_mask is None,
             modality=self._prompt_modality(input_ids, cache, past, batch, kwargs.get("use_cache")),
         )
         self._prompt = self.context
@@ -179,11 +183,15 @@ class SteeringSession:
             current.prompt, current.next_column = self.context, past + seq
             current.fed = torch.zeros((), dtype=torch.long, device=device)
             if not torch.compiler.is_compiling():
-                torch._dynamo.mark_static_address(current.fed)  # updated in place by compiled steps (CUDA graphs)
+                # updated in place by compiled steps (CUDA graphs)
+                torch._dynamo.mark_static_address(current.fed)
 
-    def _decoding_step(self, current: _Generation, seq: int, device: torch.device, flat_mask: torch.Tensor | None,
-                       chunk_mask: torch.Tensor | None, cache: Any) -> ForwardContext:
-        """The context of a forward after the generation's prompt, its first column known before any layer runs."""
+    def _decoding_step(
+        self, current: _Generation, seq: int, device: torch.device, flat_mask: torch.Tensor | None,
+        chunk_mask: torch.Tensor | None, cache: Any,
+    ) -> ForwardContext:
+        """The context of a forward after the generation's prompt, its first column known before any layer
+        runs."""
         prompt = current.prompt
         assert prompt is not None
         if flat_mask is not None:
@@ -200,9 +208,13 @@ class SteeringSession:
             assert current.fed is not None
             offset = current.fed.clone()
             current.fed.add_(seq)
-            return self._continuation(prompt, seq, device, None, chunk_mask, after_prompt=True, generated_offset=offset)
+            return self._continuation(
+                prompt, seq, device, None, chunk_mask, after_prompt=True, generated_offset=offset
+            )
         current.next_column = first + seq
-        return self._continuation(prompt, seq, device, first, chunk_mask, after_prompt=first >= prompt.prompt_width)
+        return self._continuation(
+            prompt, seq, device, first, chunk_mask, after_prompt=first >= prompt.prompt_width
+        )
 
     def _continuation(self, prompt: ForwardContext, seq: int, device: torch.device, first: int | None,
                       chunk_mask: torch.Tensor | None, after_prompt: bool,
@@ -222,8 +234,9 @@ class SteeringSession:
         return ForwardContext(
             batch=prompt.batch, seq=seq, device=device, first_column=first_column,
             prompt_width=functools.partial(getattr, prompt, "prompt_width"), real_tokens=chunk_mask,
-            last_prompt_column=prompt.last_prompt_column.to(device), is_continuation=True, after_prompt=after_prompt,
-            every_token_real=chunk_mask is None or after_prompt, modality=prompt.modality, row_state=prompt.row_state,
+            last_prompt_column=prompt.last_prompt_column.to(device), is_continuation=True,
+            after_prompt=after_prompt, every_token_real=chunk_mask is None or after_prompt,
+            modality=prompt.modality, row_state=prompt.row_state,
             generated_offset=generated_offset,
         )
 
@@ -238,7 +251,8 @@ class SteeringSession:
 
     def _prompt_modality(self, input_ids: torch.Tensor | None, cache: Any, past: int, batch: int,
                          use_cache: bool | None) -> torch.Tensor | None:
-        """Each row's modality: its new tokens' media, or, on a cache this session filled, the media already in it."""
+        """Each row's modality: its new tokens' media, or, on a cache this session filled, the media already
+        in it."""
         self._media_without_cache = None
         modality = self._modality(input_ids)
         if modality is None:

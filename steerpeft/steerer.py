@@ -81,13 +81,18 @@ class Steerer:
         self.positions = parse_positions(positions)
         self.fit_positions = parse_positions(fit_positions)
         if apply_layers not in ("selected", "all") and not (
-            isinstance(apply_layers, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in apply_layers)
+            isinstance(apply_layers, (list, tuple))
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in apply_layers)
         ):
-            raise ConfigError(f"apply_layers must be 'selected', 'all' or a list of layer indices, got {apply_layers!r}.")
+            raise ConfigError(
+                f"apply_layers must be 'selected', 'all' or a list of layer indices, got {apply_layers!r}."
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
         if not 0.0 <= float(validation_fraction) < 1.0:
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}; 0 disables the split.")
+            raise ConfigError(
+                f"validation_fraction must be in [0, 1), got {validation_fraction!r}; 0 disables the split."
+            )
         self.apply_layers = apply_layers
         self.embedding = embedding
         self.site = site
@@ -123,11 +128,15 @@ class Steerer:
         `sharded`: the batches hold only this process's shard of the prompts
         (see `record_prompts`); the shards are combined across processes.
         """
-        recorder = ActivationRecorder(model, layout, layers, positions or self.fit_positions, keep_per_prompt=keep_per_prompt)
+        recorder = ActivationRecorder(
+            model, layout, layers, positions or self.fit_positions, keep_per_prompt=keep_per_prompt
+        )
         self.call("on_record_start", split=split, total=total)
         gather = sharded and distributed.num_processes(self.accelerator) > 1
         try:
-            activations = recorder.record(batches, on_batch=lambda rows: self.call("on_batch_end", split=split, rows=rows))
+            activations = recorder.record(
+                batches, on_batch=lambda rows: self.call("on_batch_end", split=split, rows=rows)
+            )
         except BaseException:
             if gather:
                 distributed.announce_failure(self.accelerator)
@@ -138,23 +147,31 @@ class Steerer:
         self.call("on_record_end", split=split, activations=activations)
         return activations
 
-    def text_batches(self, model: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    def text_batches(
+        self, model: torch.nn.Module, tokenizer: Any, prompts: list[str]
+    ) -> Iterator[dict[str, torch.Tensor]]:
         device, limit = model_device(model), context_length(model)
         for chunk in batched(prompts, self.batch_size):
             yield encode_prompts(tokenizer, chunk, max_length=limit, device=device)
 
     def record_prompts(
-        self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: list[str], layers: list[int], split: str,
+        self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: list[str],
+        layers: list[int], split: str,
         positions: Positions | None = None,
     ) -> Activations:
         """Record `prompts`; with an accelerator, this process records only its shard."""
         if distributed.num_processes(self.accelerator) > 1:
             prompts = distributed.local_shard(self.accelerator, prompts)
-        return self.record(model, layout, self.text_batches(model, tokenizer, prompts), len(prompts), layers, split,
-                           positions, sharded=True)
+        return self.record(
+            model, layout, self.text_batches(model, tokenizer, prompts), len(prompts), layers, split,
+            positions, sharded=True,
+        )
 
     # -- fit -------------------------------------------------------------------
-    def fit(self, model: torch.nn.Module, tokenizer: Any, positive: Sequence[str] | Any, negative: Sequence[str] | Any) -> Plan:
+    def fit(
+        self, model: torch.nn.Module, tokenizer: Any, positive: Sequence[str] | Any,
+        negative: Sequence[str] | Any,
+    ) -> Plan:
         """Record both prompt sets, extract directions, select layers, calibrate the scaler."""
         with stage(self.callbacks, self, "fit"):
             return self._fit(model, tokenizer, positive, negative)
@@ -169,25 +186,41 @@ class Steerer:
         layers = sorted(set(self.selector.candidate_layers(layout.num_layers)) | self._extra_layers(layout))
         pos_train, pos_val = self.split(positive_prompts)
         neg_train, neg_val = self.split(negative_prompts)
-        self._check_before_recording(model, tokenizer, layout, {"positive": positive_prompts, "negative": negative_prompts},
-                                     {"positive": pos_train, "negative": neg_train})
+        self._check_before_recording(
+            model, tokenizer, layout, {"positive": positive_prompts, "negative": negative_prompts},
+            {"positive": pos_train, "negative": neg_train},
+        )
         with torch.no_grad():
             positive_acts = self.record_prompts(model, tokenizer, layout, pos_train, layers, "positive")
             negative_acts = self.record_prompts(model, tokenizer, layout, neg_train, layers, "negative")
-            positive_val = self.record_prompts(model, tokenizer, layout, pos_val, layers, "positive_validation") if pos_val else None
-            negative_val = self.record_prompts(model, tokenizer, layout, neg_val, layers, "negative_validation") if neg_val else None
+            positive_val = (
+                self.record_prompts(model, tokenizer, layout, pos_val, layers, "positive_validation")
+                if pos_val else None
+            )
+            negative_val = (
+                self.record_prompts(model, tokenizer, layout, neg_val, layers, "negative_validation")
+                if neg_val else None
+            )
         directions = self.extractor.fit(positive_acts, negative_acts)
         for layer, vector in directions.vectors.items():
-            check_direction(vector, layout.hidden_size, f"step {self.name!r}: {type(self.extractor).__name__} at layer {layer}")
+            check_direction(
+                vector, layout.hidden_size,
+                f"step {self.name!r}: {type(self.extractor).__name__} at layer {layer}",
+            )
         self.call("on_directions_computed", directions=directions)
         prompt_sets = {
             name: PromptSet(name, tuple(items))
-            for name, items in (("positive", pos_train), ("negative", neg_train), ("positive_validation", pos_val),
-                                ("negative_validation", neg_val)) if items
+            for name, items in (
+                ("positive", pos_train), ("negative", neg_train), ("positive_validation", pos_val),
+                ("negative_validation", neg_val),
+            )
+            if items
         }
-        data = FitData(model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
-                       prompt_sets, _BoundServices(self, model, tokenizer, layout), settings=dict(self.settings),
-                       scaler=self.scaler)
+        data = FitData(
+            model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
+            prompt_sets, _BoundServices(self, model, tokenizer, layout), settings=dict(self.settings),
+            scaler=self.scaler,
+        )
         selection = self.selector.select(data)
         self.call("on_layer_selected", selection=selection)
         step_directions = self._step_directions(directions, selection.layers, layout)
@@ -197,7 +230,9 @@ class Steerer:
             self.intervention.resolve(layer, p_plus, p_minus)
         self.scaler.calibrate(data, selection.layers)
         self.call("on_scaler_calibrated", scaler=self.scaler)
-        step = SteeringStep(step_directions, self.intervention, self.scaler, self.positions, self.name, self.site)
+        step = SteeringStep(
+            step_directions, self.intervention, self.scaler, self.positions, self.name, self.site
+        )
         plan = Plan(
             [step],
             model_info=model_info(model, layout, tokenizer),
@@ -231,7 +266,8 @@ class Steerer:
         for name, items in train.items():
             if len(items) < needed:
                 held_out = len(prompts[name]) - len(items)
-                reason = (f" after holding out {held_out} for validation (validation_fraction={self.validation_fraction}); "
+                reason = (f" after holding out {held_out} for validation "
+                         f"(validation_fraction={self.validation_fraction}); "
                          "add prompts or lower validation_fraction" if held_out else "; add prompts")
                 raise DataError(
                     f"{type(self.extractor).__name__} needs at least {needed} {name} prompts to fit on, got "
@@ -250,7 +286,9 @@ class Steerer:
 
     _split = split  # the name used before `split` was public
 
-    def _step_directions(self, directions: Any, selected: list[int], layout: ModelLayout) -> dict[int, torch.Tensor]:
+    def _step_directions(
+        self, directions: Any, selected: list[int], layout: ModelLayout
+    ) -> dict[int, torch.Tensor]:
         if self.apply_layers == "selected":
             chosen = {layer: directions.vectors[layer] for layer in selected}
         else:
@@ -277,7 +315,8 @@ class Steerer:
 
 
 class _BoundServices:
-    """The `FitServices` a fit hands its components: the steerer's recording and callbacks, bound to one model."""
+    """The `FitServices` a fit hands its components: the steerer's recording and callbacks, bound to one
+    model."""
 
     def __init__(self, steerer: Steerer, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout) -> None:
         self._steerer, self._model, self._tokenizer, self._layout = steerer, model, tokenizer, layout

@@ -43,7 +43,8 @@ def render_card(plan: Plan, kind: str, extra: dict[str, Any]) -> str:
     lines = [*front, "", f"# {title}", ""]
     if extra.get("description"):
         lines += [str(extra["description"]), ""]
-    lines += [f"This folder is {_KIND_TEXT.get(kind, kind)}. It was exported by steerpeft from a fitted steering plan.", ""]
+    lines += [(f"This folder is {_KIND_TEXT.get(kind, kind)}. It was exported by steerpeft from a fitted "
+               "steering plan."), ""]
 
     lines += ["## How to load", "", "```python", "from transformers import AutoModelForCausalLM"]
     if kind == "lora":
@@ -58,7 +59,9 @@ def render_card(plan: Plan, kind: str, extra: dict[str, Any]) -> str:
                   "model = load_adapter(model, '<this folder>')  # a PeftModel"]
     lines += ["```", ""]
     if kind == "steer":
-        lines += ["Without `import steerpeft`, PEFT stops with `KeyError: 'STEER (load with steerpeft: ...)'`.", ""]
+        lines += [
+            "Without `import steerpeft`, PEFT stops with `KeyError: 'STEER (load with steerpeft: ...)'`.", "",
+        ]
     if kind == "combined":
         lines += [("`PeftModel.from_pretrained` alone loads only the LoRA part at the root; "
                    "steerpeft's `load_adapter` loads both."), ""]
@@ -80,8 +83,13 @@ def render_card(plan: Plan, kind: str, extra: dict[str, Any]) -> str:
 
     lines += ["## Exactness and merging", ""]
     if "exact" in extra:
-        lines.append("- Exact: " + ("yes, the adapter reproduces the steerpeft plan's forward pass (float32, up "
-                                    "to rounding)." if extra["exact"] else "no, see the notes below."))
+        lines.append(
+            "- Exact: "
+            + (
+                "yes, the adapter reproduces the steerpeft plan's forward pass (float32, up to rounding)."
+                if extra["exact"] else "no, see the notes below."
+            )
+        )
     if "mergeable" in extra:
         lines.append("- Mergeable (`merge_and_unload`): " + ("yes." if extra["mergeable"] else "no."))
     for note in extra.get("notes", []):
@@ -108,11 +116,15 @@ def render_card(plan: Plan, kind: str, extra: dict[str, Any]) -> str:
     lines += [f"| {k} | {_cell(v)} |" for k, v in provenance.items() if v != ""]
     lines.append("")
     if license_id == "other":
-        lines += ["No license was given at export (`card={'license': ...}`): the base model's license applies.", ""]
+        lines += [
+            "No license was given at export (`card={'license': ...}`): the base model's license applies.", "",
+        ]
     shown = {"model_id", "license", "tags", "title", "description", "exact", "mergeable", "notes", "versions"}
     rest = {k: v for k, v in extra.items() if k not in shown}
     if rest:
-        lines += ["## Details", "", "```json", json.dumps(rest, indent=2, sort_keys=True, default=str), "```", ""]
+        lines += [
+            "## Details", "", "```json", json.dumps(rest, indent=2, sort_keys=True, default=str), "```", "",
+        ]
     return "\n".join(lines)
 
 

@@ -49,10 +49,15 @@ def export_adapter(plan: Plan, model: nn.Module, path: str | os.PathLike, *, kin
         raise ConfigError(f"export kind must be one of {KINDS}, got {kind!r}.")
     base = unwrap_model(model)
     layout = plan.layout_for(base)
-    model_id = str(plan.model_info.get("model_id") or getattr(getattr(base, "config", None), "_name_or_path", "") or "")
-    info = {**plan.model_info, "model_id": model_id, "hidden_size": layout.hidden_size,
-            "num_layers": layout.num_layers, "layers_path": layout.layers_path, "embedding_path": layout.embedding_path,
-            "model_type": plan.model_info.get("model_type", layout.family)}
+    model_id = str(
+        plan.model_info.get("model_id") or getattr(getattr(base, "config", None), "_name_or_path", "") or ""
+    )
+    info = {
+        **plan.model_info, "model_id": model_id, "hidden_size": layout.hidden_size,
+        "num_layers": layout.num_layers, "layers_path": layout.layers_path,
+        "embedding_path": layout.embedding_path,
+        "model_type": plan.model_info.get("model_type", layout.family),
+    }
     plan = Plan(plan.steps, info, plan.metadata)
 
     chosen, lora_plan, steer_plan = _choose(plan, layout, kind)
@@ -63,16 +68,18 @@ def export_adapter(plan: Plan, model: nn.Module, path: str | os.PathLike, *, kin
         payload = lora_payload(lora_plan, base, layout, model_id)
         if not payload.exact:
             warnings.warn(
-                "Exporting layer ablation as LoRA: it becomes weight orthogonalization, which differs from the "
-                "hooked plan (each layer's MLP reads the residual before the layer output is ablated). Use "
-                "kind='steer' for an exact export.",
+                "Exporting layer ablation as LoRA: it becomes weight orthogonalization, which differs from "
+                "the hooked plan (each layer's MLP reads the residual before the layer output is ablated). "
+                "Use kind='steer' for an exact export.",
                 UserWarning,
                 stacklevel=2,
             )
         exact, mergeable = payload.exact, payload.mergeable and steer_plan is None
         notes += payload.notes
     if steer_plan is not None:
-        notes.append("STEER steps act on activations: they cannot be merged into weights (unload() removes them).")
+        notes.append(
+            "STEER steps act on activations: they cannot be merged into weights (unload() removes them)."
+        )
     if chosen == "combined":
         notes.append("The LoRA part holds the constant additions; the STEER part in `steer/` holds the rest. "
                      "Loaded together they reproduce the plan exactly.")
@@ -123,7 +130,9 @@ def _choose(plan: Plan, layout: ModelLayout, kind: str) -> tuple[str, Plan | Non
     return "steer", None, plan
 
 
-def _write_steer(folder: Path, plan: Plan, layout: ModelLayout, model_id: str, versions: dict[str, str]) -> None:
+def _write_steer(
+    folder: Path, plan: Plan, layout: ModelLayout, model_id: str, versions: dict[str, str]
+) -> None:
     steer = require_steer()
     spec, manifest, tensors = steer.steer_payload(plan, layout)
     config = steer.SteerConfig(

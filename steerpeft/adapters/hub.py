@@ -37,7 +37,8 @@ class UploadRequest:
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False,
                 upload: Callable[[UploadRequest], Any] | None = None) -> Any:
-    """Upload the adapter `folder` to the model repo `repo_id` (created if missing); return the upload's result."""
+    """Upload the adapter `folder` to the model repo `repo_id` (created if missing); return the upload's
+    result."""
     root = Path(folder)
     if not root.is_dir():
         raise AdapterError(f"{root} is not a folder: export the adapter first (export_adapter).")

@@ -33,8 +33,10 @@ from steerpeft.provenance import check_model_id, fitting_layout
 
 __all__ = ["check_model", "load_adapter"]
 
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|"
-                       r"lora_embedding_A|lora_embedding_B)$")
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<path>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|"
+    r"lora_embedding_A|lora_embedding_B)$"
+)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, *, adapter_name: str | None = None,
@@ -61,7 +63,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, adapter_name: str
     if has_steer_part:
         steer_kind, steer_config = _read_config(steer_folder)
         if steer_kind != "steer":
-            raise AdapterError(f"{steer_folder} should hold the STEER part of a combined export, found {steer_kind}.")
+            raise AdapterError(
+                f"{steer_folder} should hold the STEER part of a combined export, found {steer_kind}."
+            )
         parts.append((steer_folder, steer_kind, steer_config))
     embedding_lora = False
     for part_folder, kind, config in parts:
@@ -100,8 +104,12 @@ def _resolve(path: str | os.PathLike) -> Path:
 
             return Path(snapshot_download(repo_id=text))
         except Exception as exc:
-            raise AdapterError(f"{text!r} is not a local folder and could not be downloaded from the Hub: {exc}") from exc
-    raise AdapterError(f"{folder} does not exist: pass an adapter folder written by export_adapter (or a Hub repo id).")
+            raise AdapterError(
+                f"{text!r} is not a local folder and could not be downloaded from the Hub: {exc}"
+            ) from exc
+    raise AdapterError(
+        f"{folder} does not exist: pass an adapter folder written by export_adapter (or a Hub repo id)."
+    )
 
 
 def _read_config(folder: Path) -> tuple[str, dict[str, Any]]:
@@ -114,8 +122,8 @@ def _read_config(folder: Path) -> tuple[str, dict[str, Any]]:
     if is_steer_peft_type(peft_type):
         return "steer", config
     raise AdapterError(
-        f"{folder / 'adapter_config.json'} has peft_type {peft_type!r}: steerpeft loads plain LoRA and STEER adapters "
-        "only. For other PEFT methods use peft.PeftModel.from_pretrained directly."
+        f"{folder / 'adapter_config.json'} has peft_type {peft_type!r}: steerpeft loads plain LoRA and STEER "
+        "adapters only. For other PEFT methods use peft.PeftModel.from_pretrained directly."
     )
 
 
@@ -136,8 +144,8 @@ def _check_lora_tensors(model: nn.Module, tensors: dict[str, Any], folder: Path)
             module = get_module(model, path)
         except ArchitectureError:
             raise ShapeError(
-                f"{folder.name}: the adapter targets {path!r}, which this model does not have (different layer count "
-                "or architecture): it was made for another model."
+                f"{folder.name}: the adapter targets {path!r}, which this model does not have (different "
+                "layer count or architecture): it was made for another model."
             ) from None
         inner = module
         for _ in range(4):
@@ -145,38 +153,52 @@ def _check_lora_tensors(model: nn.Module, tensors: dict[str, Any], folder: Path)
                 break
             inner = getattr(inner, "base_layer", inner)
         if isinstance(inner, nn.Embedding):
-            expected = {"lora_embedding_A": (None, inner.num_embeddings), "lora_embedding_B": (inner.embedding_dim, None)}
+            expected = {
+                "lora_embedding_A": (None, inner.num_embeddings),
+                "lora_embedding_B": (inner.embedding_dim, None),
+            }
         elif isinstance(inner, nn.Linear):
-            expected = {"lora_A.weight": (None, inner.in_features), "lora_B.weight": (inner.out_features, None),
-                        "lora_B.bias": (inner.out_features,)}
+            expected = {
+                "lora_A.weight": (None, inner.in_features), "lora_B.weight": (inner.out_features, None),
+                "lora_B.bias": (inner.out_features,),
+            }
         else:
-            raise ShapeError(f"{folder.name}: the adapter targets {path!r}, a {type(inner).__name__}, not a Linear or "
-                             "Embedding layer: it was made for another model.")
+            raise ShapeError(f"{folder.name}: the adapter targets {path!r}, a {type(inner).__name__}, not a "
+                             "Linear or Embedding layer: it was made for another model.")
         want = expected.get(part)
         if want is None:
             raise ShapeError(f"{folder.name}: {part} does not fit {path!r} ({type(inner).__name__}).")
         shape = tuple(tensor.shape)
         if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)):
             raise ShapeError(
-                f"{folder.name}: {key} has shape {list(shape)}, which does not fit {path!r} of this model (expected "
-                f"{['*' if w is None else w for w in want]}): the hidden size differs, the adapter was made for "
-                "another model."
+                f"{folder.name}: {key} has shape {list(shape)}, which does not fit {path!r} of this model "
+                f"(expected {['*' if w is None else w for w in want]}): the hidden size differs, the adapter "
+                "was made for another model."
             )
 
 
-def _check_steer_tensors(model: nn.Module, config: dict[str, Any], tensors: dict[str, Any], folder: Path) -> None:
+def _check_steer_tensors(
+    model: nn.Module, config: dict[str, Any], tensors: dict[str, Any], folder: Path
+) -> None:
     steer = require_steer()
     plan = config.get("plan")
     if not isinstance(plan, dict) or not isinstance(config.get("tensors"), list):
-        raise AdapterError(f"{folder / 'adapter_config.json'} is not a complete STEER config (plan or tensors missing).")
+        raise AdapterError(
+            f"{folder / 'adapter_config.json'} is not a complete STEER config (plan or tensors missing)."
+        )
     check_plan_config(plan, "STEER adapter")
     info = plan.get("model") or {}
     check_model(model, info)
-    parts = next((p for p in LEGACY_KEY_PARTS if any(f".{p[0]}.{p[1]}." in k for k in tensors)), (CHILD_NAME, TENSORS_ATTR))
+    parts = next(
+        (p for p in LEGACY_KEY_PARTS if any(f".{p[0]}.{p[1]}." in k for k in tensors)),
+        (CHILD_NAME, TENSORS_ATTR),
+    )
     for entry in config["tensors"]:
         key = steer.canonical_key(info, int(entry["host"]), entry["key"], parts)
         if key not in tensors:
-            raise AdapterError(f"{folder.name}: adapter_model.safetensors lacks {key}: the adapter is incomplete.")
+            raise AdapterError(
+                f"{folder.name}: adapter_model.safetensors lacks {key}: the adapter is incomplete."
+            )
         if list(tensors[key].shape) != [int(d) for d in entry["shape"]]:
             raise ShapeError(f"{folder.name}: {key} has shape {list(tensors[key].shape)}, the config says "
                              f"{entry['shape']}: the files do not belong together.")
@@ -203,8 +225,8 @@ def _load_lora(model: nn.Module, folder: Path, adapter_name: str | None) -> tupl
     if _is_peft_model(model):
         if model.peft_type != PeftType.LORA:
             raise AdapterError(
-                "This model is already wrapped by a non-LoRA PEFT adapter; load the LoRA adapter on the plain model "
-                "first, then the other adapter."
+                "This model is already wrapped by a non-LoRA PEFT adapter; load the LoRA adapter on the "
+                "plain model first, then the other adapter."
             )
         name = adapter_name or _free_name(model.peft_config, "steerpeft")
         active = list(model.base_model.active_adapters)

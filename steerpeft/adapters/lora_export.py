@@ -40,7 +40,9 @@ from steerpeft.errors import AdapterError
 from steerpeft.plan import EMBEDDING, Plan, SteeringStep
 from steerpeft.positions import AllTokens
 
-__all__ = ["LoraPayload", "LoraSupport", "lora_payload", "lora_support", "plan_lora_support", "untie_embeddings"]
+__all__ = [
+    "LoraPayload", "LoraSupport", "lora_payload", "lora_support", "plan_lora_support", "untie_embeddings",
+]
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,21 @@ def lora_support(step: SteeringStep, layout: ModelLayout) -> LoraSupport:
     kind = getattr(step.intervention, "registry_name", type(step.intervention).__name__)
     if not _is_constant(step):
         return LoraSupport(None, False, f"step {step.name!r}: its strength depends on the input "
-                                        f"(scaler {step.scaler.registry_name!r}), which no weight delta expresses")
+                                        f"(scaler {step.scaler.registry_name!r}), which no weight delta "
+                                        "expresses")
     if not isinstance(step.positions, AllTokens):
-        return LoraSupport(None, False, f"step {step.name!r} steers only {step.positions} positions; a weight "
-                                        "delta acts on every position")
+        return LoraSupport(None, False, f"step {step.name!r} steers only {step.positions} positions; a "
+                                        "weight delta acts on every position")
     layers = set(step.directions)
     if kind == "add":
         if EMBEDDING in layers:
-            return LoraSupport(None, False, f"step {step.name!r} adds at the embedding output (not exported as LoRA)")
+            return LoraSupport(
+                None, False, f"step {step.name!r} adds at the embedding output (not exported as LoRA)"
+            )
         if layout.post_norm:
-            return LoraSupport(None, False, f"step {step.name!r}: on this post-norm model ({layout.family}) the MLP "
-                                            "output is normalised before it joins the residual stream")
+            return LoraSupport(None, False, f"step {step.name!r}: on this post-norm model ({layout.family}) "
+                                            "the MLP output is normalised before it joins the residual "
+                                            "stream")
         if len(layout.residual_writer_names) < 2:
             return LoraSupport(None, False, f"the residual writers of {layout.family!r} are not known")
         return LoraSupport("add", True)
@@ -90,17 +96,17 @@ def lora_support(step: SteeringStep, layout: ModelLayout) -> LoraSupport:
         if layers == {EMBEDDING}:
             return LoraSupport("ablate", True)
         if layout.post_norm:
-            return LoraSupport(None, False, f"step {step.name!r}: on this post-norm model ({layout.family}) sub-layer "
-                                            "outputs are normalised before they join the residual stream, so "
-                                            "projecting the writers does not ablate the stream")
+            return LoraSupport(None, False, f"step {step.name!r}: on this post-norm model ({layout.family}) "
+                                            "sub-layer outputs are normalised before they join the residual "
+                                            "stream, so projecting the writers does not ablate the stream")
         if len(layout.residual_writer_names) < 2:
             return LoraSupport(None, False, f"the residual writers of {layout.family!r} are not known")
         if step.site == "writers":
             return LoraSupport("ablate", True)
         return LoraSupport("ablate", False, (
-            f"step {step.name!r} ablates at decoder layer outputs; as LoRA it becomes weight orthogonalization of "
-            "every residual writer, which differs from the hooked plan because each layer's MLP reads the "
-            "residual before the layer output is ablated"))
+            f"step {step.name!r} ablates at decoder layer outputs; as LoRA it becomes weight "
+            "orthogonalization of every residual writer, which differs from the hooked plan because each "
+            "layer's MLP reads the residual before the layer output is ablated"))
     return LoraSupport(None, False, f"step {step.name!r}: intervention {kind!r} depends on the hidden state "
                                     "in a way no weight delta expresses")
 
@@ -178,9 +184,9 @@ def lora_payload(plan: Plan, model: nn.Module, layout: ModelLayout, model_id: st
                 linear_lora(path, torch.zeros(1, linear.in_features), torch.zeros(linear.out_features, 1),
                             biases[layer])  # scaling is 1, so the bias is alpha * v itself
             if not mergeable:
-                notes.append("Not mergeable: the bias sits on `mlp.down_proj`, which has no bias in this model, so "
-                             "PEFT refuses merge_and_unload ('Impossible to merge LoRA with `lora_bias=True` "
-                             "because the base layer has no bias'). Use it unmerged.")
+                notes.append("Not mergeable: the bias sits on `mlp.down_proj`, which has no bias in this "
+                             "model, so PEFT refuses merge_and_unload ('Impossible to merge LoRA with "
+                             "`lora_bias=True` because the base layer has no bias'). Use it unmerged.")
         else:
             step = plan.steps[0]
             strength = _strength(step)
@@ -202,16 +208,16 @@ def lora_payload(plan: Plan, model: nn.Module, layout: ModelLayout, model_id: st
             if EMBEDDING in step.directions:
                 embedding = _embedding(model, layout.embedding_path)
                 if _tied(model, embedding):
-                    notes.append("The base model ties lm_head to the token embedding. Unmerged the adapter is exact; "
-                                 "merging would change lm_head too unless it is untied first (steerpeft's "
-                                 "load_adapter gives lm_head its own copy of the weight when it loads this "
-                                 "adapter).")
+                    notes.append("The base model ties lm_head to the token embedding. Unmerged the adapter "
+                                 "is exact; merging would change lm_head too unless it is untied first "
+                                 "(steerpeft's load_adapter gives lm_head its own copy of the weight when it "
+                                 "loads this adapter).")
             if not exact:
-                notes.append("Layer ablation as LoRA is weight orthogonalization (every attention and MLP output "
-                             "projection and the embedding project out the direction). It differs from the hooked "
-                             "steerpeft plan, which ablates decoder layer outputs: inside a layer the MLP reads the "
-                             "residual before the layer output is ablated. Export with kind='steer' for the exact "
-                             "plan.")
+                notes.append("Layer ablation as LoRA is weight orthogonalization (every attention and MLP "
+                             "output projection and the embedding project out the direction). It differs "
+                             "from the hooked steerpeft plan, which ablates decoder layer outputs: inside a "
+                             "layer the MLP reads the residual before the layer output is ablated. Export "
+                             "with kind='steer' for the exact plan.")
     pattern = "^(" + "|".join(re.escape(path) for path in sorted(set(targets))) + ")$"
     config = LoraConfig(
         r=1,
@@ -250,8 +256,12 @@ def untie_embeddings(model: nn.Module) -> bool:
     embedding = getattr(embedding, "base_layer", embedding)
     if getattr(output, "weight", None) is not getattr(embedding, "weight", None):
         return False
-    output.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=embedding.weight.requires_grad)
-    for config in (getattr(model, "config", None), getattr(getattr(model, "config", None), "text_config", None)):
+    output.weight = nn.Parameter(
+        embedding.weight.detach().clone(), requires_grad=embedding.weight.requires_grad
+    )
+    for config in (
+        getattr(model, "config", None), getattr(getattr(model, "config", None), "text_config", None),
+    ):
         if config is not None and getattr(config, "tie_word_embeddings", False):
             config.tie_word_embeddings = False
     return True

@@ -34,11 +34,14 @@ def require_steer() -> ModuleType:
 
 
 def _register_steer() -> None:
-    """Import the STEER module, which registers itself; warn instead of raising (this may run inside `import peft`)."""
+    """Import the STEER module, which registers itself; warn instead of raising (this may run inside
+    `import peft`)."""
     try:
         importlib.import_module(_STEER_MODULE)
     except Exception as exc:  # noqa: BLE001  (never break the user's `import peft`)
-        warnings.warn(f"steerpeft could not register its STEER PEFT method: {exc}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"steerpeft could not register its STEER PEFT method: {exc}", RuntimeWarning, stacklevel=2
+        )
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -30,7 +30,10 @@ class JsonlLogger(Callback):
         self._write("fit_start", step=runner.name)
 
     def on_record_end(self, runner: Runner, split: str, activations: Any) -> None:
-        self._write("recorded", step=runner.name, split=split, prompts=activations.num_prompts, positions=activations.count)
+        self._write(
+            "recorded", step=runner.name, split=split, prompts=activations.num_prompts,
+            positions=activations.count,
+        )
 
     def on_layer_scored(self, runner: Runner, layer: int, scores: dict[str, Any]) -> None:
         self._write("layer_scored", step=runner.name, layer=layer, scores=scores)

@@ -68,8 +68,10 @@ class ProgressBar(Callback):
             done = f"{stage.count}/{stage.total}" if stage.total is not None else str(stage.count)
             state = "stopped" if interrupted else "done"
             units = stage.unit + ("es" if stage.unit.endswith("ch") else "s")
-            print(f"{stage.description}: {done} {units} {state} in {time.perf_counter() - stage.started:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{stage.description}: {done} {units} {state} in {time.perf_counter() - stage.started:.1f} s",
+                file=sys.stderr, flush=True,
+            )
 
     # -- fit --------------------------------------------------------------------------
     def on_record_start(self, runner: Runner, split: str, total: int) -> None:

@@ -31,13 +31,16 @@ def _plan_folder(path: str) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
 
-    result = run_recipe(args.recipe or "mars", overrides=args.overrides, out_dir=args.out, progress=not args.quiet,
-                        export=not args.no_export, plots=not args.no_plots, device=args.device,
-                        command=command_line())
+    result = run_recipe(
+        args.recipe or "mars", overrides=args.overrides, out_dir=args.out, progress=not args.quiet,
+        export=not args.no_export, plots=not args.no_plots, device=args.device, command=command_line(),
+    )
     print(result.summary())
     if result.metrics["adapter"].get("status") == "failed":
-        print(f"error: the run finished, but the adapter export failed: {result.metrics['adapter']['message']}",
-              file=sys.stderr)
+        print(
+            f"error: the run finished, but the adapter export failed: {result.metrics['adapter']['message']}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -57,7 +60,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     plan = recipe.fit(model, processor, callbacks=[ProgressBar(disable=True if args.quiet else None)])
     plan.save(out)
     print(describe_plan_text(plan, plan_section(plan), str(out)))
-    print(f"\nsaved the plan to {out}\nnext: steerpeft eval {out}   |   steerpeft export {out} --out <adapter folder>")
+    print(
+        f"\nsaved the plan to {out}\nnext: steerpeft eval {out}   |   steerpeft export {out} --out <adapter "
+        "folder>"
+    )
     return 0
 
 
@@ -83,7 +89,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, _ = load_model(name, dtype=dtype, device=args.device)
     info = export_plan(plan, model, args.out, kind=args.kind, strict=True)
     print(f"exported {folder} as a {info.get('kind', args.kind)} adapter to {args.out}")
-    print(f"load it with: from steerpeft.adapters import load_adapter; load_adapter(model, {str(args.out)!r})")
+    print(
+        f"load it with: from steerpeft.adapters import load_adapter; load_adapter(model, {str(args.out)!r})"
+    )
     return 0
 
 

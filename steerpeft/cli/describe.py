@@ -37,13 +37,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 def describe_plan_text(plan: Any, section: dict[str, Any], where: str) -> str:
     info = plan.model_info
     lines = [f"plan: {where}",
-             (f"  base model   {info.get('model_id', '?')} ({info.get('model_type', '?')}, {info.get('num_layers', '?')} "
-             f"layers, hidden size {info.get('hidden_size', '?')})")]
+             (f"  base model   {info.get('model_id', '?')} ({info.get('model_type', '?')}, "
+             f"{info.get('num_layers', '?')} layers, hidden size {info.get('hidden_size', '?')})")]
     if plan.metadata.get("recipe_name"):
         lines.append(f"  recipe       {plan.metadata['recipe_name']}")
     for step in section["steps"]:
         layers = [layer for layer in step["layers"] if layer >= 0]
-        shown = ", ".join(map(str, layers)) if len(layers) <= 8 else f"{layers[0]}..{layers[-1]} ({len(layers)} layers)"
+        shown = (
+            ", ".join(map(str, layers)) if len(layers) <= 8
+            else f"{layers[0]}..{layers[-1]} ({len(layers)} layers)"
+        )
         if any(layer < 0 for layer in step["layers"]):
             shown += " + embedding"
         scaler = step["scaler"]
@@ -63,7 +66,9 @@ def describe_plan_text(plan: Any, section: dict[str, Any], where: str) -> str:
     main = next((s for s in section["steps"] if s["name"] == section["main_step"]), None)
     table = (main or {}).get("layer_scores") or []
     if table:
-        columns = [c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau") if c in table[0]]
+        columns = [
+            c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau") if c in table[0]
+        ]
         rows = []
         for row in table:
             cells = [row["layer"]] + [_cell(row.get(c), c) for c in columns]
@@ -100,9 +105,12 @@ def describe_adapter_text(folder: Path) -> str:
     config, meta = read("adapter_config.json"), read_adapter_meta(folder)
     model = meta.get("model") or (config.get("plan") or {}).get("model") or {}
     base = config.get("base_model_name_or_path") or model.get("model_id") or "?"
-    lines = [f"adapter: {folder}", f"  base model   {base}" + (f" ({model.get('model_type')}, {model.get('num_layers')} "
-             f"layers, hidden size {model.get('hidden_size')})" if model.get("model_type") else "")]
-    kind = meta.get("kind") or ("lora" if str(config.get("peft_type", "")).upper() == "LORA" else config.get("peft_type"))
+    lines = [f"adapter: {folder}", f"  base model   {base}"
+             + (f" ({model.get('model_type')}, {model.get('num_layers')} layers, hidden size "
+                f"{model.get('hidden_size')})" if model.get("model_type") else "")]
+    kind = meta.get("kind") or (
+        "lora" if str(config.get("peft_type", "")).upper() == "LORA" else config.get("peft_type")
+    )
     lines.append(f"  kind         {kind}")
     if meta:
         lines.append(f"  exact        {'yes' if meta.get('exact') else 'no'}; mergeable into the weights: "
@@ -123,7 +131,9 @@ def describe_adapter_text(folder: Path) -> str:
     if recipe:
         lines.append(f"  recipe       {recipe}")
     if (folder / "steer" / "adapter_config.json").is_file():
-        lines.append("  steer/       the STEER part of a combined export (steerpeft's load_adapter loads both)")
+        lines.append(
+            "  steer/       the STEER part of a combined export (steerpeft's load_adapter loads both)"
+        )
     files = sorted(p for p in folder.iterdir() if p.is_file())
     lines.append("  files        " + ", ".join(f"{p.name} ({_size(p.stat().st_size)})" for p in files))
     if (folder / "README.md").is_file():

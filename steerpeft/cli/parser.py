@@ -105,12 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
     running = argparse.ArgumentParser(add_help=False)
-    running.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps ... (default: the recipe's "
-                         "model.device, else the first GPU if any, else the CPU)")
+    running.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps ... (default: the "
+                         "recipe's model.device, else the first GPU if any, else the CPU)")
 
     parser = argparse.ArgumentParser(
         prog="steerpeft", formatter_class=_Formatter,
-        description=_wrap("Find refusal directions in a model's activations, steer with them, share them as PEFT adapters."),
+        description=_wrap(
+            "Find refusal directions in a model's activations, steer with them, share them as PEFT adapters."
+        ),
         epilog=EXAMPLES["main"] + "\n" + OVERRIDES_HELP,
     )
     parser.add_argument("--quiet", "-q", action="store_true", default=False, help=argparse.SUPPRESS)
@@ -119,63 +121,98 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser(
-        "run", parents=[shared, running], formatter_class=_Formatter, help="the main job: fit, evaluate, export, report",
-        description=_wrap("Fit a recipe, evaluate the plan (refusal on harmful prompts, over-refusal on harmless ones, KL; "
-                    "per modality, with ablations), export the PEFT adapter and write report.md with plots into a run "
-                    "folder. Default recipe: mars; default model: the embedded SmolLM2-135M-Instruct."),
-        epilog=EXAMPLES["run"] + "\n" + OVERRIDES_HELP)
+        "run", parents=[shared, running], formatter_class=_Formatter,
+        help="the main job: fit, evaluate, export, report",
+        description=_wrap(
+            "Fit a recipe, evaluate the plan (refusal on harmful prompts, over-refusal on "
+            "harmless ones, KL; per modality, with ablations), export the PEFT adapter and write "
+            "report.md with plots into a run folder. Default recipe: mars; default model: the "
+            "embedded SmolLM2-135M-Instruct."
+        ),
+        epilog=EXAMPLES["run"] + "\n" + OVERRIDES_HELP,
+    )
     run.add_argument("recipe", nargs="?", default=None, metavar="RECIPE",
                      help="a built-in recipe name (see `steerpeft recipes`) or a YAML file; default: mars")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (see below)")
-    run.add_argument("--out", metavar="DIR", help="the run folder (default: output.dir, else runs/<recipe>-<timestamp>)")
+    run.add_argument(
+        "--out", metavar="DIR", help="the run folder (default: output.dir, else runs/<recipe>-<timestamp>)"
+    )
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--no-export", action="store_true", help="skip the adapter export")
 
     fit = commands.add_parser(
-        "fit", parents=[shared, running], formatter_class=_Formatter, help="fit a plan from a recipe and save it",
-        description=_wrap("Fit a recipe's steps (record activations, extract directions, score and choose layers, calibrate) "
-                    "and save the plan folder (plan.json + plan.safetensors). Prints the per-layer scores."),
-        epilog=EXAMPLES["fit"] + "\n" + OVERRIDES_HELP)
+        "fit", parents=[shared, running], formatter_class=_Formatter,
+        help="fit a plan from a recipe and save it",
+        description=_wrap(
+            "Fit a recipe's steps (record activations, extract directions, score and choose "
+            "layers, calibrate) and save the plan folder (plan.json + plan.safetensors). Prints the "
+            "per-layer scores."
+        ),
+        epilog=EXAMPLES["fit"] + "\n" + OVERRIDES_HELP,
+    )
     fit.add_argument("recipe", metavar="RECIPE", help="a built-in recipe name or a YAML file")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (see below)")
     fit.add_argument("--out", metavar="DIR", help="the plan folder (default: plans/<recipe>-<timestamp>)")
 
     evaluate = commands.add_parser(
-        "eval", parents=[shared, running], formatter_class=_Formatter, help="evaluate a saved plan or adapter",
-        description=_wrap("Evaluate a saved plan, run folder or PEFT adapter against the unsteered model: refusal rate on "
-                    "harmful prompts, over-refusal on harmless prompts, first-token scores and KL, per modality. "
-                    "Prompts: the plan's recipe (or --recipe) with its eval.prompts choice, default its validation "
-                    "split; plans without a recipe use the built-in mars recipe's. Writes metrics.json, report.md "
-                    "and plots."),
-        epilog=EXAMPLES["eval"] + "\n" + OVERRIDES_HELP)
-    evaluate.add_argument("path", metavar="PLAN_OR_ADAPTER", help="a plan folder, a run folder or an adapter folder")
-    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the recipe used for prompts")
-    evaluate.add_argument("--recipe", metavar="RECIPE", help="take prompts and eval options from this recipe instead")
-    evaluate.add_argument("--model", metavar="NAME", help="the model to evaluate on (default: the one the file records)")
-    evaluate.add_argument("--out", metavar="DIR", help="where to write the results (default: runs/eval-<recipe>-<timestamp>)")
+        "eval", parents=[shared, running], formatter_class=_Formatter,
+        help="evaluate a saved plan or adapter",
+        description=_wrap(
+            "Evaluate a saved plan, run folder or PEFT adapter against the unsteered model: "
+            "refusal rate on harmful prompts, over-refusal on harmless prompts, first-token scores "
+            "and KL, per modality. Prompts: the plan's recipe (or --recipe) with its eval.prompts "
+            "choice, default its validation split; plans without a recipe use the built-in mars "
+            "recipe's. Writes metrics.json, report.md and plots."
+        ),
+        epilog=EXAMPLES["eval"] + "\n" + OVERRIDES_HELP,
+    )
+    evaluate.add_argument(
+        "path", metavar="PLAN_OR_ADAPTER", help="a plan folder, a run folder or an adapter folder"
+    )
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="overrides of the recipe used for prompts"
+    )
+    evaluate.add_argument(
+        "--recipe", metavar="RECIPE", help="take prompts and eval options from this recipe instead"
+    )
+    evaluate.add_argument(
+        "--model", metavar="NAME", help="the model to evaluate on (default: the one the file records)"
+    )
+    evaluate.add_argument(
+        "--out", metavar="DIR", help="where to write the results (default: runs/eval-<recipe>-<timestamp>)"
+    )
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
     export = commands.add_parser(
-        "export", parents=[shared, running], formatter_class=_Formatter, help="write a plan as a PEFT adapter",
-        description=_wrap("Export a saved plan (or a run folder's plan) as a PEFT adapter folder with a model card."),
-        epilog=EXAMPLES["export"])
+        "export", parents=[shared, running], formatter_class=_Formatter,
+        help="write a plan as a PEFT adapter",
+        description=_wrap(
+            "Export a saved plan (or a run folder's plan) as a PEFT adapter folder with a model card."
+        ),
+        epilog=EXAMPLES["export"],
+    )
     export.add_argument("path", metavar="PLAN", help="a plan folder or a run folder")
     export.add_argument("--out", metavar="DIR", required=True, help="the adapter folder to write")
-    export.add_argument("--kind", choices=("auto", "lora", "steer"), default="auto",
-                        help="lora: a rank-1 weight edit; steer: the steering adapter; auto: lora when exact (default)")
+    export.add_argument(
+        "--kind", choices=("auto", "lora", "steer"), default="auto",
+        help="lora: a rank-1 weight edit; steer: the steering adapter; auto: lora when exact (default)",
+    )
     export.add_argument("--model", metavar="NAME", help="the base model (default: the one the plan records)")
 
     info = commands.add_parser(
         "info", parents=[shared], formatter_class=_Formatter, help="describe a plan, adapter or run folder",
-        description=_wrap("Describe a saved plan, adapter or run folder without loading a model: base model, layers, "
-                    "positions, scaler (tau), chosen layer and per-layer scores."),
+        description=_wrap("Describe a saved plan, adapter or run folder without loading a model: base model, "
+                    "layers, positions, scaler (tau), chosen layer and per-layer scores."),
         epilog=EXAMPLES["info"])
     info.add_argument("path", metavar="PATH", help="a plan, adapter or run folder")
 
     recipes = commands.add_parser(
         "recipes", parents=[shared], formatter_class=_Formatter, help="list the built-in recipes",
-        description=_wrap("List the built-in recipes with their descriptions; pass a name to run, fit or eval."),
-        epilog=EXAMPLES["recipes"])
+        description=_wrap(
+            "List the built-in recipes with their descriptions; pass a name to run, fit or eval."
+        ),
+        epilog=EXAMPLES["recipes"],
+    )
     del recipes
     return parser
 
@@ -199,4 +236,7 @@ def _split_arguments(args: argparse.Namespace, extras: list[str], parser: argpar
 
 def command_line() -> str:
     """This invocation as one shell line, recorded in reports."""
-    return shlex.join(["steerpeft", *sys.argv[1:]]) if Path(sys.argv[0]).name == "steerpeft" else shlex.join(sys.argv)
+    return (
+        shlex.join(["steerpeft", *sys.argv[1:]]) if Path(sys.argv[0]).name == "steerpeft"
+        else shlex.join(sys.argv)
+    )

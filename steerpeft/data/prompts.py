@@ -344,7 +344,8 @@ def _pick_column(column: str | None, columns: list[str], where: str) -> str:
         if len(columns) == 1:
             return columns[0]
         raise DataError(
-            f"{where!r} has several columns ({', '.join(columns)}); pass column= to say which holds the prompt."
+            f"{where!r} has several columns ({', '.join(columns)}); pass column= to say which holds the "
+            "prompt."
         )
     if column not in columns:
         raise DataError(

@@ -70,15 +70,16 @@ def require_decision_plan(plan: Any) -> None:
     for step in getattr(plan, "steps", ()):
         if not isinstance(step.positions, DecisionPosition):
             raise ConfigError(
-                f"Step {step.name!r} steers positions {str(step.positions)!r}; a decision prefix reuses the unsteered "
-                "prompt, so it takes plans that steer the 'decision' position only. Use decision_logits(model, batch) "
-                "under plan.apply(model) for this plan."
+                f"Step {step.name!r} steers positions {str(step.positions)!r}; a decision prefix reuses the "
+                "unsteered prompt, so it takes plans that steer the 'decision' position only. Use "
+                "decision_logits(model, batch) under plan.apply(model) for this plan."
             )
 
 
 @dataclass
 class DecisionOutput:
-    """What one decision step returns: float32 logits [rows, vocab] and, if asked, states per layer [rows, hidden]."""
+    """What one decision step returns: float32 logits [rows, vocab] and, if asked, states per layer [rows,
+    hidden]."""
 
     logits: torch.Tensor
     states: dict[int, torch.Tensor]
@@ -93,7 +94,9 @@ class DecisionPrefix:
     size of one generation's cache), and each step makes one transient copy of it.
     """
 
-    def __init__(self, model: nn.Module, batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]) -> None:
+    def __init__(
+        self, model: nn.Module, batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]
+    ) -> None:
         self.model = model
         self._base = unwrap_model(model)
         batch_list = [batches] if isinstance(batches, dict) else list(batches)
@@ -101,13 +104,15 @@ class DecisionPrefix:
             raise DataError("A decision prefix needs at least one batch.")
         if active_session(self._base) is not None:
             raise ConfigError(
-                "Fill a decision prefix outside any steering block or recording: the prefix must be the unsteered "
-                "prompt (the plan is applied by DecisionPrefix.logits around the decision token only)."
+                "Fill a decision prefix outside any steering block or recording: the prefix must be the "
+                "unsteered prompt (the plan is applied by DecisionPrefix.logits around the decision token "
+                "only)."
             )
         if _keeps_rope_state(self._base):
             raise ConfigError(
-                f"{type(self._base).__name__} keeps multimodal rope positions between forwards (rope_deltas), so the "
-                "decision token cannot run on its own against a prefix; use decision_logits(model, batch) per plan."
+                f"{type(self._base).__name__} keeps multimodal rope positions between forwards "
+                "(rope_deltas), so the decision token cannot run on its own against a prefix; use "
+                "decision_logits(model, batch) per plan."
             )
         caches, widths, tails, ids = [], [], [], []
         with torch.no_grad():
@@ -121,8 +126,8 @@ class DecisionPrefix:
         self.rows_per_batch = [int(tail["input_ids"].shape[0]) for tail in tails]
         self._input_ids = ids  # full prompts, read for the rows' modality once a plan's session exists
         if len(set(widths)) > 1 and "position_ids" not in tails[0]:
-            raise ConfigError(f"{type(self._base).__name__} takes no position_ids, so batches of different widths "
-                              "cannot share one decision step; build one DecisionPrefix per batch.")
+            raise ConfigError(f"{type(self._base).__name__} takes no position_ids, so batches of different "
+                              "widths cannot share one decision step; build one DecisionPrefix per batch.")
         if len(caches) == 1:
             self.cache = caches[0]
             self._tail = tails[0]
@@ -136,7 +141,9 @@ class DecisionPrefix:
         mask = _attention_mask(batch)
         width = int(mask.shape[1])
         if width < 2:
-            raise DataError("A decision prefix needs prompts of at least 2 columns (a prefix and the decision token).")
+            raise DataError(
+                "A decision prefix needs prompts of at least 2 columns (a prefix and the decision token)."
+            )
         if not bool((last_token_index(mask) == width - 1).all()):
             raise DataError(
                 "A decision prefix needs left-padded batches (every row ending in the last column); "
@@ -149,7 +156,9 @@ class DecisionPrefix:
                 prefix[key] = value[:, :-1]
                 tail[key] = value if key == "attention_mask" else value[:, -1:]
             elif key in SEQUENCE_KEYS and value is not None:
-                raise DataError(f"Batch entry {key!r} must be a 2-D [batch, seq] tensor for a decision prefix.")
+                raise DataError(
+                    f"Batch entry {key!r} must be a 2-D [batch, seq] tensor for a decision prefix."
+                )
             else:
                 prefix[key] = value
         extra: dict[str, Any] = {"use_cache": True}
@@ -168,7 +177,10 @@ class DecisionPrefix:
     def _stacked_tail(tails: list[dict[str, torch.Tensor]], widths: list[int]) -> dict[str, torch.Tensor]:
         keys = set(tails[0])
         if any(set(tail) != keys for tail in tails):
-            raise DataError("Every batch of a decision prefix must carry the same entries (input_ids, attention_mask, ...).")
+            raise DataError(
+                "Every batch of a decision prefix must carry the same entries (input_ids, attention_mask, "
+                "...)."
+            )
         longest = max(widths)
         stacked: dict[str, torch.Tensor] = {}
         for key in keys:
@@ -214,7 +226,9 @@ class DecisionPrefix:
         Memory: the prefix cache once per plan of a step.
         """
         if active_session(self._base) is not None:
-            raise ConfigError("DecisionPrefix.logits_of_plans was called inside a steering block; pass the plans.")
+            raise ConfigError(
+                "DecisionPrefix.logits_of_plans was called inside a steering block; pass the plans."
+            )
         for plan in plans:
             if plan is not None:
                 require_decision_plan(plan)
@@ -254,7 +268,9 @@ class DecisionPrefix:
 
 
 @contextmanager
-def rows_modality(model: nn.Module, input_ids: Sequence[torch.Tensor], rows: torch.Tensor | None = None) -> Iterator[None]:
+def rows_modality(
+    model: nn.Module, input_ids: Sequence[torch.Tensor], rows: torch.Tensor | None = None
+) -> Iterator[None]:
     """While open, every forward of `model` sees the modality of the full prompts `input_ids`.
 
     The session of an applied plan reads each row's modality (for re-centering) from the tokens

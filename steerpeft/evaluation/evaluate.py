@@ -185,8 +185,10 @@ def evaluate(
                             kls += first_token_kl(reference[(set_name, index)], logits).tolist()
                         if generate:
                             texts += generate_texts(model, tokenizer_or_processor, batch, max_new_tokens)
-                        call_hook(callbacks, runner, "on_eval_batch_end", condition=condition, set_name=set_name,
-                                  rows=sizes[set_name][index])
+                        call_hook(
+                            callbacks, runner, "on_eval_batch_end", condition=condition, set_name=set_name,
+                            rows=sizes[set_name][index],
+                        )
                     results[set_name] = _set_result(
                         set_name, scores, None if factory is None else kls, texts, generate
                     )

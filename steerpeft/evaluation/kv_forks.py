@@ -42,8 +42,8 @@ def require_dynamic_cache(cache: Any) -> None:
     layers = getattr(cache, "layers", None)
     if layers is None or not all(isinstance(layer, DynamicLayer) for layer in layers):
         raise ConfigError(
-            f"A decision prefix needs a dynamic KV cache (transformers DynamicCache layers), got {type(cache).__name__}; "
-            "this model's cache is not supported."
+            "A decision prefix needs a dynamic KV cache (transformers DynamicCache layers), got "
+            f"{type(cache).__name__}; this model's cache is not supported."
         )
 
 

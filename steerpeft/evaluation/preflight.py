@@ -59,11 +59,12 @@ class RefusalProfile:
         """One or two plain sentences on what the numbers mean for a refusal direction."""
         share = f"{self.refusal:.0%}"
         if self.barely_refuses:
-            return (f"The unsteered model refuses only {share} of held-out harmful text prompts. MARS carries the "
-                    "model's own text refusal to other inputs, and this model has little refusal to carry: expect "
-                    "little change in what it says. The run still measures the direction, the layers and the gate.")
-        return (f"The unsteered model refuses {share} of held-out harmful text prompts: there is a text refusal for "
-                "steering to carry to other inputs.")
+            return (f"The unsteered model refuses only {share} of held-out harmful text prompts. MARS "
+                    "carries the model's own text refusal to other inputs, and this model has little refusal "
+                    "to carry: expect little change in what it says. The run still measures the direction, "
+                    "the layers and the gate.")
+        return (f"The unsteered model refuses {share} of held-out harmful text prompts: there is a text "
+                "refusal for steering to carry to other inputs.")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "barely_refuses": self.barely_refuses, "verdict": self.verdict()}
@@ -76,14 +77,23 @@ def refusal_profile(model: Any, tokenizer: Any, harmful: Sequence[str], harmless
     device, token_ids = model_device(model), refusal_token_ids(tokenizer)
     numbers: dict[str, Any] = {}
     for label, prompts in (("harmful", list(harmful)), ("harmless", list(harmless))):
-        scores = torch.cat([
-            first_token_refusal_score(decision_logits(model, encode_prompts(tokenizer, chunk, device=device)).float().cpu(),
-                                      token_ids)
-            for chunk in batched(prompts, batch_size)
-        ]) if prompts else torch.empty(0)
+        scores = (
+            torch.cat(
+                [
+                    first_token_refusal_score(
+                        decision_logits(model, encode_prompts(tokenizer, chunk, device=device)).float().cpu(),
+                        token_ids,
+                    )
+                    for chunk in batched(prompts, batch_size)
+                ]
+            )
+            if prompts else torch.empty(0)
+        )
         judged = prompts[:sample]
-        texts = generate_texts(model, tokenizer, encode_prompts(tokenizer, judged, device=device), max_new_tokens) \
+        texts = (
+            generate_texts(model, tokenizer, encode_prompts(tokenizer, judged, device=device), max_new_tokens)
             if judged else []
+        )
         numbers.update({
             f"{label}_n": len(prompts),
             f"{label}_log_odds": float(scores.mean()) if len(scores) else 0.0,

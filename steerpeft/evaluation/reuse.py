@@ -47,7 +47,8 @@ from steerpeft.session import active_session
 DEFAULT_MARGIN = 1e-3
 """Rows with t > tau - margin count as open: covers float differences between how t is measured (decision
 prefix, default positions) and how generation computes it (its own prefill, positions counted from the first
-real token): at most 3.4e-6 on SmolLM2's eval sets.  Rows right at the threshold are regenerated: correct, not free."""
+real token): at most 3.4e-6 on SmolLM2's eval sets.  Rows right at the threshold are regenerated: correct, not
+free."""
 
 
 def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -60,8 +61,10 @@ def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 # Which rows can a plan change?
 
 
-def rows_plan_can_change(plan: Plan, states: Mapping[int, torch.Tensor], modality: int | torch.Tensor | None = None,
-                         margin: float = DEFAULT_MARGIN) -> torch.Tensor:
+def rows_plan_can_change(
+    plan: Plan, states: Mapping[int, torch.Tensor], modality: int | torch.Tensor | None = None,
+    margin: float = DEFAULT_MARGIN,
+) -> torch.Tensor:
     """Bool [rows]: rows whose answer under `plan` may differ from the unsteered answer.
 
     `states[layer]` are the rows' unsteered decision-position states [rows, hidden] at the layers
@@ -104,7 +107,9 @@ def _steering_context(model: nn.Module, steering: Steering) -> AbstractContextMa
         return steering.apply(model)
     if callable(steering):
         return steering()
-    raise ConfigError(f"steering must be a Plan, a context-manager factory or None, got {type(steering).__name__}.")
+    raise ConfigError(
+        f"steering must be a Plan, a context-manager factory or None, got {type(steering).__name__}."
+    )
 
 
 def _pad_token_id(tokenizer_or_processor: Any) -> int:
@@ -127,9 +132,11 @@ def _check_left_padded(batch: Mapping[str, Any]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_rows(model: nn.Module, tokenizer_or_processor: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor,
-                  reuse: Sequence[str], max_new_tokens: int, steering: Steering = None,
-                  prefix: GenerationPrefix | None = None) -> list[str]:
+def generate_rows(
+    model: nn.Module, tokenizer_or_processor: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor,
+    reuse: Sequence[str], max_new_tokens: int, steering: Steering = None,
+    prefix: GenerationPrefix | None = None,
+) -> list[str]:
     """Greedy answers of one left-padded batch: `rows` (bool [batch]) generated under `steering`, the
     other rows taken from `reuse` (the unsteered answers, which those rows would repeat).
 
@@ -175,8 +182,8 @@ class GenerationPrefix:
         self.model = model
         self._base = unwrap_model(model)
         if active_session(self._base) is not None:
-            raise ConfigError("Fill a generation prefix outside any steering block or recording: the prefix must be "
-                              "the unsteered prompt.")
+            raise ConfigError("Fill a generation prefix outside any steering block or recording: the prefix "
+                              "must be the unsteered prompt.")
         if _keeps_rope_state(self._base):
             raise ConfigError(f"{type(self._base).__name__} keeps multimodal rope positions between forwards "
                               "(rope_deltas); generate from the full prompts instead.")
@@ -184,7 +191,10 @@ class GenerationPrefix:
         mask = _check_left_padded(batch)
         if mask.shape[1] < 2:
             raise DataError("A generation prefix needs prompts of at least 2 columns.")
-        prefix = {k: (v[:, :-1] if k in SEQUENCE_KEYS and isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        prefix = {
+            k: (v[:, :-1] if k in SEQUENCE_KEYS and isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()
+        }
         if "position_ids" not in batch and _accepts(model, "position_ids"):
             prefix["position_ids"] = generation_positions(mask)[:, :-1]
         extra: dict[str, Any] = {"use_cache": True}
@@ -198,24 +208,31 @@ class GenerationPrefix:
         self.num_rows = int(mask.shape[0])
 
     @torch.no_grad()
-    def generate(self, tokenizer_or_processor: Any, steering: Steering = None, *, rows: torch.Tensor | None = None,
-                 max_new_tokens: int = 32) -> list[str]:
+    def generate(
+        self, tokenizer_or_processor: Any, steering: Steering = None, *, rows: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+    ) -> list[str]:
         """Greedy answers of `rows` (indices or bool; default all) under `steering` (None, or a plan
         that steers the decision position only)."""
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         if active_session(self._base) is not None:
-            raise ConfigError("GenerationPrefix.generate was called inside a steering block; pass the plan instead.")
+            raise ConfigError(
+                "GenerationPrefix.generate was called inside a steering block; pass the plan instead."
+            )
         index = None if rows is None else _row_index(rows, self.num_rows)
         inputs = self.inputs if index is None else {k: v[index.to(v.device)] for k, v in self.inputs.items()}
         fork = fork_cache(self.cache, index)
         if steering is not None and not hasattr(steering, "steps"):
-            raise ConfigError("A generation prefix steers with a decision-position Plan only: other steering would "
-                              "change the shared prefix.")
+            raise ConfigError("A generation prefix steers with a decision-position Plan only: other steering "
+                              "would change the shared prefix.")
         if steering is not None:
             require_decision_plan(steering)
-        with steering.apply(self.model) if steering is not None else nullcontext(), \
-                rows_modality(self._base, [self.inputs["input_ids"]], index) if steering is not None else nullcontext():
+        with (
+            steering.apply(self.model) if steering is not None else nullcontext(),
+            rows_modality(self._base, [self.inputs["input_ids"]], index) if steering is not None
+            else nullcontext(),
+        ):
             output = self.model.generate(**inputs, past_key_values=fork, max_new_tokens=max_new_tokens,
                                          do_sample=False, pad_token_id=_pad_token_id(tokenizer_or_processor))
         sequences = output.sequences if hasattr(output, "sequences") else output

@@ -21,15 +21,20 @@ from steerpeft.scalers.base import Scaler
 
 @dataclass
 class RowSubsetScaler(Scaler):
-    """`inner`'s strength and shift on the rows where `rows` is 1, zero elsewhere (runtime only, never saved)."""
+    """`inner`'s strength and shift on the rows where `rows` is 1, zero elsewhere (runtime only, never
+    saved)."""
 
     inner: Scaler
     rows: torch.Tensor  # [batch] 0/1
-    _masks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _masks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def _mask(self, like: torch.Tensor) -> torch.Tensor:
         if self.rows.shape[0] != like.shape[0]:
-            raise DataError(f"A row-restricted plan was built for {self.rows.shape[0]} rows but runs on {like.shape[0]}.")
+            raise DataError(
+                f"A row-restricted plan was built for {self.rows.shape[0]} rows but runs on {like.shape[0]}."
+            )
         key = (like.device, like.dtype)
         if key not in self._masks:  # copied to the device once, not in every hook call
             self._masks[key] = self.rows.to(like.device, like.dtype).view(-1, 1, 1)
@@ -53,7 +58,8 @@ class RowSubsetScaler(Scaler):
 
 
 def for_rows(plan: Plan, rows: torch.Tensor) -> Plan:
-    """`plan` steering only the rows where `rows` (bool or 0/1, [batch]) is set; other rows are left exactly alone."""
+    """`plan` steering only the rows where `rows` (bool or 0/1, [batch]) is set; other rows are left exactly
+    alone."""
     mask = torch.as_tensor(rows).float()
     steps = [dataclasses.replace(step, scaler=RowSubsetScaler(step.scaler, mask)) for step in plan.steps]
     return Plan(steps, plan.model_info, plan.metadata)

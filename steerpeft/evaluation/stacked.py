@@ -54,8 +54,10 @@ def _applied(model: nn.Module, plans: Sequence[Plan]) -> Iterator[None]:
 
 
 @torch.no_grad()
-def generate_stacked(model: nn.Module, tokenizer_or_processor: Any, batch: dict[str, torch.Tensor],
-                     blocks: Mapping[str, Block], max_new_tokens: int, prefix: Any = None) -> dict[str, list[str]]:
+def generate_stacked(
+    model: nn.Module, tokenizer_or_processor: Any, batch: dict[str, torch.Tensor],
+    blocks: Mapping[str, Block], max_new_tokens: int, prefix: Any = None,
+) -> dict[str, list[str]]:
     """Greedy answers of every block's rows, from one `generate` call over the stacked blocks.
 
     With a `GenerationPrefix` of `batch`, every block starts from a fork of it and every plan must
@@ -81,12 +83,16 @@ def generate_stacked(model: nn.Module, tokenizer_or_processor: Any, batch: dict[
     if prefix is not None:
         inputs = {k: v[index.to(v.device)] for k, v in prefix.inputs.items()}
         forks = [fork_cache(prefix.cache, torch.as_tensor(block.rows).long()) for block in blocks.values()]
-        cache = forks[0] if len(forks) == 1 else stack_caches(forks, [prefix.cache.get_seq_length()] * len(forks))
+        cache = (
+            forks[0] if len(forks) == 1 else stack_caches(forks, [prefix.cache.get_seq_length()] * len(forks))
+        )
         extra: dict[str, Any] = {"past_key_values": cache}
         full_ids = prefix.inputs["input_ids"]
     else:
         if any(isinstance(v, torch.Tensor) and k not in SEQUENCE_KEYS for k, v in batch.items()):
-            raise ConfigError("generate_stacked without a prefix takes text batches only; pass a GenerationPrefix.")
+            raise ConfigError(
+                "generate_stacked without a prefix takes text batches only; pass a GenerationPrefix."
+            )
         inputs = {k: v[index.to(v.device)] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         extra = {}
         full_ids = batch["input_ids"]

@@ -27,7 +27,9 @@ class LinearProbe(Extractor):
 
     def direction(self, positive: Activations, negative: Activations, layer: int) -> torch.Tensor:
         features = torch.cat([positive.prompts(layer), negative.prompts(layer)]).double()
-        labels = torch.cat([torch.ones(len(positive.prompts(layer))), torch.zeros(len(negative.prompts(layer)))]).double()
+        labels = torch.cat(
+            [torch.ones(len(positive.prompts(layer))), torch.zeros(len(negative.prompts(layer)))]
+        ).double()
         mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
         z = (features - mean) / std
         weight = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
@@ -37,7 +39,10 @@ class LinearProbe(Extractor):
         def loss_fn() -> torch.Tensor:
             optimizer.zero_grad()
             logits = z @ weight + bias
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + self.l2 * weight.pow(2).sum()
+            loss = (
+                torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+                + self.l2 * weight.pow(2).sum()
+            )
             loss.backward()
             return loss
 

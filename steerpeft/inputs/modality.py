@@ -44,7 +44,8 @@ MODALITIES: tuple[str, ...] = tuple(m.label for m in Modality)
 
 def row_modalities(input_ids: torch.Tensor | None, image_token_id: int | None, video_token_id: int | None,
                    frame_token_id: int | None = None) -> torch.Tensor | None:
-    """Per row of `input_ids` [batch, seq]: `VIDEO` if it holds video tokens, else `IMAGE` if image tokens, else `TEXT`.
+    """Per row of `input_ids` [batch, seq]: `VIDEO` if it holds video tokens, else `IMAGE` if image tokens,
+    else `TEXT`.
 
     None for a model that takes no media.  Models that feed video frames through image tokens
     (SmolVLM2) have no video token; there a row that opens two or more frames (`frame_token_id`,
@@ -53,7 +54,9 @@ def row_modalities(input_ids: torch.Tensor | None, image_token_id: int | None, v
     """
     if input_ids is None or (image_token_id is None and video_token_id is None):
         return None
-    modality = torch.full((input_ids.shape[0],), int(Modality.TEXT), dtype=torch.long, device=input_ids.device)
+    modality = torch.full(
+        (input_ids.shape[0],), int(Modality.TEXT), dtype=torch.long, device=input_ids.device
+    )
     if image_token_id is not None:
         modality = torch.where((input_ids == image_token_id).any(dim=1), int(Modality.IMAGE), modality)
     if video_token_id is not None:

@@ -19,7 +19,9 @@ def render_chat(tokenizer: Any, prompt: str, system: str | None = None) -> str:
     """The prompt as the model sees it: chat template with the generation prompt, if it has one."""
     tokenizer = text_tokenizer(tokenizer)
     if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return prompt
 
@@ -70,8 +72,8 @@ def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], max_length: int
         length = len(tokenizer(render_chat(tokenizer, prompt, system), add_special_tokens=False)["input_ids"])
         if length > max_length:
             raise DataError(
-                f"{what.capitalize()} prompt {index} ({prompt[:60]!r}...) is {length} tokens with the chat template, "
-                f"longer than the model's context of {max_length}. Shorten or drop it."
+                f"{what.capitalize()} prompt {index} ({prompt[:60]!r}...) is {length} tokens with the chat "
+                f"template, longer than the model's context of {max_length}. Shorten or drop it."
             )
 
 
@@ -98,5 +100,7 @@ def as_prompt_list(prompts: Sequence[str] | Any, what: str) -> list[str]:
     if not items:
         raise DataError(f"The {what} prompt set is empty: give at least one prompt.")
     if not all(isinstance(p, str) and p.strip() for p in items):
-        raise DataError(f"The {what} prompt set holds empty or non-text entries; every prompt must be a non-empty string.")
+        raise DataError(
+            f"The {what} prompt set holds empty or non-text entries; every prompt must be a non-empty string."
+        )
     return items

@@ -27,7 +27,10 @@ class Ablate(Intervention):
         default_factory=dict, init=False, repr=False, compare=False
     )
 
-    def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
+    def apply(
+        self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor,
+        layer: int,
+    ) -> torch.Tensor:
         if isinstance(strength, float) and uses_projector(hidden):
             return torch.matmul(hidden, self.projector(unit, strength))
         projection = project(hidden, unit)
@@ -58,4 +61,7 @@ def uses_projector(hidden: torch.Tensor) -> bool:
     """Whether the one-GEMM form applies: decoding-sized chunks on an accelerator, eager only
     (under `torch.compile` the rank-1 form fuses and CUDA graphs remove the launches)."""
     width = hidden.shape[-1]
-    return hidden.device.type != "cpu" and not torch.compiler.is_compiling() and width <= PROJECTOR_MAX_HIDDEN and hidden.numel() <= PROJECTOR_MAX_ROWS * width
+    return (
+        hidden.device.type != "cpu" and not torch.compiler.is_compiling() and width <= PROJECTOR_MAX_HIDDEN
+        and hidden.numel() <= PROJECTOR_MAX_ROWS * width
+    )

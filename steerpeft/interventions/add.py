@@ -20,7 +20,10 @@ class AddDirection(Intervention):
 
     normalize: bool = False
 
-    def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
+    def apply(
+        self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor,
+        layer: int,
+    ) -> torch.Tensor:
         vector = unit if self.normalize else raw
         if isinstance(strength, float):
             return torch.add(hidden, vector, alpha=strength)

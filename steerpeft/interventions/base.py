@@ -18,7 +18,10 @@ from steerpeft.registry import Registry
 class Intervention(Component):
     """Base class: subclasses implement `apply`."""
 
-    def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
+    def apply(
+        self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor,
+        layer: int,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def resolve(self, layer: int, positive_projection: float, negative_projection: float) -> None:

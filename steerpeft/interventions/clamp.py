@@ -26,7 +26,9 @@ class Clamp(Intervention):
 
     def __post_init__(self) -> None:
         if isinstance(self.target, str) and self.target not in _NAMED_TARGETS:
-            raise ConfigError(f"clamp target must be a number or one of {_NAMED_TARGETS}, got {self.target!r}.")
+            raise ConfigError(
+                f"clamp target must be a number or one of {_NAMED_TARGETS}, got {self.target!r}."
+            )
         self.resolved = {int(k): float(v) for k, v in self.resolved.items()}
 
     def resolve(self, layer: int, positive_projection: float, negative_projection: float) -> None:
@@ -38,8 +40,13 @@ class Clamp(Intervention):
         if not isinstance(self.target, str):
             return float(self.target)
         if layer not in self.resolved:
-            raise ConfigError(f"clamp target {self.target!r} was not resolved for layer {layer}: fit the plan first.")
+            raise ConfigError(
+                f"clamp target {self.target!r} was not resolved for layer {layer}: fit the plan first."
+            )
         return self.resolved[layer]
 
-    def apply(self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor, layer: int) -> torch.Tensor:
+    def apply(
+        self, hidden: torch.Tensor, raw: torch.Tensor, unit: torch.Tensor, strength: float | torch.Tensor,
+        layer: int,
+    ) -> torch.Tensor:
         return torch.addcmul(hidden, strength * (self.value_at(layer) - project(hidden, unit)), unit)

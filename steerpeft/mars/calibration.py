@@ -7,10 +7,10 @@ Harmless prompts are recorded once text-only and once per media modality with ne
 random colour) images or videos.  The difference of means is the modality offset delta^m_l; the
 re-centred gate values t of all held-out harmless prompts (text and neutral media) calibrate tau,
 and the false-trigger rate is measured on the same prompts by leaving each one out of the tau it is
-judged against (so every held-out prompt serves both, and no prompt judges a tau it helped set).  With `media.segment: modality` the training harmful prompts
-are recorded with neutral media too, so each modality's segment gets its own length along u (its
-span), instead of the text span.  Results are memoised in `FitData.cache`, so the selector and the
-scaler share one recording.
+judged against (so every held-out prompt serves both, and no prompt judges a tau it helped set).  With
+`media.segment: modality` the training harmful prompts are recorded with neutral media too, so each modality's
+segment gets its own length along u (its span), instead of the text span.  Results are memoised in
+`FitData.cache`, so the selector and the scaler share one recording.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class LayerRegion:
     p_minus: float
     raw_norm: float
     offsets: torch.Tensor  # [3, hidden], rows in `Modality` order (text row: zeros)
-    spans: torch.Tensor | None = None  # [3]: harmless->harmful length along u per modality; None = p+ - p- for all
+    # [3]: harmless->harmful length along u per modality; None = p+ - p- for all
+    spans: torch.Tensor | None = None
     target: float = 1.0  # where the traversal ends, in t units (1: the harmful centroid, MARS.md)
 
     def span_table(self) -> torch.Tensor:
@@ -67,7 +68,8 @@ class NeutralStatistics:
     offsets: dict[int, torch.Tensor]
     held_out: dict[str, dict[int, torch.Tensor]]
     media_modalities: list[str] = field(default_factory=list)
-    spans: dict[int, torch.Tensor] = field(default_factory=dict)  # [3] per layer, only with segment "modality"
+    # [3] per layer, only with segment "modality"
+    spans: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def gate_values(self, region: LayerRegion, layer: int, split: str = "all", recenter: bool = True,
                     modalities: list[str] | None = None) -> torch.Tensor:
@@ -93,7 +95,8 @@ class NeutralStatistics:
         if len(values) < 2:
             return 0, len(values)
         others = [torch.cat([values[:i], values[i + 1:]]) for i in range(len(values))]
-        return sum(int(values[i] > quantile_tau(rest, quantile)) for i, rest in enumerate(others)), len(values)
+        return (sum(int(values[i] > quantile_tau(rest, quantile)) for i, rest in enumerate(others)),
+                len(values))
 
 
 def quantile_tau(values: torch.Tensor, quantile: float) -> float:
@@ -117,12 +120,17 @@ def layer_region(data: FitData, stats: NeutralStatistics, layer: int) -> LayerRe
     p_plus, p_minus = data.directions.projections(layer)
     raw = data.directions.vectors[layer].float()
     spans = stats.spans.get(layer)
-    return LayerRegion(data.directions.unit(layer), p_plus, p_minus, float(raw.norm()), stats.offsets[layer].clone(),
-                       None if spans is None else spans.clone())
+    return LayerRegion(
+        data.directions.unit(layer), p_plus, p_minus, float(raw.norm()), stats.offsets[layer].clone(),
+        None if spans is None else spans.clone(),
+    )
 
 
-def _spans(data: FitData, harmful: dict[str, Activations], offsets: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Per layer: [text span, image span, video span] along u, floored at MIN_SPAN_FRACTION of the text span."""
+def _spans(
+    data: FitData, harmful: dict[str, Activations], offsets: dict[int, torch.Tensor]
+) -> dict[int, torch.Tensor]:
+    """Per layer: [text span, image span, video span] along u, floored at MIN_SPAN_FRACTION of the text
+    span."""
     spans = {}
     for layer in data.negative.layers:
         unit = data.directions.unit(layer).float()
@@ -149,7 +157,9 @@ def neutral_statistics(data: FitData) -> NeutralStatistics:
     if options.modalities:
         media = [m for m in media if m in options.modalities]
     held_out_text = data.negative_validation or data.negative
-    held_out: dict[str, dict[int, torch.Tensor]] = {"text": {layer: held_out_text.prompts(layer) for layer in layers}}
+    held_out: dict[str, dict[int, torch.Tensor]] = {
+        "text": {layer: held_out_text.prompts(layer) for layer in layers}
+    }
     offsets = {layer: torch.zeros(len(Modality), hidden) for layer in layers}
     services, device = data.services, model_device(data.model)
     train_prompts = list(data.prompts["negative"].prompts)

@@ -74,8 +74,10 @@ def fixed_strength(plan: Plan) -> Plan:
     def change(step: SteeringStep) -> SteeringStep:
         layer = step.layers[0]
         region = step.scaler.regions[layer]
-        return SteeringStep(step.directions, AddDirection(normalize=True), ConstantScaler(region.p_plus - region.p_minus),
-                            step.positions, step.name)
+        return SteeringStep(
+            step.directions, AddDirection(normalize=True), ConstantScaler(region.p_plus - region.p_minus),
+            step.positions, step.name,
+        )
 
     return _variant(plan, change)
 
@@ -93,8 +95,10 @@ def conditions(plan: Plan, model: Any, name: str = "steered", ablations: bool = 
     """Condition name -> steering context factory (None = unsteered)."""
     result: dict[str, Condition] = {"unsteered": None, name: lambda: plan.apply(model)}
     if ablations and mars_step(plan) is not None:
-        for label, variant in (("no re-centering", without_recentering(plan)), ("fixed strength", fixed_strength(plan)),
-                               ("all tokens", at_all_tokens(plan))):
+        for label, variant in (
+            ("no re-centering", without_recentering(plan)), ("fixed strength", fixed_strength(plan)),
+            ("all tokens", at_all_tokens(plan)),
+        ):
             result[f"{name} ({label})"] = lambda variant=variant: variant.apply(model)
     return result
 

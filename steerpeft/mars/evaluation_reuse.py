@@ -126,22 +126,25 @@ def evaluate_mars(
     with stage(callbacks, runner, "evaluate"):
         call_hook(callbacks, runner, "on_evaluate_start", conditions=names, total=batch_count)
         call_hook(callbacks, runner, "on_condition_start", condition=stage_name, total=batch_count)
-        report = _evaluate_sets(model, processor, sets, plan, variants, everywhere, names, plain_name, token_ids,
-                                layers, rows, counts, generate, max_new_tokens, share_prefill, stack, margin,
-                                prefix_rows, stats, lambda set_name, size: call_hook(
-                                    callbacks, runner, "on_eval_batch_end", condition=stage_name, set_name=set_name,
-                                    rows=size))
+        report = _evaluate_sets(
+            model, processor, sets, plan, variants, everywhere, names, plain_name, token_ids, layers, rows,
+            counts, generate, max_new_tokens, share_prefill, stack, margin, prefix_rows, stats,
+            lambda set_name, size: call_hook(
+                callbacks, runner, "on_eval_batch_end", condition=stage_name, set_name=set_name, rows=size
+            ),
+        )
         call_hook(callbacks, runner, "on_condition_end", condition=stage_name)
         call_hook(callbacks, runner, "on_evaluate_end", report=report)
     return report
 
 
-def _evaluate_sets(model: Any, processor: Any, sets: Mapping[str, Sequence[dict[str, torch.Tensor]]], plan: Plan,
-                   variants: dict[str, Plan], everywhere: tuple[str, Plan] | None, names: list[str],
-                   plain_name: str, token_ids: Any, layers: list[int], rows: dict[str, dict[str, SetResult]],
-                   counts: dict[str, int], generate: bool, max_new_tokens: int, share_prefill: bool, stack: bool,
-                   margin: float, prefix_rows: int, stats: dict[str, Any] | None,
-                   on_batch: Callable[[str, int], None]) -> EvalReport:
+def _evaluate_sets(
+    model: Any, processor: Any, sets: Mapping[str, Sequence[dict[str, torch.Tensor]]], plan: Plan,
+    variants: dict[str, Plan], everywhere: tuple[str, Plan] | None, names: list[str], plain_name: str,
+    token_ids: Any, layers: list[int], rows: dict[str, dict[str, SetResult]], counts: dict[str, int],
+    generate: bool, max_new_tokens: int, share_prefill: bool, stack: bool, margin: float, prefix_rows: int,
+    stats: dict[str, Any] | None, on_batch: Callable[[str, int], None],
+) -> EvalReport:
     total = 0
     for set_name, batches in sets.items():
         batches = list(batches)
@@ -149,7 +152,9 @@ def _evaluate_sets(model: Any, processor: Any, sets: Mapping[str, Sequence[dict[
         total += sum(sizes)
         states = {layer: _split(value, sizes) for layer, value in unsteered.states.items()}
         if stats is not None:
-            stats.setdefault("states", {})[set_name] = {layer: value.cpu() for layer, value in unsteered.states.items()}
+            stats.setdefault("states", {})[set_name] = {
+                layer: value.cpu() for layer, value in unsteered.states.items()
+            }
         texts: dict[str, list[str]] = {condition: [] for condition in names}
         if generate:
             for index, batch in enumerate(batches):
@@ -165,7 +170,10 @@ def _evaluate_sets(model: Any, processor: Any, sets: Mapping[str, Sequence[dict[
                 on_batch(set_name, int(batch["input_ids"].shape[0]))
         for condition in names:
             scores = first_token_refusal_score(logits[condition], token_ids).tolist()
-            kls = None if condition == UNSTEERED else first_token_kl(logits[UNSTEERED], logits[condition]).tolist()
+            kls = (
+                None if condition == UNSTEERED
+                else first_token_kl(logits[UNSTEERED], logits[condition]).tolist()
+            )
             rows[condition][set_name] = _set_result(set_name, scores, kls, texts[condition], generate)
     if stats is not None:
         stats["generated"] = counts
@@ -199,11 +207,13 @@ def _decision_logits(model: Any, batches: list[dict[str, torch.Tensor]], variant
     return unsteered, logits, sizes
 
 
-def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: Plan, variants: dict[str, Plan],
-             everywhere: tuple[str, Plan] | None, plain_name: str, states: dict[int, torch.Tensor],
-             max_new_tokens: int, share_prefill: bool, stack: bool, margin: float,
-             ) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Every condition's answers for one batch, generating only rows that can differ; and how many were generated."""
+def _answers(
+    model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: Plan, variants: dict[str, Plan],
+    everywhere: tuple[str, Plan] | None, plain_name: str, states: dict[int, torch.Tensor],
+    max_new_tokens: int, share_prefill: bool, stack: bool, margin: float,
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Every condition's answers for one batch, generating only rows that can differ; and how many were
+    generated."""
     prefix = GenerationPrefix(model, batch) if share_prefill else None
     modality = plan_row_modalities(model, plan, batch["input_ids"])
     count = int(batch["input_ids"].shape[0])
@@ -214,7 +224,10 @@ def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: P
         changed[condition] = rows_plan_can_change(variant, states, modality, margin).cpu()
         if condition == plain_name and _text_offsets_zero(plan):
             # Text rows: re-centering subtracts the zero text offset, so this condition is the plan itself.
-            text_rows = torch.ones(count, dtype=torch.bool) if modality is None else (modality == int(Modality.TEXT)).cpu()
+            text_rows = (
+                torch.ones(count, dtype=torch.bool) if modality is None
+                else (modality == int(Modality.TEXT)).cpu()
+            )
             changed[condition] &= ~text_rows
     media = any(isinstance(v, torch.Tensor) and k not in SEQUENCE_KEYS for k, v in batch.items())
     answers: dict[str, list[str]] = {}
@@ -238,8 +251,9 @@ def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: P
         answers[UNSTEERED] = base
         for condition, variant in variants.items():
             reuse = _reused(base, answers.get(steered), text_rows if condition == plain_name else None)
-            answers[condition] = generate_rows(model, processor, batch, changed[condition], reuse, max_new_tokens,
-                                               variant, prefix)
+            answers[condition] = generate_rows(
+                model, processor, batch, changed[condition], reuse, max_new_tokens, variant, prefix
+            )
     generated = {UNSTEERED: count, **{condition: int(rows.sum()) for condition, rows in changed.items()}}
     if everywhere is not None:
         with everywhere[1].apply(model):
@@ -249,7 +263,8 @@ def _answers(model: Any, processor: Any, batch: dict[str, torch.Tensor], plan: P
 
 
 def _reused(base: list[str], steered: list[str] | None, text_rows: torch.Tensor | None) -> list[str]:
-    """Answers a condition reuses: the plan's own on `text_rows` (where it is the plan), else the unsteered."""
+    """Answers a condition reuses: the plan's own on `text_rows` (where it is the plan), else the
+    unsteered."""
     if text_rows is None or steered is None:
         return list(base)
     return [steered[i] if text_rows[i] else text for i, text in enumerate(base)]

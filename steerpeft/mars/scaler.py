@@ -65,7 +65,9 @@ class TrustRegionScaler(Scaler):
         if self.form not in FORMS:
             raise ConfigError(f"trust_region form must be one of {FORMS}, got {self.form!r}.")
         if self.recenter not in RECENTER_MODES:
-            raise ConfigError(f"trust_region recenter must be one of {RECENTER_MODES}, got {self.recenter!r}.")
+            raise ConfigError(
+                f"trust_region recenter must be one of {RECENTER_MODES}, got {self.recenter!r}."
+            )
         if not 0.0 < self.tau_quantile < 1.0:
             raise ConfigError(f"tau_quantile must be in (0, 1), got {self.tau_quantile}.")
         if self.gate not in GATES:
@@ -73,18 +75,21 @@ class TrustRegionScaler(Scaler):
                               f"{suggest(str(self.gate), list(GATES))}")
         if isinstance(self.target, str):
             if self.target not in TARGET_MODES:
-                raise ConfigError(f"trust_region target must be a number (1 = the harmful centroid) or one of "
-                                  f"{', '.join(TARGET_MODES)}, got {self.target!r}.{suggest(self.target, list(TARGET_MODES))}")
+                raise ConfigError("trust_region target must be a number (1 = the harmful centroid) or one of "
+                                  f"{', '.join(TARGET_MODES)}, got "
+                                  f"{self.target!r}.{suggest(self.target, list(TARGET_MODES))}")
         elif isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or not \
                 (math.isfinite(self.target) and self.target > 0):
-            raise ConfigError(f"trust_region target must be a positive number of spans (1 = the harmful centroid), "
-                              f"got {self.target!r}.")
+            raise ConfigError("trust_region target must be a positive number of spans (1 = the harmful "
+                              f"centroid), got {self.target!r}.")
         else:
             self.target = float(self.target)
         if not 0.0 < self.target_share <= 1.0:
             raise ConfigError(f"trust_region target_share must be in (0, 1], got {self.target_share}.")
         if self.tau is not None and not math.isfinite(self.tau):
-            raise ConfigError(f"tau must be a finite number (0 = harmless centroid, 1 = harmful), got {self.tau}.")
+            raise ConfigError(
+                f"tau must be a finite number (0 = harmless centroid, 1 = harmful), got {self.tau}."
+            )
 
     # -- fit -----------------------------------------------------------------
     def calibrate(self, data: FitData, layers: list[int]) -> None:
@@ -124,7 +129,9 @@ class TrustRegionScaler(Scaler):
             raise ConfigError(f"trust_region scaler is not calibrated for layer {layer}: fit the plan first.")
         return region
 
-    def gate_position(self, hidden: torch.Tensor, layer: int, fc: ForwardContext | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def gate_position(
+        self, hidden: torch.Tensor, layer: int, fc: ForwardContext | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t, <h~,u>, span) per position, float32 [batch, seq] (span [batch, 1] or a 0-d tensor)."""
         unit, _, offset_projections, spans = self._tensors(layer, hidden)
         region = self._region(layer)
@@ -192,7 +199,9 @@ class TrustRegionScaler(Scaler):
         for layer, region in self.regions.items():
             state[f"{layer}.unit"] = region.unit.float().cpu()
             state[f"{layer}.offsets"] = region.offsets.float().cpu()
-            state[f"{layer}.centroids"] = torch.tensor([region.p_plus, region.p_minus, region.raw_norm], dtype=torch.float64)
+            state[f"{layer}.centroids"] = torch.tensor(
+                [region.p_plus, region.p_minus, region.raw_norm], dtype=torch.float64
+            )
             state[f"{layer}.target"] = torch.tensor([region.target], dtype=torch.float64)
             if region.spans is not None:
                 state[f"{layer}.spans"] = region.spans.float().cpu()
@@ -203,14 +212,17 @@ class TrustRegionScaler(Scaler):
         for layer in layers:
             p_plus, p_minus, raw_norm = state[f"{layer}.centroids"].tolist()
             target = state.get(f"{layer}.target")  # plans written before targets existed end at the centroid
-            self.regions[layer] = LayerRegion(state[f"{layer}.unit"], p_plus, p_minus, raw_norm, state[f"{layer}.offsets"],
-                                              state.get(f"{layer}.spans"), 1.0 if target is None else float(target[0]))
+            self.regions[layer] = LayerRegion(
+                state[f"{layer}.unit"], p_plus, p_minus, raw_norm, state[f"{layer}.offsets"],
+                state.get(f"{layer}.spans"), 1.0 if target is None else float(target[0]),
+            )
         self._device_cache.clear()
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = dict(self.to_config()["params"])
         for layer, region in self.regions.items():
-            info[f"layer_{layer}"] = {"p_plus": region.p_plus, "p_minus": region.p_minus, "target": region.target,
-                                      "offset_norms": region.offsets.norm(dim=1).tolist(),
-                                      "spans": region.span_table().tolist()}
+            info[f"layer_{layer}"] = {
+                "p_plus": region.p_plus, "p_minus": region.p_minus, "target": region.target,
+                "offset_norms": region.offsets.norm(dim=1).tolist(), "spans": region.span_table().tolist(),
+            }
         return info

@@ -67,14 +67,17 @@ class MarsSelector(LayerSelector):
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_CHOICES:
-            raise ConfigError(f"mars selector score must be one of {', '.join(SCORE_CHOICES)}, got {self.score!r}."
-                              f"{suggest(str(self.score), list(SCORE_CHOICES))}")
+            raise ConfigError(f"mars selector score must be one of {', '.join(SCORE_CHOICES)}, got "
+                              f"{self.score!r}.{suggest(str(self.score), list(SCORE_CHOICES))}")
         if self.on_no_layer not in NO_LAYER_CHOICES:
-            raise ConfigError(f"mars selector on_no_layer must be one of {', '.join(NO_LAYER_CHOICES)}, got "
-                              f"{self.on_no_layer!r}.{suggest(str(self.on_no_layer), list(NO_LAYER_CHOICES))}")
+            raise ConfigError(
+                f"mars selector on_no_layer must be one of {', '.join(NO_LAYER_CHOICES)}, got "
+                f"{self.on_no_layer!r}.{suggest(str(self.on_no_layer), list(NO_LAYER_CHOICES))}"
+            )
         for key in self.limits:
             if key not in DEFAULT_LIMITS:
-                raise ConfigError(f"mars selector limit {key!r} is unknown.{suggest(key, list(DEFAULT_LIMITS))} "
+                raise ConfigError(f"mars selector limit {key!r} is unknown."
+                                  f"{suggest(key, list(DEFAULT_LIMITS))} "
                                   f"Limits: {', '.join(DEFAULT_LIMITS)}.")
         self.limits = {**DEFAULT_LIMITS, **{k: float(v) for k, v in self.limits.items()}}
 
@@ -86,11 +89,15 @@ class MarsSelector(LayerSelector):
         triggers) or whose push to the harmful centroid does not raise refusal (induce) gets no target, KL
         or refusal forwards; the table says what excluded it.  (The chosen layer is always scored fully.)"""
         stats = neutral_statistics(data)
-        template = data.scaler if isinstance(data.scaler, TrustRegionScaler) else TrustRegionScaler(form=self.form)
+        template = (
+            data.scaler if isinstance(data.scaler, TrustRegionScaler) else TrustRegionScaler(form=self.form)
+        )
         layers = self.candidate_layers(data.layout.num_layers)
         regions = {layer: layer_region(data, stats, layer) for layer in layers}
         rows = {layer: self._state_scores(data, stats, layer, regions[layer]) for layer in layers}
-        checked = {layer: stats.false_triggers(regions[layer], layer, self.tau_quantile)[1] for layer in layers}
+        checked = {
+            layer: stats.false_triggers(regions[layer], layer, self.tau_quantile)[1] for layer in layers
+        }
         scoring = _GateScoring(data, self, template, regions)
         scoring.induce(rows)
         promising = [layer for layer in layers if not exclusions(rows[layer], self.limits, template.form)]
@@ -109,10 +116,14 @@ class MarsSelector(LayerSelector):
             message = no_layer_message(table, self.limits)
             if self.on_no_layer == "fail":
                 raise SelectionError(message)
-            warnings.warn(f"{message}\nUsing the best-separating layer anyway (on_no_layer=best).", SteeringWarning,
-                          stacklevel=2)
-        rank = (lambda row: (row["refusal"], row["separation"])) if self.score == "refusal" and eligible else \
-            (lambda row: (row["separation"], -(row["kl"] if row["kl"] is not None else 0.0)))
+            warnings.warn(
+                f"{message}\nUsing the best-separating layer anyway (on_no_layer=best).", SteeringWarning,
+                stacklevel=2,
+            )
+        rank = (
+            (lambda row: (row["refusal"], row["separation"])) if self.score == "refusal" and eligible
+            else (lambda row: (row["separation"], -(row["kl"] if row["kl"] is not None else 0.0)))
+        )
         best = max(eligible or table, key=rank)
         if best["kl"] is None:  # a fallback layer the limits excluded early: score it fully too
             scoring.gate([best["layer"]], rows)
@@ -168,7 +179,9 @@ class _GateScoring:
         layers = list(rows)
         for start in range(0, len(layers), 2 * LAYERS_PER_STEP):
             chunk = layers[start:start + 2 * LAYERS_PER_STEP]
-            pushed = self.harmless([_push_to_harmful(self.data, layer, self.regions[layer]) for layer in chunk])
+            pushed = self.harmless(
+                [_push_to_harmful(self.data, layer, self.regions[layer]) for layer in chunk]
+            )
             for layer, logits in zip(chunk, pushed, strict=True):
                 rows[layer]["induce"] = float((first_token_refusal_score(logits, self.refusal_ids)
                                                - self.base_scores).mean())
@@ -182,10 +195,15 @@ class _GateScoring:
         """The fitted trust region at each layer (its target calibrated first): KL on harmless, and the
         refusal rate on harmful prompts when the selector ranks by refusal."""
         regions = {layer: self.regions[layer] for layer in layers}
-        targets = layer_targets(self.data, regions, self.template) if isinstance(self.template.target, str) else {}
+        targets = (
+            layer_targets(self.data, regions, self.template) if isinstance(self.template.target, str) else {}
+        )
         for layer, region in regions.items():
             region.target = targets[layer].target if layer in targets else float(self.template.target)
-        gates = [_mars_plan(self.data, layer, regions[layer], rows[layer]["tau"], self.template) for layer in layers]
+        gates = [
+            _mars_plan(self.data, layer, regions[layer], rows[layer]["tau"], self.template)
+            for layer in layers
+        ]
         kl_logits = self.harmless(gates)
         refused = self.harmful(gates) if self.harmful else None
         for index, layer in enumerate(layers):
@@ -209,8 +227,9 @@ def exclusions(row: dict[str, Any], limits: dict[str, float], form: str, checked
     """
     reasons = []
     if form == "traversal" and row["tau"] >= 1.0:
-        reasons.append(f"tau {row['tau']:.3f} >= 1: harmless prompts reach past the harmful centroid, so the gate "
-                       "cannot tell them from harmful ones (and a traversal to the centroid cannot move anything)")
+        reasons.append(f"tau {row['tau']:.3f} >= 1: harmless prompts reach past the harmful centroid, so the "
+                       "gate cannot tell them from harmful ones (and a traversal to the centroid cannot move "
+                       "anything)")
     if row.get("kl") is not None and row["kl"] > limits["kl"]:
         reasons.append(f"kl {row['kl']:.3g} > {limits['kl']:g}")
     bound = row.get("false_trigger_bound", row["false_trigger"])
@@ -219,41 +238,52 @@ def exclusions(row: dict[str, Any], limits: dict[str, float], form: str, checked
         reasons.append(f"false_trigger {row['false_trigger']:.1%} ({seen}95% lower bound {bound:.1%}) > "
                        f"{limits['false_trigger']:.1%}")
     if row.get("induce") is not None and not row["induce"] > limits["induce"]:
-        reasons.append(f"induce {row['induce']:.3g} <= {limits['induce']:g} (pushing to the harmful centroid does not "
-                       "raise refusal)")
+        reasons.append(f"induce {row['induce']:.3g} <= {limits['induce']:g} (pushing to the harmful centroid "
+                       "does not raise refusal)")
     return reasons
 
 
 def no_layer_message(table: list[dict[str, Any]], limits: dict[str, float]) -> str:
-    """The error of a fit whose candidate layers are all outside the limits: each layer's reasons, what to try."""
-    header = (f"No candidate layer is within the MARS selector's limits (kl <= {limits['kl']:g}, false_trigger <= "
-              f"{limits['false_trigger']:.0%}, induce > {limits['induce']:g}, and a gate that can act: tau < 1):")
+    """The error of a fit whose candidate layers are all outside the limits: each layer's reasons, what to
+    try."""
+    header = (f"No candidate layer is within the MARS selector's limits (kl <= {limits['kl']:g}, "
+              f"false_trigger <= {limits['false_trigger']:.0%}, induce > {limits['induce']:g}, and a gate "
+              "that can act: tau < 1):")
     lines = [header]
     lines += [f"  layer {row['layer']} (separation {row['separation']:.3f}): {'; '.join(row['excluded_by'])}"
               for row in table]
-    lines.append("What to try: more prompts, or prompts matched in style (data.positive / data.negative); other "
-                 "candidate layers (steps.0.selector.candidates=[12, 14]); a relaxed limit "
-                 "(steps.0.selector.limits.false_trigger=0.1); or take the best-separating layer anyway, with a "
-                 "warning, with steps.0.selector.on_no_layer=best.")
+    lines.append("What to try: more prompts, or prompts matched in style (data.positive / data.negative); "
+                 "other candidate layers (steps.0.selector.candidates=[12, 14]); a relaxed limit "
+                 "(steps.0.selector.limits.false_trigger=0.1); or take the best-separating layer anyway, "
+                 "with a warning, with steps.0.selector.on_no_layer=best.")
     return "\n".join(lines)
 
 
 def _runner(data: FitData, split: str, fallback: str, shared_prefix: bool) -> Any:
-    """Decision logits of one prompt split (the training one when no split was held out) under several plans."""
+    """Decision logits of one prompt split (the training one when no split was held out) under several
+    plans."""
     prompts = data.prompts.get(split) or data.prompts[fallback]
-    return plan_logits_runner(data.model, list(data.services.text_batches(list(prompts.prompts))), shared_prefix)
+    return plan_logits_runner(
+        data.model, list(data.services.text_batches(list(prompts.prompts))), shared_prefix
+    )
 
 
 def _push_to_harmful(data: FitData, layer: int, region: LayerRegion) -> Plan:
     """Full steering for the induce score: clamp the decision state's projection to p+."""
-    step = SteeringStep({layer: data.directions.vectors[layer]}, Clamp(target=region.p_plus), ConstantScaler(1.0),
-                        "decision", "induce")
+    step = SteeringStep(
+        {layer: data.directions.vectors[layer]}, Clamp(target=region.p_plus), ConstantScaler(1.0), "decision",
+        "induce",
+    )
     return Plan([step], model_info(data.model, data.layout, data.tokenizer))
 
 
-def _mars_plan(data: FitData, layer: int, region: LayerRegion, tau: float, template: TrustRegionScaler) -> Plan:
+def _mars_plan(
+    data: FitData, layer: int, region: LayerRegion, tau: float, template: TrustRegionScaler
+) -> Plan:
     """The step's own trust region (its form, gate, target) at `layer` with that layer's tau."""
     scaler = dataclasses.replace(template, tau=tau)
     scaler.regions[layer] = region
-    step = SteeringStep({layer: data.directions.vectors[layer]}, AddDirection(normalize=True), scaler, "decision", "mars")
+    step = SteeringStep(
+        {layer: data.directions.vectors[layer]}, AddDirection(normalize=True), scaler, "decision", "mars"
+    )
     return Plan([step], model_info(data.model, data.layout, data.tokenizer))

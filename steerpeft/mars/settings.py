@@ -37,7 +37,10 @@ class MediaOptions:
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"media.seed must be a whole number, got {self.seed!r}.")
-        if isinstance(self.video_frames, bool) or not isinstance(self.video_frames, int) or self.video_frames < 1:
+        if (
+            isinstance(self.video_frames, bool) or not isinstance(self.video_frames, int)
+            or self.video_frames < 1
+        ):
             raise ConfigError(f"media.video_frames must be a whole number >= 1, got {self.video_frames!r}.")
         if self.segment not in SEGMENTS:
             raise ConfigError(f"media.segment must be one of {', '.join(SEGMENTS)}, got {self.segment!r}."
@@ -48,8 +51,8 @@ class MediaOptions:
             media = [m.label for m in Modality if m is not Modality.TEXT]
             for name in self.modalities:
                 if name not in media:
-                    raise ConfigError(f"media.modalities: {name!r} is not a medium.{suggest(str(name), media)} "
-                                      f"Choose from {', '.join(media)}.")
+                    raise ConfigError(f"media.modalities: {name!r} is not a "
+                                      f"medium.{suggest(str(name), media)} Choose from {', '.join(media)}.")
             self.modalities = list(self.modalities)
 
 

@@ -66,16 +66,22 @@ def layer_targets(data: FitData, regions: dict[int, LayerRegion], template: Any)
     `target_share`); memoised per fit."""
     mode, share = template.target, float(template.target_share)
     if mode not in TARGET_MODES:
-        raise ConfigError(f"trust_region target {mode!r} is neither a number nor one of {', '.join(TARGET_MODES)}.")
+        raise ConfigError(
+            f"trust_region target {mode!r} is neither a number nor one of {', '.join(TARGET_MODES)}."
+        )
     cache: dict[Any, TargetFit] = data.cache.setdefault(_CACHE_KEY, {})
     missing = [layer for layer in regions if (mode, share, layer) not in cache]
     if missing:
         harmful = list(data.prompts["positive"].prompts)
         run = plan_logits_runner(data.model, list(data.services.text_batches(harmful)))
         token_ids = torch.tensor(refusal_token_ids(data.tokenizer))
-        found = (_refused_centroids(data, {layer: regions[layer] for layer in missing}, run, token_ids)
-                 if mode == "refused_centroid"
-                 else _calibrated(data, {layer: regions[layer] for layer in missing}, template, run, token_ids, share))
+        found = (
+            _refused_centroids(data, {layer: regions[layer] for layer in missing}, run, token_ids)
+            if mode == "refused_centroid"
+            else _calibrated(
+                data, {layer: regions[layer] for layer in missing}, template, run, token_ids, share
+            )
+        )
         cache.update({(mode, share, layer): fit for layer, fit in found.items()})
     return {layer: cache[(mode, share, layer)] for layer in regions}
 
@@ -84,8 +90,9 @@ def _raise_to(data: FitData, template: Any, layer: int, region: LayerRegion, tar
     """Every row's decision state raised to level `target` along u at `layer` (never lowered)."""
     scaler = dataclasses.replace(template, tau=_OPEN, gate="hard", form="traversal", recenter="none")
     scaler.regions[layer] = dataclasses.replace(region, target=target)
-    step = SteeringStep({layer: data.directions.vectors[layer]}, AddDirection(normalize=True), scaler, "decision",
-                        "target")
+    step = SteeringStep(
+        {layer: data.directions.vectors[layer]}, AddDirection(normalize=True), scaler, "decision", "target"
+    )
     return Plan([step], model_info(data.model, data.layout, data.tokenizer))
 
 
@@ -130,7 +137,8 @@ def _calibrated(data: FitData, regions: dict[int, LayerRegion], template: Any,
 def _refused_centroids(data: FitData, regions: dict[int, LayerRegion],
                        run: Callable[[Sequence[Plan | None]], list[torch.Tensor]],
                        token_ids: torch.Tensor) -> dict[int, TargetFit]:
-    """Per layer, the level (t units) of the centroid of the fit harmful prompts the model refuses as they are."""
+    """Per layer, the level (t units) of the centroid of the fit harmful prompts the model refuses as they
+    are."""
     refused = refusal_flags(run([None])[0], token_ids)
     found = {}
     for layer, region in regions.items():

@@ -27,7 +27,9 @@ GGUF_SUFFIX = ".gguf"
 PROVENANCE_FILE = "steerpeft-provenance.json"
 """Written into a converted folder: the GGUF file name and its quantization."""
 _GGUF_FORMAT = 1
-_DROPPED_CONFIG_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path", "architectures", "dtype")
+_DROPPED_CONFIG_KEYS = (
+    "quantization_config", "_name_or_path", "_model_name_or_path", "architectures", "dtype",
+)
 
 
 def is_gguf_path(name: str) -> bool:
@@ -66,11 +68,14 @@ def convert_gguf(gguf: pathlib.Path, folder: pathlib.Path, *, pad_token: str | N
     start = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise SteerpeftError(
-            f"{gguf} could not be read as a GGUF model by transformers ({exc}). Check that the file is complete "
-            "and that its architecture is one transformers reads from GGUF (Llama, Qwen2, Gemma, Mistral, ...)."
+            f"{gguf} could not be read as a GGUF model by transformers ({exc}). Check that the file is "
+            "complete and that its architecture is one transformers reads from GGUF (Llama, Qwen2, Gemma, "
+            "Mistral, ...)."
         ) from exc
     settings = gguf_model.config.to_dict()
     for key in _DROPPED_CONFIG_KEYS:
@@ -100,7 +105,10 @@ def convert_gguf(gguf: pathlib.Path, folder: pathlib.Path, *, pad_token: str | N
     if not tokenizer.chat_template:
         logger.warning("%s carries no chat template: prompts will be encoded as plain text.", gguf.name)
     tokenizer.save_pretrained(folder)
-    provenance = {"source_file": source or gguf.name, "quantization": f"{gguf_quantization(gguf)}, dequantized to float32"}
+    provenance = {
+        "source_file": source or gguf.name,
+        "quantization": f"{gguf_quantization(gguf)}, dequantized to float32",
+    }
     (folder / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     logger.info("Converted %s in %.1f s into %s", gguf.name, time.perf_counter() - start, folder)
 
@@ -125,7 +133,9 @@ def gguf_folder(path: str | pathlib.Path) -> pathlib.Path:
         raise SteerpeftError(f"No GGUF file at {str(path)!r}: the path does not exist or is not a file.")
     gguf = gguf.resolve()
     stat = gguf.stat()
-    marker = {"format": _GGUF_FORMAT, "source": str(gguf), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    marker = {
+        "format": _GGUF_FORMAT, "source": str(gguf), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+    }
     digest = hashlib.sha256(json.dumps(marker, sort_keys=True).encode()).hexdigest()[:12]
     name = f"gguf-{gguf.stem.lower()}-{digest}"
 

@@ -83,10 +83,10 @@ def load_model(
     "smolvlm-shaped" / "smolvlm2-shaped" for the offline test VLMs of `build_smolvlm_shaped`
     (images; images and video); "qwen2.5-vl-shaped:/path/to/qwen2-text-model" (a .gguf file or a
     folder) for `build_qwen_vl_shaped`: that Qwen2 text model's real weights in a Qwen2.5-VL layout
-    with a small random vision tower; otherwise a Hub id or a local folder (a str or a path), loaded with `from_pretrained`.  A config with a
-    `vision_config` loads with `AutoModelForImageTextToText` and `AutoProcessor`, anything
-    else with `AutoModelForCausalLM` and `AutoTokenizer`.  Tokenizers pad on the left and fall
-    back to the eos token as pad token.
+    with a small random vision tower; otherwise a Hub id or a local folder (a str or a path), loaded with
+    `from_pretrained`.  A config with a `vision_config` loads with `AutoModelForImageTextToText` and
+    `AutoProcessor`, anything else with `AutoModelForCausalLM` and `AutoTokenizer`.  Tokenizers pad on the
+    left and fall back to the eos token as pad token.
 
     `dtype`: "float32", "bfloat16", "float16", "auto" (as stored) or a torch dtype.
     `device`: where to put the model; None means the first CUDA GPU if any, else the CPU.

@@ -73,7 +73,8 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def qwen_vl_tokenizer(text_folder: str | pathlib.Path) -> Any:
-    """The tokenizer of the Qwen2 text model in `text_folder`, its chat template extended to image and video parts.
+    """The tokenizer of the Qwen2 text model in `text_folder`, its chat template extended to image and video
+    parts.
 
     Only the tokenizer files are read (`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`):
     the benchmarks build random-weight Qwen-VL shapes around it.
@@ -131,8 +132,10 @@ def qwen_vl_config(text_settings: dict[str, Any], vision_settings: dict[str, Any
     )
 
 
-def qwen_vl_processor(tokenizer: Any, vision: Any, *, image_pixels: tuple[int, int] | None = QWEN_VL_IMAGE_PIXELS,
-                      video_pixels: tuple[int, int] | None = QWEN_VL_VIDEO_PIXELS) -> Qwen2_5_VLProcessor:
+def qwen_vl_processor(
+    tokenizer: Any, vision: Any, *, image_pixels: tuple[int, int] | None = QWEN_VL_IMAGE_PIXELS,
+    video_pixels: tuple[int, int] | None = QWEN_VL_VIDEO_PIXELS,
+) -> Qwen2_5_VLProcessor:
     """The real Qwen-VL processor classes around `tokenizer`, sized for the vision config `vision`.
 
     `image_pixels` / `video_pixels`: (fewest, most) pixels per image / video frame; None keeps the
@@ -152,4 +155,6 @@ def qwen_vl_processor(tokenizer: Any, vision: Any, *, image_pixels: tuple[int, i
         **grid,
         cap_pixels_per_frame=True,  # the reference behaviour (qwen-vl-utils); no effect at these sizes
     )
-    return Qwen2_5_VLProcessor(image_processor, tokenizer, video_processor, chat_template=tokenizer.chat_template)
+    return Qwen2_5_VLProcessor(
+        image_processor, tokenizer, video_processor, chat_template=tokenizer.chat_template
+    )

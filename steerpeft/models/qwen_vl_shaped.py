@@ -93,9 +93,9 @@ def parse_qwen_vl_shaped_name(name: str) -> tuple[str, int]:
     if match is None or not match.group(2).strip():
         raise ConfigError(
             f"Model name {name!r} is not understood. Name the Qwen2 text model whose weights the "
-            f"Qwen2.5-VL-shaped model carries: '{QWEN_VL_SHAPED_PREFIX}:/path/to/qwen2.5-coder-0.5b-instruct.gguf' "
-            f"(a local .gguf file or Hugging Face folder; '{QWEN_VL_SHAPED_PREFIX}-seed1:...' for another "
-            "random vision tower)."
+            "Qwen2.5-VL-shaped model carries: "
+            f"'{QWEN_VL_SHAPED_PREFIX}:/path/to/qwen2.5-coder-0.5b-instruct.gguf' (a local .gguf file or "
+            f"Hugging Face folder; '{QWEN_VL_SHAPED_PREFIX}-seed1:...' for another random vision tower)."
         )
     return match.group(2).strip(), int(match.group(1) or 0)
 
@@ -135,7 +135,8 @@ def _text_folder(text_path: str) -> tuple[pathlib.Path, dict[str, Any], dict[str
     if not path.exists():
         raise SteerpeftError(
             f"No text model at {text_path!r}: the path does not exist. Name a local Qwen2 text model, "
-            f"e.g. '{QWEN_VL_SHAPED_PREFIX}:/path/to/qwen2.5-coder-0.5b-instruct.gguf' or a Hugging Face folder."
+            f"e.g. '{QWEN_VL_SHAPED_PREFIX}:/path/to/qwen2.5-coder-0.5b-instruct.gguf' or a Hugging Face "
+            "folder."
         )
     path = path.resolve()
     if path.is_file():
@@ -209,7 +210,8 @@ def build_qwen_vl_shaped(
     *,
     device: str | torch.device | None = None,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """A Qwen2.5-VL-shaped model: the real weights of the Qwen2 text model `text_model`, a small random vision tower.
+    """A Qwen2.5-VL-shaped model: the real weights of the Qwen2 text model `text_model`, a small random vision
+    tower.
 
     `text_model`: a local `.gguf` file (converted once into a cached float32 folder, see
     `steerpeft.models.gguf.gguf_folder`) or a Hugging Face folder of a `qwen2` model (Qwen2,
@@ -269,8 +271,8 @@ def load_qwen_vl_shaped(
 
 def _describe_vision() -> str:
     v = QWEN_VL_VISION
-    return (f"Qwen2.5-VL vision tower, {v['depth']} blocks of width {v['hidden_size']}, patch {v['patch_size']}, "
-            f"merge {v['spatial_merge_size']}")
+    return (f"Qwen2.5-VL vision tower, {v['depth']} blocks of width {v['hidden_size']}, patch "
+            f"{v['patch_size']}, merge {v['spatial_merge_size']}")
 
 
 def _check_video_dependencies() -> None:

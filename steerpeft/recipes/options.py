@@ -69,7 +69,10 @@ class FitOptions:
         _whole(self.batch_size, "batch_size", 1)
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+            if (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0.0 <= float(value) < 1.0
+            ):
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}; 0 disables that split.")
             setattr(self, name, float(value))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -82,8 +85,8 @@ class EvalOptions:
     """What the run evaluates: greedy answers (`generate`), how long, on which prompts, ablations.
 
     `prompts`: "test" (the split no fit decision saw; the validation split when the recipe holds
-    out none), "validation" (the split that chose the layer and calibrated the scaler), "train", "all", or a mapping
-    `{positive: SOURCE, negative: SOURCE, limit: N, column: NAME}` of prompt sources.
+    out none), "validation" (the split that chose the layer and calibrated the scaler), "train", "all", or a
+    mapping `{positive: SOURCE, negative: SOURCE, limit: N, column: NAME}` of prompt sources.
     `batch_size`: None = the fit's batch size.  `reuse`: a MARS plan that steers the decision
     position only reuses the unsteered answers of rows whose gate stays closed (identical by
     construction) and prefills each prompt once for every condition; false runs every condition
@@ -98,18 +101,21 @@ class EvalOptions:
     reuse: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if (
+            isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int)
+            or self.max_new_tokens < 1
+        ):
             raise ConfigError(f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}.")
         if self.batch_size is not None:
             _whole(self.batch_size, "eval.batch_size", 1)
         if isinstance(self.prompts, Mapping):
             unknown = set(self.prompts) - {"positive", "negative", "limit", "column"}
             if unknown or not {"positive", "negative"} <= set(self.prompts):
-                raise ConfigError("eval.prompts as a mapping needs 'positive' and 'negative' (and optionally 'limit', "
-                                  f"'column'); got keys {sorted(self.prompts)}.")
+                raise ConfigError("eval.prompts as a mapping needs 'positive' and 'negative' (and optionally "
+                                  f"'limit', 'column'); got keys {sorted(self.prompts)}.")
         elif self.prompts not in EVAL_PROMPT_CHOICES:
-            raise ConfigError("eval.prompts must be 'test', 'validation', 'train', 'all' or a mapping of prompt sources, "
-                              f"got {self.prompts!r}.")
+            raise ConfigError("eval.prompts must be 'test', 'validation', 'train', 'all' or a mapping of "
+                              f"prompt sources, got {self.prompts!r}.")
 
 
 @recipe_section("output")

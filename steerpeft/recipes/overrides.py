@@ -28,8 +28,8 @@ def apply_override(config: DictConfig, item: str) -> None:
         where = ".".join(parts[: depth + 1])
         if isinstance(node, ListConfig):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"Override {item!r}: {'.'.join(parts[:depth]) or 'the recipe'} is a list of "
-                                  f"{len(node)} item(s); address one by index 0..{len(node) - 1}, e.g. "
+                raise ConfigError(f"Override {item!r}: {'.'.join(parts[:depth]) or 'the recipe'} is a list "
+                                  f"of {len(node)} item(s); address one by index 0..{len(node) - 1}, e.g. "
                                   f"{'.'.join(parts[:depth])}.0.{'.'.join(parts[depth + 1:])}=...")
             node = node[int(part)]
         elif isinstance(node, DictConfig):
@@ -42,7 +42,9 @@ def apply_override(config: DictConfig, item: str) -> None:
     if isinstance(node, ListConfig):
         last = parts[-1]
         if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"Override {item!r}: index {last!r} is out of range for a list of {len(node)} item(s).")
+            raise ConfigError(
+                f"Override {item!r}: index {last!r} is out of range for a list of {len(node)} item(s)."
+            )
     elif not isinstance(node, (DictConfig, ListConfig)):
         raise ConfigError(f"Override {item!r}: {'.'.join(parts[:-1])} is the value {node!r}, not a mapping.")
     # Mappings merge into mappings (siblings kept); anything else replaces what was there, so a list

@@ -87,11 +87,20 @@ class Recipe:
             where = f"steps[{index}]"
             steerers.append(
                 Steerer(
-                    extractor=build(EXTRACTORS, step.get("extractor", "diff_means"), f"{where}.extractor", self.allow_import),
-                    selector=build(SELECTORS, step.get("selector", "sweep"), f"{where}.selector", self.allow_import),
-                    scaler=build(SCALERS, step.get("scaler", "constant"), f"{where}.scaler", self.allow_import),
-                    intervention=build(INTERVENTIONS, step.get("intervention", "add"), f"{where}.intervention",
-                                       self.allow_import),
+                    extractor=build(
+                        EXTRACTORS, step.get("extractor", "diff_means"), f"{where}.extractor",
+                        self.allow_import,
+                    ),
+                    selector=build(
+                        SELECTORS, step.get("selector", "sweep"), f"{where}.selector", self.allow_import
+                    ),
+                    scaler=build(
+                        SCALERS, step.get("scaler", "constant"), f"{where}.scaler", self.allow_import
+                    ),
+                    intervention=build(
+                        INTERVENTIONS, step.get("intervention", "add"), f"{where}.intervention",
+                        self.allow_import,
+                    ),
                     positions=step.get("positions", "all"),
                     fit_positions=step.get("fit_positions", "decision"),
                     apply_layers=step.get("apply_layers", "selected"),
@@ -212,8 +221,8 @@ def validate(config: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: steps[{index}] must be a mapping.")
         for key in step:
             if key not in STEP_KEYS:
-                raise ConfigError(f"{source}: steps[{index}] has unknown key {key!r}.{suggest(key, STEP_KEYS)} "
-                                  f"Valid keys: {', '.join(STEP_KEYS)}.")
+                raise ConfigError(f"{source}: steps[{index}] has unknown key "
+                                  f"{key!r}.{suggest(key, STEP_KEYS)} Valid keys: {', '.join(STEP_KEYS)}.")
         if step.get("data") is not None:
             read_section({"data": step["data"]}, "data", f"{source}: steps[{index}]")
     return config
@@ -222,7 +231,10 @@ def validate(config: dict[str, Any], source: str) -> dict[str, Any]:
 def load_recipe(source: str | os.PathLike | dict[str, Any], overrides: Sequence[str] = ()) -> Recipe:
     """A recipe from a YAML path, a built-in name (`mars`, `actadd`, ...) or a dict."""
     if isinstance(source, dict):
-        return Recipe(validate(dict(source), "<dict>"), "<dict>", allow_import=True).with_overrides(overrides).checked()
+        return (
+            Recipe(validate(dict(source), "<dict>"), "<dict>", allow_import=True) .with_overrides(overrides)
+            .checked()
+        )
     path = Path(source)
     if not path.suffix and not path.exists():
         path = RECIPES_DIR / f"{source}.yaml"
@@ -233,12 +245,15 @@ def load_recipe(source: str | os.PathLike | dict[str, Any], overrides: Sequence[
     if not path.is_file():
         raise ConfigError(f"Recipe file {path} does not exist.")
     if "${oc.env" in path.read_text(encoding="utf-8", errors="replace"):
-        raise ConfigError(f"{path} reads environment variables (${{oc.env:...}}), which recipes may not do: a fitted "
-                          "plan stores its recipe, so a secret could end up in a shared adapter. Pass the value as an "
-                          "override instead (key.path=value).")
+        raise ConfigError(f"{path} reads environment variables (${{oc.env:...}}), which recipes may not do: "
+                          "a fitted plan stores its recipe, so a secret could end up in a shared adapter. "
+                          "Pass the value as an override instead (key.path=value).")
     try:
         loaded = OmegaConf.load(path)
     except (OmegaConfBaseException, Exception) as exc:  # yaml errors carry their own classes
         raise ConfigError(f"{path} is not a valid recipe YAML ({type(exc).__name__}: {exc}). "
                           "Only plain YAML is accepted: no !!python tags.") from exc
-    return Recipe(validate(_plain(loaded), str(path)), str(path), allow_import=True).with_overrides(overrides).checked()
+    return (
+        Recipe(validate(_plain(loaded), str(path)), str(path), allow_import=True) .with_overrides(overrides)
+        .checked()
+    )

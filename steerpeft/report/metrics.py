@@ -92,16 +92,17 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
         return "No layer was recorded for this step."
     if name == "mars" and row is not None:
         limits = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0, **(params.get("limits") or {})}
-        rule = (f"KL <= {limits['kl']:g} nats on harmless prompts, false-trigger rate <= {limits['false_trigger']:.0%} "
-                f"on held-out harmless inputs, induce score > {limits['induce']:g}")
+        rule = (f"KL <= {limits['kl']:g} nats on harmless prompts, false-trigger rate <= "
+                f"{limits['false_trigger']:.0%} on held-out harmless inputs, induce score > "
+                f"{limits['induce']:g}")
         eligible = [r for r in table if r.get("within_limits")]
         if row.get("within_limits"):
             return (f"Layer {chosen} has the highest separation (AUROC {row['separation']:.3f}) of the "
                     f"{len(eligible)} of {len(table)} candidate layers within the limits ({rule}).")
         return (f"No candidate layer met every limit ({rule}), so layer {chosen} was taken anyway "
-                f"(on_no_layer=best) for the highest separation overall (AUROC {row['separation']:.3f}); it was "
-                f"excluded by: {'; '.join(row.get('excluded_by') or ['?'])}. Treat this direction with care: fit on "
-                "more prompts, or relax the limits (steps.0.selector.limits.*).")
+                f"(on_no_layer=best) for the highest separation overall (AUROC {row['separation']:.3f}); it "
+                f"was excluded by: {'; '.join(row.get('excluded_by') or ['?'])}. Treat this direction with "
+                "care: fit on more prompts, or relax the limits (steps.0.selector.limits.*).")
     if name == "sweep" and row is not None:
         score = params.get("score", "separation")
         better = "highest" if params.get("maximize", True) else "lowest"
@@ -125,13 +126,13 @@ def plan_warnings(section: Mapping[str, Any]) -> list[str]:
     main = next((s for s in section.get("steps", []) if s.get("name") == section.get("main_step")), {})
     chosen = next((r for r in main.get("layer_scores") or [] if r.get("chosen")), {})
     if chosen.get("fallback"):
-        found.append(f"no candidate layer met the selector's limits; layer {chosen.get('layer')} was taken anyway "
-                     f"(excluded by: {'; '.join(chosen.get('excluded_by') or [])})")
+        found.append(f"no candidate layer met the selector's limits; layer {chosen.get('layer')} was taken "
+                     f"anyway (excluded by: {'; '.join(chosen.get('excluded_by') or [])})")
     tau = section.get("tau")
     form = ((main.get("scaler") or {}).get("params") or {}).get("form")
     if tau is not None and tau >= 1 and form == "traversal":
-        found.append(f"tau {tau:.3f} >= 1: the traversal gate opens only past the harmful centroid, where its update "
-                     "is 0, so this plan changes (almost) nothing")
+        found.append(f"tau {tau:.3f} >= 1: the traversal gate opens only past the harmful centroid, where "
+                     "its update is 0, so this plan changes (almost) nothing")
     return found
 
 
@@ -172,8 +173,10 @@ def plan_section(plan: Plan) -> dict[str, Any]:
 # Evaluation and gates
 
 
-def eval_section(report: EvalReport, *, steered: str, prompts: Mapping[str, Sequence[str]], source: str,
-                 generate: bool, max_new_tokens: int, reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def eval_section(
+    report: EvalReport, *, steered: str, prompts: Mapping[str, Sequence[str]], source: str, generate: bool,
+    max_new_tokens: int, reuse: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The summary table plus every per-prompt result (answers, judge verdicts, first-token scores).
 
     `reuse`: rows per condition that were generated (the others reused the unsteered answers, which
@@ -205,7 +208,9 @@ def gate_summary(values: torch.Tensor | Sequence[float], tau: float) -> dict[str
     """n, mean, median, min, max, share above tau, and the values themselves."""
     t = torch.as_tensor(values, dtype=torch.float64).flatten()
     if t.numel() == 0:
-        return {"n": 0, "mean": None, "median": None, "min": None, "max": None, "above_tau": None, "values": []}
+        return {
+            "n": 0, "mean": None, "median": None, "min": None, "max": None, "above_tau": None, "values": [],
+        }
     return {
         "n": int(t.numel()),
         "mean": float(t.mean()),

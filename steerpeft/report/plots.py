@@ -32,10 +32,12 @@ DPI = 120
 LAYER_PANELS: list[tuple[str, str, str | None, str, bool]] = [
     ("separation", "separation: AUROC of t, harmful vs harmless (higher is better)", None, "", False),
     ("accuracy", "accuracy: held-out, midpoint rule (higher is better)", None, "", True),
-    ("induce", "induce: rise of the refusal log-odds when pushed to the harmful centroid (must exceed the limit)",
+    ("induce",
+     "induce: rise of the refusal log-odds when pushed to the harmful centroid (must exceed the limit)",
      "induce", "min", False),
     ("kl", "KL on harmless prompts: nats, first token, gated steering (lower is better)", "kl", "max", False),
-    ("false_trigger", "false-trigger rate: held-out harmless inputs (text, neutral media) whose gate opens (lower is better)",
+    ("false_trigger",
+     "false-trigger rate: held-out harmless inputs (text, neutral media) whose gate opens (lower is better)",
      "false_trigger", "max", True),
 ]
 
@@ -121,12 +123,23 @@ def plot_layers(table: Sequence[Mapping[str, Any]], chosen: int | None, path: st
         ax.tick_params(labelsize=8)
     axes[-1].set_xlabel("decoder layer", fontsize=9)
     axes[-1].set_xticks(layers if len(layers) <= 40 else layers[:: max(1, len(layers) // 20)])
-    handles = [Line2D([], [], marker="o", linestyle="", color="#1f4e79", label="within all limits" if gated else "layer"),
-               Line2D([], [], color=CHOSEN_COLOUR, marker="*", markersize=10,
-                      label="chosen layer" if chosen is None else f"chosen layer ({chosen})")]
+    handles = [
+        Line2D(
+            [], [], marker="o", linestyle="", color="#1f4e79", label="within all limits" if gated else "layer"
+        ),
+        Line2D(
+            [], [], color=CHOSEN_COLOUR, marker="*", markersize=10,
+            label="chosen layer" if chosen is None else f"chosen layer ({chosen})",
+        ),
+    ]
     if gated:
-        handles.insert(1, Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#888888",
-                                 label="outside a limit"))
+        handles.insert(
+            1,
+            Line2D(
+                [], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#888888",
+                label="outside a limit",
+            ),
+        )
     if limits:
         handles.append(Line2D([], [], color="#888888", linestyle="--", label="limit"))
     if chosen is not None:
@@ -170,25 +183,34 @@ def plot_gate(gate: Mapping[str, Any], path: str | os.PathLike, *, title: str | 
         y = len(entries) - 1 - row
         jitter = [y + rng.uniform(-0.22, 0.22) for _ in values]
         if faded:
-            ax.scatter(values, jitter, s=22, facecolors="white", edgecolors=colour, linewidths=1.0, alpha=0.8, zorder=3)
+            ax.scatter(
+                values, jitter, s=22, facecolors="white", edgecolors=colour, linewidths=1.0, alpha=0.8,
+                zorder=3,
+            )
         else:
             ax.scatter(values, jitter, s=22, color=colour, alpha=0.75, linewidths=0, zorder=3)
         if values:
             mean = sum(values) / len(values)
             above = sum(v > tau for v in values) / len(values)
             ax.plot([mean, mean], [y - 0.32, y + 0.32], color="black", linewidth=2.0, zorder=4)
-            ax.annotate(f"mean {mean:.2f}\n{above:.0%} > \u03c4", xy=(1.0, y), xycoords=("axes fraction", "data"),
-                        xytext=(6, 0), textcoords="offset points", va="center", ha="left", fontsize=8)
+            ax.annotate(
+                f"mean {mean:.2f}\n{above:.0%} > \u03c4", xy=(1.0, y), xycoords=("axes fraction", "data"),
+                xytext=(6, 0), textcoords="offset points", va="center", ha="left", fontsize=8,
+            )
     ax.axvline(tau, color=TAU_COLOUR, linewidth=1.8, zorder=2)
     ax.axvline(0.0, color="#2471a3", linestyle=":", linewidth=1.2, zorder=1)
     ax.axvline(1.0, color="#c0392b", linestyle=":", linewidth=1.2, zorder=1)
-    ax.annotate(f"\u03c4 = {tau:.3f}", xy=(tau, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4),
-                textcoords="offset points", ha="center", va="bottom", color=TAU_COLOUR, fontsize=9, fontweight="bold")
+    ax.annotate(
+        f"\u03c4 = {tau:.3f}", xy=(tau, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+        textcoords="offset points", ha="center", va="bottom", color=TAU_COLOUR, fontsize=9, fontweight="bold",
+    )
     ax.set_yticks(range(len(entries)), [e[0] for e in reversed(entries)], fontsize=8.5)
     ax.set_ylim(-0.6, len(entries) - 0.4)
     ax.set_xlim(low - pad, high + pad)
-    ax.set_xlabel("gate value t  (0 = harmless centroid, 1 = harmful centroid; steering only where t > \u03c4)",
-                  fontsize=9)
+    ax.set_xlabel(
+        "gate value t  (0 = harmless centroid, 1 = harmful centroid; steering only where t > \u03c4)",
+        fontsize=9,
+    )
     ax.grid(axis="x", color="#e5e5e5", linewidth=0.8)
     ax.tick_params(axis="x", labelsize=8)
     handles = [
@@ -198,10 +220,18 @@ def plot_gate(gate: Mapping[str, Any], path: str | os.PathLike, *, title: str | 
         Line2D([], [], color="black", linewidth=2.0, label="mean"),
     ]
     if any(faded for *_, faded in entries):
-        handles += [Line2D([], [], marker="o", linestyle="", color="#555555", label="re-centred (what the gate sees)"),
-                    Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#555555",
-                           label="without re-centering")]
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
+        handles += [
+            Line2D(
+                [], [], marker="o", linestyle="", color="#555555", label="re-centred (what the gate sees)"
+            ),
+            Line2D(
+                [], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#555555",
+                label="without re-centering",
+            ),
+        ]
+    figure.legend(
+        handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False
+    )
     layer = gate.get("layer")
     figure.suptitle(title or f"Gate value t at layer {layer}, per input (decision position)", fontsize=11)
     return _save(figure, path)
@@ -212,7 +242,8 @@ def plot_gate(gate: Mapping[str, Any], path: str | os.PathLike, *, title: str | 
 
 
 def plot_refusal(evaluation: Mapping[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """One panel per modality; in each, harmful and harmless groups with one bar per condition (unsteered first)."""
+    """One panel per modality; in each, harmful and harmless groups with one bar per condition (unsteered
+    first)."""
     rows: dict[str, dict[str, Mapping[str, Any]]] = {}
     for row in evaluation["table"]:
         rows.setdefault(row["condition"], {})[row["set"]] = row
@@ -274,8 +305,10 @@ def render_plots(metrics: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
     plan = metrics.get("plan") or {}
     main = next((s for s in plan.get("steps", []) if s.get("name") == plan.get("main_step")), None)
     if main and main.get("layer_scores"):
-        plot_layers(main["layer_scores"], plan.get("chosen_layer"), out / "layers.png", limits=plan.get("limits"),
-                    title=f"Per-layer scores of step {main['name']!r} on validation prompts")
+        plot_layers(
+            main["layer_scores"], plan.get("chosen_layer"), out / "layers.png", limits=plan.get("limits"),
+            title=f"Per-layer scores of step {main['name']!r} on validation prompts",
+        )
         made["layers"] = "layers.png"
     gate = metrics.get("gate")
     if gate and gate.get("sets"):

@@ -14,13 +14,17 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, indent:
     """Columns padded to their widest cell; text left-aligned, numbers right-aligned."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
+    numeric = [
+        all(_looks_numeric(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(headers))
+    ]
 
     def line(row: Sequence[str]) -> str:
         parts = [cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(row, widths, numeric)]
         return (indent + "  ".join(parts)).rstrip()
 
-    return "\n".join([line(cells[0]), indent + "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+    return "\n".join(
+        [line(cells[0]), indent + "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]]
+    )
 
 
 def _looks_numeric(cell: str) -> bool:
@@ -55,11 +59,18 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     lines = [f"steerpeft: {recipe} on {model.get('id') or '?'}"]
     profile = metrics.get("preflight")
     if profile:
-        lines.append(textwrap.fill(profile.get("verdict", ""), width=100, initial_indent=f"  {'your model':<13} ",
-                                   subsequent_indent=" " * 16))
+        lines.append(
+            textwrap.fill(
+                profile.get("verdict", ""), width=100, initial_indent=f"  {'your model':<13} ",
+                subsequent_indent=" " * 16,
+            )
+        )
     layer = plan.get("chosen_layer")
     total = plan.get("num_layers")
-    facts = [("chosen layer", f"{layer}" + (f" of {total} (0-based)" if total else ""))] if layer is not None else []
+    facts = (
+        [("chosen layer", f"{layer}" + (f" of {total} (0-based)" if total else ""))] if layer is not None
+        else []
+    )
     if plan.get("tau") is not None:
         facts.append(("tau", f"{plan['tau']:.3f}"))
     facts += [("warning", warning) for warning in plan_warnings(plan)]
@@ -89,7 +100,10 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | None = None) -> str
     adapter = metrics.get("adapter") or {}
     if adapter.get("status") == "exported":
         path = adapter.get("path")
-        shown = str(Path(run_dir) / path) if run_dir is not None and path and not Path(path).is_absolute() else path
+        shown = (
+            str(Path(run_dir) / path) if run_dir is not None and path and not Path(path).is_absolute()
+            else path
+        )
         lines.append(f"\n  adapter: {shown} (kind {adapter.get('kind', '?')}; load with "
                      "steerpeft.adapters.load_adapter(model, path))")
     elif adapter.get("status") == "evaluated":

@@ -44,21 +44,29 @@ def eval_prompts(recipe: Recipe) -> tuple[list[str], list[str], str]:
     choice = recipe.section("eval").prompts
     if isinstance(choice, Mapping):
         kwargs = {"limit": choice.get("limit"), "column": choice.get("column")}
-        positive, negative = load_prompts(choice["positive"], **kwargs), load_prompts(choice["negative"], **kwargs)
+        positive, negative = (
+            load_prompts(choice["positive"], **kwargs), load_prompts(choice["negative"], **kwargs),
+        )
         return list(positive), list(negative), f"{choice['positive']} vs {choice['negative']}"
     splits = recipe.split_prompts(0)
     if choice == "test" and splits["positive_test"] and splits["negative_test"]:
         return (splits["positive_test"], splits["negative_test"],
-                ("the test split, held out from the whole fit (no decision saw these prompts: not the direction, "
-                "not the layer, not the threshold)"))
+                ("the test split, held out from the whole fit (no decision saw these prompts: not the "
+                "direction, not the layer, not the threshold)"))
     if choice in ("test", "validation"):
         if splits["positive_validation"] and splits["negative_validation"]:
-            caveat = " The recipe holds out no test split (fit.test_fraction), so these numbers are optimistic." \
-                if choice == "test" else ""
+            caveat = (
+                " The recipe holds out no test split (fit.test_fraction), so these numbers are optimistic."
+                if choice == "test"
+                else ""
+            )
             return (splits["positive_validation"], splits["negative_validation"],
-                    ("the validation split (the prompts that chose the layer and calibrated the threshold; the "
-                    f"direction never saw them).{caveat}"))
-        return splits["positive"], splits["negative"], "the training prompts (the recipe makes no held-out split)"
+                    ("the validation split (the prompts that chose the layer and calibrated the threshold; "
+                    f"the direction never saw them).{caveat}"))
+        return (
+            splits["positive"], splits["negative"],
+            "the training prompts (the recipe makes no held-out split)",
+        )
     if choice == "train":
         return splits["positive"], splits["negative"], "the training prompts of the fit"
     return ([*splits["positive"], *splits["positive_validation"], *splits["positive_test"]],
@@ -75,8 +83,10 @@ def model_section(model: Any, modalities: Sequence[str]) -> dict[str, Any]:
             "device": str(parameter.device), "modalities": list(modalities)}
 
 
-def media_sets(model: Any, processor: Any, harmful: Sequence[str], harmless: Sequence[str], *, batch_size: int,
-               media: MediaOptions | None = None) -> tuple[dict[str, list[Any]], list[str]]:
+def media_sets(
+    model: Any, processor: Any, harmful: Sequence[str], harmless: Sequence[str], *, batch_size: int,
+    media: MediaOptions | None = None,
+) -> tuple[dict[str, list[Any]], list[str]]:
     """(prompt sets per modality the model takes, those modalities): text, and neutral image / video."""
     media = media or MediaOptions()
     modalities = available_modalities(model, processor)
@@ -110,9 +120,11 @@ def evaluate_plan(
         reuse = {"rows": stats["rows"], "generated": stats["generated"]}
     else:
         stats = {}
-        report = evaluate(model, processor, sets, conditions(plan, model, name=name, ablations=options.ablations),
-                          generate=options.generate, max_new_tokens=options.max_new_tokens, callbacks=callbacks,
-                          runner=runner)
+        report = evaluate(
+            model, processor, sets, conditions(plan, model, name=name, ablations=options.ablations),
+            generate=options.generate, max_new_tokens=options.max_new_tokens, callbacks=callbacks,
+            runner=runner,
+        )
     gate = None
     if step is not None and step_tau(step) is not None:
         tau = float(step_tau(step))  # type: ignore[arg-type]

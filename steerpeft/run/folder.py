@@ -9,8 +9,10 @@ from pathlib import Path
 
 from steerpeft.errors import AdapterError, ConfigError
 
-RUN_FILES = ("plan", "adapter", "metrics.json", "metrics.jsonl", "report.md", "recipe.yaml", "layers.png", "gate.png",
-             "refusal.png")
+RUN_FILES = (
+    "plan", "adapter", "metrics.json", "metrics.jsonl", "report.md", "recipe.yaml", "layers.png", "gate.png",
+    "refusal.png",
+)
 """What a run folder holds; a folder holding any of these counts as a run folder that may be overwritten."""
 
 
@@ -33,8 +35,9 @@ def check_run_dir(path: str | os.PathLike) -> Path:
     if out.is_dir():
         entries = [p.name for p in out.iterdir() if not p.name.startswith(".")]
         if entries and not any(name in RUN_FILES for name in entries):
-            raise ConfigError(f"The run folder {out} exists and holds other files ({', '.join(sorted(entries)[:3])}...); "
-                              "choose an empty or new folder with --out.")
+            raise ConfigError(f"The run folder {out} exists and holds other files "
+                              f"({', '.join(sorted(entries)[:3])}...); choose an empty or new folder with "
+                              "--out.")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -50,5 +53,5 @@ def describe_path(path: str | os.PathLike) -> tuple[str, Path]:
         return "adapter", folder
     if (folder / "plan" / "plan.json").is_file():
         return "run", folder
-    raise AdapterError(f"{folder} is neither a steerpeft plan (plan.json), an adapter (adapter_config.json) nor a run "
-                       "folder (plan/plan.json).")
+    raise AdapterError(f"{folder} is neither a steerpeft plan (plan.json), an adapter (adapter_config.json) "
+                       "nor a run folder (plan/plan.json).")

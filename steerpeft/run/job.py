@@ -96,7 +96,9 @@ def run_recipe(
     `callbacks`: more callbacks, called after the progress bar and the log, before export and report.
     """
     started = time.perf_counter()
-    recipe = recipe.with_overrides(overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)  # type: ignore[arg-type]
+    recipe = (
+        recipe.with_overrides(overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    )  # type: ignore[arg-type]
     if (model is None) != (processor is None):
         raise ConfigError("Pass both model= and processor= (the tokenizer for a text model), or neither.")
     recipe.steerers()  # build every component now: a bad option fails before the model loads
@@ -109,8 +111,10 @@ def run_recipe(
     if export and output.export:
         stages.append(AdapterExport(progress=progress))
     stages.append(ReportWriter(plots=bool(plots and output.plots), progress=progress, replaces_adapter=True))
-    job = RunJob(recipe.name, [ProgressBar(disable=None if progress else True), JsonlLogger(str(log)), *callbacks,
-                               *stages])
+    job = RunJob(
+        recipe.name,
+        [ProgressBar(disable=None if progress else True), JsonlLogger(str(log)), *callbacks, *stages],
+    )
     timings: dict[str, float] = {}
     with stage(job.callbacks, job, "run"):
         job.call("on_run_start", out_dir=out)
@@ -137,23 +141,28 @@ def run_recipe(
 
         say(progress, f"[4/6] evaluating on {len(harmful)} harmful + {len(harmless)} harmless prompts ...")
         tick = time.perf_counter()
-        report, gate, modalities, reuse = evaluate_plan(plan, model, processor, harmful, harmless, name=recipe.name,
-                                                 options=options, batch_size=eval_batch_size(recipe),
-                                                 media=recipe.section("media"), progress=progress,
-                                                 callbacks=job.callbacks, runner=job)
+        report, gate, modalities, reuse = evaluate_plan(
+            plan, model, processor, harmful, harmless, name=recipe.name, options=options,
+            batch_size=eval_batch_size(recipe), media=recipe.section("media"), progress=progress,
+            callbacks=job.callbacks, runner=job,
+        )
         timings["eval_s"] = time.perf_counter() - tick
 
         state = RunState(
-            out_dir=out, name=recipe.name, recipe={"name": recipe.name, "source": recipe.source, "config": recipe.config},
-            model=model, processor=processor, plan=plan, report=report, gate=gate,
+            out_dir=out, name=recipe.name,
+            recipe={"name": recipe.name, "source": recipe.source, "config": recipe.config}, model=model,
+            processor=processor, plan=plan, report=report, gate=gate,
             model_record=model_section(model, modalities), prompts={"harmful": harmful, "harmless": harmless},
             prompt_source=source,
-            eval_record=eval_section(report, steered=recipe.name, prompts={"harmful": harmful, "harmless": harmless},
-                                     source=source, generate=options.generate, max_new_tokens=options.max_new_tokens,
-                                     reuse=reuse),
+            eval_record=eval_section(
+                report, steered=recipe.name, prompts={"harmful": harmful, "harmless": harmless},
+                source=source, generate=options.generate, max_new_tokens=options.max_new_tokens, reuse=reuse,
+            ),
             command=command_line(command), started=started, timings=timings, preflight=profile.to_dict(),
-            files_record={"plan": "plan", "log": "metrics.jsonl", "recipe": "recipe.yaml", "report": "report.md",
-                          "metrics": "metrics.json", "plots": {}},
+            files_record={
+                "plan": "plan", "log": "metrics.jsonl", "recipe": "recipe.yaml", "report": "report.md",
+                "metrics": "metrics.json", "plots": {},
+            },
         )
         job.call("on_run_end", run=state)
     files = dict(state.files)

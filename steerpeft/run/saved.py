@@ -86,11 +86,15 @@ def evaluate_saved(
             stored, where = ((adapter_config.get("plan") or {}).get("metadata") or {}).get("recipe"), folder
         if isinstance(stored, Mapping):
             # A saved file never imports code: its recipe may name registered components only.
-            recipe = Recipe(validate(dict(stored), str(where)), str(where), allow_import=False).with_overrides(overrides)
+            recipe = Recipe(
+                validate(dict(stored), str(where)), str(where), allow_import=False
+            ).with_overrides(overrides)
         else:
             recipe = load_recipe("mars", overrides)
     else:
-        recipe = recipe.with_overrides(overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+        recipe = (
+            recipe.with_overrides(overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+        )
     options = recipe.section("eval")
     harmful, harmless, source = eval_prompts(recipe)
     out = check_run_dir(out_dir or default_run_dir(f"eval-{recipe.name}"))
@@ -103,8 +107,13 @@ def evaluate_saved(
         if model is None:
             say(progress, "loading the model ...")
             tick = time.perf_counter()
-            recorded = plan.model_info.get("model_id") if plan is not None else (
-                adapter_config.get("base_model_name_or_path") or (adapter_meta.get("model") or {}).get("model_id"))
+            recorded = (
+                plan.model_info.get("model_id") if plan is not None
+                else (
+                    adapter_config.get("base_model_name_or_path")
+                    or (adapter_meta.get("model") or {}).get("model_id")
+                )
+            )
             model, processor = _model_for(model_name, recorded, device, recipe.section("model").dtype)
             timings["load_model_s"] = time.perf_counter() - tick
         say(progress, f"evaluating on {len(harmful)} harmful + {len(harmless)} harmless prompts ...")
@@ -112,30 +121,41 @@ def evaluate_saved(
         media, batch_size = recipe.section("media"), eval_batch_size(recipe)
         if plan is not None:
             steered = str(plan.metadata.get("recipe_name") or recipe.name)
-            report, gate, modalities, reuse = evaluate_plan(plan, model, processor, harmful, harmless, name=steered,
-                                                     options=options, batch_size=batch_size, media=media,
-                                                     progress=progress, callbacks=job.callbacks, runner=job)
+            report, gate, modalities, reuse = evaluate_plan(
+                plan, model, processor, harmful, harmless, name=steered, options=options,
+                batch_size=batch_size, media=media, progress=progress, callbacks=job.callbacks, runner=job,
+            )
             adapter: dict[str, Any] = {}
         else:
-            sets, modalities = media_sets(model, processor, harmful, harmless, batch_size=batch_size, media=media)
+            sets, modalities = media_sets(
+                model, processor, harmful, harmless, batch_size=batch_size, media=media
+            )
             steered = "adapter"
-            report = evaluate(model, processor, sets, {"unsteered": None, steered: lambda: applied_adapter(model, folder)},
-                              generate=options.generate, max_new_tokens=options.max_new_tokens, progress=progress,
-                              callbacks=job.callbacks, runner=job)
+            report = evaluate(
+                model, processor, sets, {"unsteered": None, steered: lambda: applied_adapter(model, folder)},
+                generate=options.generate, max_new_tokens=options.max_new_tokens, progress=progress,
+                callbacks=job.callbacks, runner=job,
+            )
             gate, reuse = None, None
-            adapter = {"status": "evaluated", "path": str(folder), "kind": adapter_meta.get("kind"),
-                       "peft_type": adapter_config.get("peft_type"), "message": "the adapter given to steerpeft eval"}
+            adapter = {
+                "status": "evaluated", "path": str(folder), "kind": adapter_meta.get("kind"),
+                "peft_type": adapter_config.get("peft_type"),
+                "message": "the adapter given to steerpeft eval",
+            }
         timings["eval_s"] = time.perf_counter() - tick
         files_record: dict[str, Any] = {"report": "report.md", "metrics": "metrics.json", "plots": {}}
         if plan is not None:
             files_record["plan"] = os.path.relpath(plan_dir.resolve(), out.resolve())
         prompts = {"harmful": harmful, "harmless": harmless}
         state = RunState(
-            out_dir=out, name=steered, recipe={"name": recipe.name, "source": recipe.source, "config": recipe.config},
-            model=model, processor=processor, plan=plan, report=report, gate=gate,
+            out_dir=out, name=steered,
+            recipe={"name": recipe.name, "source": recipe.source, "config": recipe.config}, model=model,
+            processor=processor, plan=plan, report=report, gate=gate,
             model_record=model_section(model, modalities), prompts=prompts, prompt_source=source,
-            eval_record=eval_section(report, steered=steered, prompts=prompts, source=source,
-                                     generate=options.generate, max_new_tokens=options.max_new_tokens, reuse=reuse),
+            eval_record=eval_section(
+                report, steered=steered, prompts=prompts, source=source, generate=options.generate,
+                max_new_tokens=options.max_new_tokens, reuse=reuse,
+            ),
             command=command_line(command), started=started, timings=timings, adapter=adapter,
             files_record=files_record,
         )

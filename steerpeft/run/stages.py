@@ -30,8 +30,10 @@ from steerpeft.run.folder import say
 from steerpeft.run.state import RunState
 
 
-def export_plan(plan: Plan, model: Any, path: str | os.PathLike, *, kind: str = "auto", strict: bool = False,
-                root: str | os.PathLike | None = None, card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def export_plan(
+    plan: Plan, model: Any, path: str | os.PathLike, *, kind: str = "auto", strict: bool = False,
+    root: str | os.PathLike | None = None, card: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Export `plan` as a PEFT adapter into `path`; a status dict for the report.
 
     `strict=False` (the run): an export error is recorded ("failed" with the message) and the run
@@ -49,7 +51,8 @@ def export_plan(plan: Plan, model: Any, path: str | os.PathLike, *, kind: str = 
         recorded = read_adapter_meta(path)
         info.update({k: recorded[k] for k in ("kind", "exact", "mergeable") if k in recorded})
     with contextlib.suppress(OSError, ValueError):
-        info["peft_type"] = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
+        info["peft_type"] = json.loads(
+            (Path(path) / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
     return info
 
 
@@ -62,7 +65,9 @@ def adapter_card(recipe_name: str, report: EvalReport) -> dict[str, Any]:
         before, after = rows[baseline].get(name), rows.get(steered, {}).get(name)
         if before is None or after is None or before.refusal_rate is None or after.refusal_rate is None:
             continue
-        what = "refusal on harmful prompts" if name.startswith("harmful") else "over-refusal on harmless prompts"
+        what = (
+            "refusal on harmful prompts" if name.startswith("harmful") else "over-refusal on harmless prompts"
+        )
         parts.append(f"{what} {before.refusal_rate:.0%} -> {after.refusal_rate:.0%}")
     kl = rows.get(steered, {}).get("harmless/text")
     if kl is not None and kl.kl is not None:
@@ -74,7 +79,9 @@ def adapter_card(recipe_name: str, report: EvalReport) -> dict[str, Any]:
     return {"description": text}
 
 
-def write_outputs(out: Path, metrics: dict[str, Any], *, plots: bool, started: float | None = None) -> dict[str, Path]:
+def write_outputs(
+    out: Path, metrics: dict[str, Any], *, plots: bool, started: float | None = None
+) -> dict[str, Path]:
     """Plots, then report.md and metrics.json (last), each written atomically; returns their paths.
 
     `started` (a `time.perf_counter()` value) sets `timings.total_s`; the time spent here is `report_s`.
@@ -140,4 +147,6 @@ class ReportWriter(Callback):
             gate=state.gate, adapter=state.adapter, timings=state.timings, command=state.command,
             files=state.files_record, preflight=state.preflight,
         )
-        state.files.update(write_outputs(state.out_dir, state.metrics, plots=self.plots, started=state.started))
+        state.files.update(
+            write_outputs(state.out_dir, state.metrics, plots=self.plots, started=state.started)
+        )

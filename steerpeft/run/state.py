@@ -36,7 +36,9 @@ class RunState:
     started: float
     timings: dict[str, float] = field(default_factory=dict)
     preflight: dict[str, Any] | None = None
-    adapter: dict[str, Any] = field(default_factory=lambda: {"status": "skipped", "message": "export switched off"})
+    adapter: dict[str, Any] = field(
+        default_factory=lambda: {"status": "skipped", "message": "export switched off"}
+    )
     adapter_dir: Path | None = None
     files_record: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -55,5 +57,6 @@ class RunResult:
     files: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """The plain-text summary `steerpeft run` prints: chosen layer, tau, refusal before/after, KL, folder."""
+        """The plain-text summary `steerpeft run` prints: chosen layer, tau, refusal before/after, KL,
+        folder."""
         return summary_table(self.metrics, str(self.out_dir))

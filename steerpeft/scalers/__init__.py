@@ -8,4 +8,5 @@ from steerpeft.scalers.constant import ConstantScaler
 __all__ = ["SCALERS", "ConditionalScaler", "ConstantScaler", "Scaler"]
 
 
-__getattr__ = moved(__name__, "steerpeft.mars.scaler", ("TrustRegionScaler",))  # moved to the MARS wing; the old name stays one release
+# moved to the MARS wing; the old name stays one release
+__getattr__ = moved(__name__, "steerpeft.mars.scaler", ("TrustRegionScaler",))

@@ -46,7 +46,8 @@ class Scaler(Component):
 
     def rows_steered(self, states: Mapping[int, torch.Tensor], layer: int, modality: torch.Tensor | None,
                      margin: float) -> torch.Tensor | None:
-        """Bool [rows]: rows this scaler may give a nonzero strength at the decision position, or None (any row).
+        """Bool [rows]: rows this scaler may give a nonzero strength at the decision position, or None (any
+        row).
 
         Read from each row's unsteered decision-position states (`states[layer]`, [rows, hidden]) and its
         modality.  A threshold decision counts rows within `margin` of it as steered, so float noise between

@@ -61,7 +61,9 @@ class ConditionalScaler(Scaler):
 
     def _layer(self) -> int:
         if self.condition_layer is None:
-            raise ConfigError("conditional scaler has no condition_layer: fit the plan or set condition_layer.")
+            raise ConfigError(
+                "conditional scaler has no condition_layer: fit the plan or set condition_layer."
+            )
         return self.condition_layer
 
     def observe(self, layer: int, hidden: torch.Tensor, fc: ForwardContext) -> None:
@@ -75,7 +77,9 @@ class ConditionalScaler(Scaler):
     def strength(self, hidden: torch.Tensor, layer: int, fc: ForwardContext) -> torch.Tensor:
         flags = fc.row_state.get(id(self))
         if flags is None:
-            raise RuntimeError("conditional scaler: the condition layer did not run before the steered layer.")
+            raise RuntimeError(
+                "conditional scaler: the condition layer did not run before the steered layer."
+            )
         return self.alpha * flags.to(hidden.device, hidden.dtype)
 
     def rows_steered(self, states: Mapping[int, torch.Tensor], layer: int, modality: torch.Tensor | None,
@@ -85,7 +89,9 @@ class ConditionalScaler(Scaler):
             return None
         projection = states[condition].float() @ self._unit_on(states[condition])
         threshold = float(self.threshold)  # type: ignore[arg-type]
-        return (projection > threshold - margin if self.when == "above" else projection < threshold + margin).cpu()
+        return (
+            projection > threshold - margin if self.when == "above" else projection < threshold + margin
+        ).cpu()
 
     def _unit_on(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._unit is None:

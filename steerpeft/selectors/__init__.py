@@ -6,7 +6,11 @@ from steerpeft.selectors.fixed import FixedLayers
 from steerpeft.selectors.scores import SCORES, auroc
 from steerpeft.selectors.sweep import SweepSelector
 
-__all__ = ["SCORES", "SELECTORS", "FixedLayers", "LayerSelector", "Selection", "SweepSelector", "auroc", "layer_range"]
+__all__ = [
+    "SCORES", "SELECTORS", "FixedLayers", "LayerSelector", "Selection", "SweepSelector", "auroc",
+    "layer_range",
+]
 
 
-__getattr__ = moved(__name__, "steerpeft.mars.selector", ("MarsSelector",))  # moved to the MARS wing; the old name stays one release
+# moved to the MARS wing; the old name stays one release
+__getattr__ = moved(__name__, "steerpeft.mars.selector", ("MarsSelector",))

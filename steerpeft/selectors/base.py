@@ -45,12 +45,20 @@ def layer_range(spec: Any, num_layers: int) -> list[int]:
         if unknown:
             raise ConfigError(f"candidate range takes 'start' and 'stop', not {sorted(unknown)}.")
         start, stop = spec.get("start", 0.0), spec.get("stop", 1.0)
-        as_index = lambda v: int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 1 else round(float(v) * num_layers)
+        as_index = lambda v: (
+            int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 1
+            else round(float(v) * num_layers)
+        )
         layers = list(range(as_index(start), as_index(stop)))
-    elif isinstance(spec, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+    elif isinstance(spec, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in spec
+    ):
         layers = list(spec)
     else:
-        raise ConfigError(f"candidate layers must be 'all', a layer index, a list of indices or {{start, stop}}, got {spec!r}.")
+        raise ConfigError(
+            f"candidate layers must be 'all', a layer index, a list of indices or {{start, stop}}, got "
+            f"{spec!r}."
+        )
     if not layers:
         raise ConfigError(f"candidate layers {spec!r} select no layer of a {num_layers}-layer model.")
     for layer in layers:

@@ -78,9 +78,9 @@ def check_peft_version() -> str:
     low, high = (Version(v) for v in PEFT_RANGE)
     if not low <= version < high:
         raise AdapterError(
-            f"steerpeft's STEER adapters support peft>={PEFT_RANGE[0]},<{PEFT_RANGE[1]}, but peft {peft.__version__} "
-            f"is installed. Install a supported version: pip install 'peft>={PEFT_RANGE[0]},<{PEFT_RANGE[1]}'. "
-            "(Plain LoRA exports do not need steerpeft at all.)"
+            f"steerpeft's STEER adapters support peft>={PEFT_RANGE[0]},<{PEFT_RANGE[1]}, but peft "
+            f"{peft.__version__} is installed. Install a supported version: pip install "
+            f"'peft>={PEFT_RANGE[0]},<{PEFT_RANGE[1]}'. (Plain LoRA exports do not need steerpeft at all.)"
         )
     return peft.__version__
 
@@ -123,7 +123,10 @@ def register() -> None:
 
     members = [_add_enum_member(PeftType, "STEER", STEER_PEFT_TYPE)]
     # Adapters written before the rename carry the old value: it reads as the same method.
-    members += [_add_enum_member(PeftType, f"STEER_LEGACY_{i}", value) for i, value in enumerate(LEGACY_STEER_PEFT_TYPES)]
+    members += [
+        _add_enum_member(PeftType, f"STEER_LEGACY_{i}", value)
+        for i, value in enumerate(LEGACY_STEER_PEFT_TYPES)
+    ]
     for member in members:
         for table, value in (
             (PEFT_TYPE_TO_CONFIG_MAPPING, SteerConfig),
@@ -131,8 +134,9 @@ def register() -> None:
             (PEFT_TYPE_TO_PREFIX_MAPPING, TUNER_PREFIX),
         ):
             current = table.get(member)
-            if current is not None and current is not value and getattr(current, "__qualname__", current) != getattr(
-                value, "__qualname__", value
+            if (
+                current is not None and current is not value
+                and getattr(current, "__qualname__", current) != getattr(value, "__qualname__", value)
             ):
                 raise AdapterError(f"PEFT's {member.name} entry is already taken by {current!r}.")
             table[member] = value

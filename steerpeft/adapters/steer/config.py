@@ -20,9 +20,15 @@ class SteerConfig(PeftConfig):
     layer (or -1, the embedding) whose `steerpeft` child stores it.
     """
 
-    plan: dict = field(default_factory=dict, metadata={"help": "steerpeft plan config (Plan.save's plan.json)."})
-    tensors: list = field(default_factory=list, metadata={"help": "Manifest of the plan tensors: key, host, shape."})
-    steerpeft_version: str | None = field(default=None, metadata={"help": "steerpeft version that wrote the adapter."})
+    plan: dict = field(
+        default_factory=dict, metadata={"help": "steerpeft plan config (Plan.save's plan.json)."}
+    )
+    tensors: list = field(
+        default_factory=list, metadata={"help": "Manifest of the plan tensors: key, host, shape."}
+    )
+    steerpeft_version: str | None = field(
+        default=None, metadata={"help": "steerpeft version that wrote the adapter."}
+    )
     steerkit_version: str | None = field(default=None, metadata={"help": "Set in adapters written before the "
                                                                           "rename to steerpeft; read only."})
 
@@ -36,12 +42,14 @@ class SteerConfig(PeftConfig):
         self.peft_type = steer
         if not isinstance(self.plan, dict) or not is_plan_format(self.plan.get("format")):
             raise AdapterError(
-                f"This STEER adapter config holds no steerpeft plan (format {PLAN_FORMAT!r} expected): the file is "
-                "corrupt or was written by an incompatible steerpeft version."
+                f"This STEER adapter config holds no steerpeft plan (format {PLAN_FORMAT!r} expected): the "
+                "file is corrupt or was written by an incompatible steerpeft version."
             )
         for entry in self.tensors:
             if not isinstance(entry, dict) or not {"key", "host", "shape"} <= set(entry):
-                raise AdapterError(f"STEER tensor manifest entry {entry!r} is malformed: the config is corrupt.")
+                raise AdapterError(
+                    f"STEER tensor manifest entry {entry!r} is malformed: the config is corrupt."
+                )
         # Every step must build now, from registered names only: a bad adapter is refused at load,
         # before PEFT injects anything, never at the model's first forward.
         check_plan_config(self.plan, "STEER adapter")

@@ -54,7 +54,9 @@ class SteerLayer(nn.Module, BaseTunerLayer):
         raise AttributeError("a STEER storage layer has no bias")
 
     def add_tensor(self, adapter_name: str, name: str, shape: list[int]) -> None:
-        bank = self.steerpeft_tensors[adapter_name] if adapter_name in self.steerpeft_tensors else _TensorBank()
+        bank = (
+            self.steerpeft_tensors[adapter_name] if adapter_name in self.steerpeft_tensors else _TensorBank()
+        )
         bank.register_buffer(name, torch.zeros(shape, dtype=torch.float32))
         self.steerpeft_tensors[adapter_name] = bank
 
@@ -85,14 +87,16 @@ class SteerLayer(nn.Module, BaseTunerLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise AdapterError(
             "A STEER adapter acts on activations (positions, input-dependent strengths) and cannot be merged "
-            "into weights. Use unload() to remove it, or export the plan with kind='lora' if it is expressible "
-            "as a weight delta."
+            "into weights. Use unload() to remove it, or export the plan with kind='lora' if it is "
+            "expressible as a weight delta."
         )
 
     def unmerge(self) -> None:
         return None
 
-    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+    def _move_adapter_to_device_of_base_layer(
+        self, adapter_name: str, device: torch.device | None = None
+    ) -> None:
         return None  # buffers follow the host module; hooks move tensors to the hidden states' device
 
     def _sync(self) -> None:

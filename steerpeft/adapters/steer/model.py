@@ -34,7 +34,9 @@ class SteerModel(BaseTuner):
         self.model = model
         self.targeted_module_names: list[str] = []
         self.targeted_parameter_names: list[str] = []
-        self.peft_config = {adapter_name: peft_config} if isinstance(peft_config, PeftConfig) else dict(peft_config)
+        self.peft_config = (
+            {adapter_name: peft_config} if isinstance(peft_config, PeftConfig) else dict(peft_config)
+        )
         self.active_adapter: str | list[str] = adapter_name
         self._unload_inner = False  # set by steerpeft's loader when it created the inner model itself
         self.inject_adapter(model, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
@@ -50,8 +52,10 @@ class SteerModel(BaseTuner):
         return False
 
     # -- injection -------------------------------------------------------
-    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
-                       low_cpu_mem_usage: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    def inject_adapter(
+        self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False, state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         config: SteerConfig = self.peft_config[adapter_name]
         base = unwrap_model(model)
         layout = fitting_layout(base, config.plan.get("model", {}), "adapter")
@@ -62,9 +66,9 @@ class SteerModel(BaseTuner):
             layer = _storage_child(get_module(base, path), host, path)
             if adapter_name in layer._runtimes:
                 raise AdapterError(
-                    f"A STEER adapter named {adapter_name!r} is already attached to this model (perhaps through "
-                    "another PeftModel wrapper). Load further STEER adapters with steerpeft.adapters.load_adapter, "
-                    "or pass another adapter_name."
+                    f"A STEER adapter named {adapter_name!r} is already attached to this model (perhaps "
+                    "through another PeftModel wrapper). Load further STEER adapters with "
+                    "steerpeft.adapters.load_adapter, or pass another adapter_name."
                 )
             name = buffer_name(entry["key"])
             layer.add_tensor(adapter_name, name, [int(d) for d in entry["shape"]])
@@ -103,13 +107,15 @@ class SteerModel(BaseTuner):
         self.active_adapter = remaining or list(self.peft_config)[:1]
 
     # -- unloading -------------------------------------------------------------
-    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
-                                     adapter_names: list[str] | None = None) -> nn.Module:
+    def _unload_and_optionally_merge(
+        self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
         if merge:
             raise AdapterError(
-                "A STEER adapter acts on activations and cannot be merged into weights: call unload() instead. "
-                "(Plans made only of constant additions or embedding ablation export as mergeable LoRA with "
-                "export_adapter(..., kind='lora').)"
+                "A STEER adapter acts on activations and cannot be merged into weights: call unload() "
+                "instead. (Plans made only of constant additions or embedding ablation export as mergeable "
+                "LoRA with export_adapter(..., kind='lora').)"
             )
         for layer in self._steer_layers():
             for name in self.peft_config:
@@ -125,13 +131,16 @@ class SteerModel(BaseTuner):
 
     # -- state dict ------------------------------------------------------------
     @classmethod
-    def _get_adapter_state_dict(cls, model: nn.Module, config: Any, adapter_name: str,
-                                state_dict: dict[str, torch.Tensor], unwanted_adapter_names: list[str]) -> dict[str, torch.Tensor]:
+    def _get_adapter_state_dict(
+        cls, model: nn.Module, config: Any, adapter_name: str, state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for _, module in model.named_modules():
             if isinstance(module, SteerLayer) and adapter_name in module.steerpeft_tensors:
                 for name, tensor in module.steerpeft_tensors[adapter_name].named_buffers():
-                    key = f"base_model.model.{module.canonical_path}.{CHILD_NAME}.{TENSORS_ATTR}.{adapter_name}.{name}"
+                    key = (f"base_model.model.{module.canonical_path}.{CHILD_NAME}.{TENSORS_ATTR}."
+                           f"{adapter_name}.{name}")
                     out[key] = tensor
         return out
 

@@ -23,7 +23,9 @@ def host_path(layout: ModelLayout, host: int) -> str:
     return layout.embedding_path if host == EMBEDDING else layout.layer_path(host)
 
 
-def canonical_key(layout_paths: dict[str, str], host: int, key: str, parts: tuple[str, str] = (CHILD_NAME, TENSORS_ATTR)) -> str:
+def canonical_key(
+    layout_paths: dict[str, str], host: int, key: str, parts: tuple[str, str] = (CHILD_NAME, TENSORS_ATTR)
+) -> str:
     """The checkpoint key of plan tensor `key` stored at `host` (adapter name removed).
 
     `parts` is the (child name, tensors attribute) pair: today's, or one of `LEGACY_KEY_PARTS`."""
@@ -47,10 +49,14 @@ def _host_for(key: str, step_layers: list[int], num_layers: int) -> int:
     return min(step_layers)
 
 
-def steer_payload(plan: Plan, layout: ModelLayout) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, torch.Tensor]]:
+def steer_payload(
+    plan: Plan, layout: ModelLayout
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, torch.Tensor]]:
     """(plan config, tensor manifest, checkpoint tensors) of a STEER adapter for `plan`."""
-    model_info = {**plan.model_info, "layers_path": layout.layers_path, "embedding_path": layout.embedding_path,
-                  "hidden_size": layout.hidden_size, "num_layers": layout.num_layers}
+    model_info = {
+        **plan.model_info, "layers_path": layout.layers_path, "embedding_path": layout.embedding_path,
+        "hidden_size": layout.hidden_size, "num_layers": layout.num_layers,
+    }
     spec = {"format": PLAN_FORMAT, "model": model_info, "steps": [s.to_config() for s in plan.steps],
             "metadata": plan.metadata}
     manifest: list[dict[str, Any]] = []
@@ -60,7 +66,9 @@ def steer_payload(plan: Plan, layout: ModelLayout) -> tuple[dict[str, Any], list
         for key, tensor in step.state_dict(f"steps.{index}").items():
             name = buffer_name(key)
             if name in names:
-                raise AdapterError(f"plan tensor {key!r} collides with another once dots become {_KEY_SEPARATOR!r}.")
+                raise AdapterError(
+                    f"plan tensor {key!r} collides with another once dots become {_KEY_SEPARATOR!r}."
+                )
             names.add(name)
             host = _host_for(key, step.layers, layout.num_layers)
             manifest.append({"key": key, "host": host, "shape": list(tensor.shape)})
