@@ -38,7 +38,9 @@ from steerpeft.selectors import FixedLayers
 from steerpeft.steerer import Steerer
 
 TARGETS = {"record_full": (">=", 1.0), "record_early": (">", 1.0), "steerer_fit": (">=", 1.0)}
-BASELINES = {"record_full": "plain_forward", "record_early": "plain_forward", "steerer_fit": "plain_forward_text"}
+BASELINES = {
+    "record_full": "plain_forward", "record_early": "plain_forward", "steerer_fit": "plain_forward_text",
+}
 
 
 def batches_of(loaded: B.Loaded, texts: Sequence[str], batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -128,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = B.common_parser(__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=256, help="prompts per class (positive and negative)")
     args = B.finish_args(parser, argv, {"batch_sizes": "4", "prompts": 8, "prompt_len": 12})
-    if args.batch_sizes == "1,64" and not args.smoke:  # the generation default: extraction batches differently
+    # the generation default: extraction batches differently
+    if args.batch_sizes == "1,64" and not args.smoke:
         args.batch_list = [32]
     device = args.device
     B.log(f"building {args.model} ({args.dtype}) on {device}")
@@ -178,8 +181,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         table: dict[str, dict[str, Any]] = {}
         for name, runs in samples.items():
             seconds = B.median(runs)
-            table[name] = {"seconds": seconds, "prompts_s": total_prompts / seconds, "tokens_s": tokens / seconds,
-                           "runs": runs}
+            table[name] = {
+                "seconds": seconds, "prompts_s": total_prompts / seconds, "tokens_s": tokens / seconds,
+                "runs": runs,
+            }
             if name in checks:
                 table[name]["check"] = checks[name]
         targets = {}
@@ -187,8 +192,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             value = B.ratio(table[name]["prompts_s"], table[BASELINES[name]]["prompts_s"])
             table[name]["ratio_vs_" + BASELINES[name]] = value
             passed = value >= target if op == ">=" else value > target
-            targets[name] = {"ratio": value, "baseline": BASELINES[name], "target": f"{op} {target}", "pass": bool(passed)}
-        results["batches"][str(batch_size)] = {"tokens": tokens, "batches": len(every), "rows": table, "targets": targets}
+            targets[name] = {
+                "ratio": value, "baseline": BASELINES[name], "target": f"{op} {target}", "pass": bool(passed),
+            }
+        results["batches"][str(batch_size)] = {
+            "tokens": tokens, "batches": len(every), "rows": table, "targets": targets,
+        }
         for name, entry in table.items():
             B.log(f"  {name:18s} {entry['prompts_s']:9.1f} prompts/s  ({entry['seconds'] * 1e3:8.1f} ms)")
     B.write_results(results, args.out)

@@ -64,11 +64,15 @@ class Row:
 
 
 def generate(model: torch.nn.Module, batch: dict[str, torch.Tensor], new_tokens: int, **extra: Any) -> Any:
-    return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **extra)
+    return model.generate(
+        **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **extra
+    )
 
 
 @torch.no_grad()
-def check_rows(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_tokens: int) -> dict[str, dict[str, Any]]:
+def check_rows(
+    rows: Sequence[Row], batch: dict[str, torch.Tensor], new_tokens: int
+) -> dict[str, dict[str, Any]]:
     """Per row: max abs diff of last-position logits and share of generated tokens changed, vs unsteered."""
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     # Explicit position ids, as generate computes them (repeng's layer wrapper needs them at batch > 1).
@@ -92,7 +96,9 @@ def check_rows(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_tokens: 
             checks[row.name]["steered"] = checks[row.name]["logit_diff_vs_unsteered"] > 0
     if "ablate_merged" in outputs:
         checks["ablate_merged"]["logit_scale"] = float(base_logits.abs().max())
-        for other, key in (("ablate_hooks", "logit_diff_vs_hooks"), ("ablate_writers", "logit_diff_vs_writers")):
+        for other, key in (
+            ("ablate_hooks", "logit_diff_vs_hooks"), ("ablate_writers", "logit_diff_vs_writers"),
+        ):
             if other in outputs:
                 checks["ablate_merged"][key] = B.max_abs_diff(outputs["ablate_merged"][0], outputs[other][0])
     return checks
@@ -108,8 +114,8 @@ def time_rows(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_tokens: i
                 prefill, _ = B.timed(lambda row=row: generate(row.model, batch, 1), device)
                 total, out = B.timed(lambda row=row: generate(row.model, batch, new_tokens), device)
             if out.shape[1] - batch["input_ids"].shape[1] != new_tokens:
-                raise RuntimeError(f"{row.name}: generated {out.shape[1] - batch['input_ids'].shape[1]} tokens, "
-                                   f"expected {new_tokens}")
+                raise RuntimeError(f"{row.name}: generated {out.shape[1] - batch['input_ids'].shape[1]} "
+                                   f"tokens, expected {new_tokens}")
             if round_index >= warmup:
                 samples[row.name]["prefill_s"].append(prefill)
                 samples[row.name]["total_s"].append(total)
@@ -172,8 +178,9 @@ def compile_check(rows: Sequence[Row], batch: dict[str, torch.Tensor], new_token
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     if hasattr(torch._dynamo.config, "recompile_limit"):
         torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
-    report: dict[str, Any] = {"path": "generate(cache_implementation='static', compile_config=CompileConfig())",
-                               "rows": {}}
+    report: dict[str, Any] = {
+        "path": "generate(cache_implementation='static', compile_config=CompileConfig())", "rows": {},
+    }
     eager_logits: dict[str, torch.Tensor] = {}
     for row in rows:
         if row.name == "ablate_merged":
@@ -243,9 +250,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = B.common_parser(__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (forced)")
     parser.add_argument("--rows", default="unsteered,actadd,mars,ablate_hooks,ablate_writers,ablate_merged")
-    parser.add_argument("--compile", action="store_true", help="also check torch.compile on the steered model")
+    parser.add_argument(
+        "--compile", action="store_true", help="also check torch.compile on the steered model"
+    )
     parser.add_argument("--compile-batch", type=int, default=1, help="batch size of the compile check")
-    parser.add_argument("--compile-only", action="store_true", help="skip the eager timing (only the compile check)")
+    parser.add_argument(
+        "--compile-only", action="store_true", help="skip the eager timing (only the compile check)"
+    )
     args = B.finish_args(parser, argv, {"batch_sizes": "1,3", "new_tokens": 4, "prompt_len": 8})
     device = args.device
     B.log(f"building {args.model} ({args.dtype}) on {device}")
@@ -321,8 +332,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.out:  # keep what is done if the run is cut short
             B.write_results({**results, "complete": False}, args.out)
         for name, entry in table.items():
-            B.log(f"  {name:14s} total {entry['total_tok_s']:9.1f} tok/s  decode {entry['decode_tok_s']:9.1f} tok/s  "
-                  f"prefill {entry['prefill_tok_s']:10.1f} tok/s  ratio {entry['ratio_total_tok_s']:.3f}")
+            B.log(f"  {name:14s} total {entry['total_tok_s']:9.1f} tok/s  decode "
+                  f"{entry['decode_tok_s']:9.1f} tok/s  prefill {entry['prefill_tok_s']:10.1f} tok/s  ratio "
+                  f"{entry['ratio_total_tok_s']:.3f}")
     if args.compile or args.compile_only:
         batch = B.generation_batch(loaded, args.compile_batch, args.prompt_len, args.seed + 99)
         B.log(f"compile check at batch {args.compile_batch}")

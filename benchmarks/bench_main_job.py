@@ -32,11 +32,11 @@ Qwen2.5-7B-Instruct's shape) and `7b-vl` (Qwen2.5-VL-7B's shape, text + neutral 
 video), both built on the device with the real Qwen2.5 tokenizer from `--tokenizer`
 (`benchmarks/copy_qwen_tokenizer.py` copies it); `--dry-run` shrinks their widths for a CPU check.
 
-    python benchmarks/bench_main_job.py --model smollm2 --compare --job --threads 1 --out main-job-smollm2.json
-    python benchmarks/bench_main_job.py --model 7b-text --compare --out main-job-7b-text.json      # GPU
-    python benchmarks/bench_main_job.py --model 7b-vl --out main-job-7b-vl.json                    # GPU
-    python benchmarks/bench_main_job.py --model 7b-vl --dry-run --device cpu                       # CPU check
-    python benchmarks/bench_main_job.py --smoke                                                    # CI, seconds
+  python benchmarks/bench_main_job.py --model smollm2 --compare --job --threads 1 --out main-job-smollm2.json
+  python benchmarks/bench_main_job.py --model 7b-text --compare --out main-job-7b-text.json      # GPU
+  python benchmarks/bench_main_job.py --model 7b-vl --out main-job-7b-vl.json                    # GPU
+  python benchmarks/bench_main_job.py --model 7b-vl --dry-run --device cpu                       # CPU check
+  python benchmarks/bench_main_job.py --smoke                                                    # CI, seconds
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ from steerpeft.run.evaluation import eval_batch_size, eval_prompts, evaluate_pla
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("smollm2", "tiny", "7b-text", "7b-vl")
 FIT_TARGET, SWEEP_TARGET = 3.0, 1.0
-"""Ratios to `floor_forward`; the evaluation's target is (1 + conditions that can differ) x `floor_generate`."""
+"""Ratios to `floor_forward`; the evaluation's target is (1 + conditions that can differ) x
+`floor_generate`."""
 JOB_TARGET_S, JOB_COLD_TARGET_S = 120.0, 180.0
 RANDOM_WEIGHTS = ["steps.0.selector.on_no_layer=best"]
 """Random weights do not refuse: no layer is within MARS's limits, so take the best-separating one."""
@@ -131,7 +132,9 @@ class Clock:
             with self.stage(f"{name}#{index}"):
                 fn()
             runs.append(self.stages.pop(f"{name}#{index}"))
-        entry: dict[str, Any] = {unit: round(statistics.median(run[unit] for run in runs), 3) for unit in UNITS}
+        entry: dict[str, Any] = {
+            unit: round(statistics.median(run[unit] for run in runs), 3) for unit in UNITS
+        }
         if repeats > 1:
             entry["runs"] = runs
         self.stages[name] = entry
@@ -217,7 +220,9 @@ class FitTimer(Callback):
 
     def stages(self, prefix: str) -> dict[str, dict[str, float]]:
         m = self.marks
-        inside = [after - before for after, before in zip(m["recorded_after_select"], m["recorded_before_select"])]
+        inside = [
+            after - before for after, before in zip(m["recorded_after_select"], m["recorded_before_select"])
+        ]
         select = span(m["directions"], m["selected"])
         in_select, in_calibrate = self.target["select"], self.target["calibrate"]
         sweep = {unit: round(select[unit] - inside[i] - in_select[i], 3) for i, unit in enumerate(UNITS)}
@@ -227,14 +232,19 @@ class FitTimer(Callback):
         recorded = [kind[0] + kind[1] for kind in zip(*self.recording.values())]
         total = span(m["start"], m["end"])
         parts = {
-            "recording_text": {"wall_s": round(self.recording["text"][0], 3), "cpu_s": round(self.recording["text"][1], 3)},
-            "recording_media": {"wall_s": round(self.recording["media"][0], 3),
-                                "cpu_s": round(self.recording["media"][1], 3)},
+            "recording_text": {
+                "wall_s": round(self.recording["text"][0], 3), "cpu_s": round(self.recording["text"][1], 3),
+            },
+            "recording_media": {
+                "wall_s": round(self.recording["media"][0], 3), "cpu_s": round(self.recording["media"][1], 3),
+            },
             "sweep": sweep,
             "target": target,
             "calibrate": calibrate,
         }
-        accounted = [recorded[i] + sweep[unit] + target[unit] + calibrate[unit] for i, unit in enumerate(UNITS)]
+        accounted = [
+            recorded[i] + sweep[unit] + target[unit] + calibrate[unit] for i, unit in enumerate(UNITS)
+        ]
         parts["rest"] = {unit: round(total[unit] - accounted[i], 3) for i, unit in enumerate(UNITS)}
         if not self.recording["media"][0]:
             del parts["recording_media"]
@@ -263,7 +273,9 @@ def build(args: argparse.Namespace) -> B.Loaded:
         positive, negative = recipe.prompts()
         return B.build_tiny_chat(args.device, args.torch_dtype, [*positive, *negative], args.seed)
     builder = B.build_qwen_text if args.model == "7b-text" else B.build_qwen_vl
-    return builder(args.device, args.torch_dtype, args.tokenizer, args.seed, layers=args.layers, dry_run=args.dry_run)
+    return builder(
+        args.device, args.torch_dtype, args.tokenizer, args.seed, layers=args.layers, dry_run=args.dry_run
+    )
 
 
 def recipe_for(args: argparse.Namespace, loaded: B.Loaded) -> tuple[Recipe, list[str]]:
@@ -297,9 +309,13 @@ def media_fit_batches(recipe: Recipe, loaded: B.Loaded) -> list[dict[str, Any]]:
     if options.segment == "modality":
         parts.append((splits["positive"], 2000))
     device = loaded.device
-    return [batch for modality in media for prompts, seed in parts
-            for batch in modality_batches(loaded.tokenizer, prompts, modality, batch_size=recipe.section("fit").batch_size,
-                                          seed=options.seed + seed, video_frames=options.video_frames, device=device)]
+    return [
+        batch for modality in media for prompts, seed in parts
+        for batch in modality_batches(
+            loaded.tokenizer, prompts, modality, batch_size=recipe.section("fit").batch_size,
+            seed=options.seed + seed, video_frames=options.video_frames, device=device,
+        )
+    ]
 
 
 @torch.no_grad()
@@ -316,7 +332,9 @@ def plain_generation(loaded: B.Loaded, sets: dict[str, list[dict[str, Any]]], ma
 
 
 @torch.no_grad()
-def warm_up(loaded: B.Loaded, batches: Sequence[dict[str, Any]], sets: dict[str, list[dict[str, Any]]]) -> None:
+def warm_up(
+    loaded: B.Loaded, batches: Sequence[dict[str, Any]], sets: dict[str, list[dict[str, Any]]]
+) -> None:
     """One forward of the first fit batch and of the first batch of every set, one short generation:
     kernels, allocator and (on a GPU) the CUDA context are ready before anything is timed."""
     plain_forward(loaded.model, [batches[0], *(b[0] for b in sets.values() if b)])
@@ -337,7 +355,8 @@ def compare_tables(fast: list[dict[str, Any]], slow: list[dict[str, Any]]) -> di
     by_layer = {row["layer"]: row for row in fast}
 
     def diff(key: str) -> float:
-        """Largest difference over the layers both measured (inf where only one did: a different exclusion)."""
+        """Largest difference over the layers both measured (inf where only one did: a different
+        exclusion)."""
         pairs = [(row.get(key), by_layer[row["layer"]].get(key)) for row in slow]
         gaps = [abs(float(a) - float(b)) if a is not None and b is not None else (0.0 if a is b else math.inf)
                 for a, b in pairs]
@@ -348,7 +367,8 @@ def compare_tables(fast: list[dict[str, Any]], slow: list[dict[str, Any]]) -> di
         "same_layers": sorted(by_layer) == sorted(row["layer"] for row in slow),
         "chosen": next(row["layer"] for row in fast if row["chosen"]),
         "chosen_slow": next(row["layer"] for row in slow if row["chosen"]),
-        "same_layer": next(row["layer"] for row in fast if row["chosen"]) == next(r["layer"] for r in slow if r["chosen"]),
+        "same_layer": next(row["layer"] for row in fast if row["chosen"])
+        == next(r["layer"] for r in slow if r["chosen"]),
         "max_kl_diff": diff("kl"),
         "max_induce_diff": diff("induce"),
         "max_separation_diff": diff("separation"),
@@ -395,7 +415,8 @@ def compare_gates(fast: dict[str, Any] | None, slow: dict[str, Any] | None) -> d
 
 
 def mean_kl(report: Any) -> dict[str, float]:
-    """Each steered condition's first-token KL from the unsteered model, averaged over its sets (does it steer?)."""
+    """Each steered condition's first-token KL from the unsteered model, averaged over its sets (does it
+    steer?)."""
     return {condition: float(statistics.fmean(result.kl for result in results.values()))
             for condition, results in report.rows.items() if condition != report.baseline}
 
@@ -414,7 +435,8 @@ def changed_answers(report: Any) -> dict[str, int]:
 
 def run_job(threads: int | None, cold: bool) -> dict[str, Any]:
     """`python -m steerpeft run mars` in a fresh process: wall and CPU seconds (the child's user + system),
-    and the per-stage timings of its metrics.json.  `cold`: with an empty model cache (conversion included)."""
+    and the per-stage timings of its metrics.json.  `cold`: with an empty model cache (conversion
+    included)."""
     with tempfile.TemporaryDirectory(prefix="bench-main-job-") as tmp:
         out = Path(tmp) / "run"
         command = [sys.executable, "-m", "steerpeft", "run", "mars", "--out", str(out), "-q"]
@@ -431,9 +453,11 @@ def run_job(threads: int | None, cold: bool) -> dict[str, Any]:
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        result: dict[str, Any] = {"command": shlex.join(["python", *command[1:5], "DIR", "-q"]), "cold_cache": cold,
-                                  "returncode": done.returncode, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-                                  "threads": threads}
+        result: dict[str, Any] = {
+            "command": shlex.join(["python", *command[1:5], "DIR", "-q"]), "cold_cache": cold,
+            "returncode": done.returncode, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "threads": threads,
+        }
         metrics = out / "metrics.json"
         if done.returncode == 0 and metrics.is_file():
             record = json.loads(metrics.read_text())
@@ -441,7 +465,9 @@ def run_job(threads: int | None, cold: bool) -> dict[str, Any]:
             result["eval_reuse"] = record.get("eval", {}).get("reuse")
         else:
             result["stderr_tail"] = done.stderr[-3000:]
-        B.log(f"job: rc {done.returncode}, {wall:.1f} s wall, {cpu:.1f} s CPU, timings {result.get('timings')}")
+        B.log(
+            f"job: rc {done.returncode}, {wall:.1f} s wall, {cpu:.1f} s CPU, timings {result.get('timings')}"
+        )
         return result
 
 
@@ -496,25 +522,43 @@ def ratios_and_targets(stages: dict[str, dict[str, Any]], unit: str, differ: lis
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="smollm2",
-                        help="smollm2: the embedded model (CPU main job); tiny: smoke; 7b-text / 7b-vl: random "
-                             "Qwen2.5-7B / Qwen2.5-VL-7B shapes built on the device")
-    parser.add_argument("--compare", action="store_true",
-                        help="also fit_slow (selector.shared_prefix=false) and eval_slow (eval.reuse=false), with checks")
-    parser.add_argument("--job", action="store_true", help="time `python -m steerpeft run mars` (smollm2 only)")
-    parser.add_argument("--job-cold", action="store_true", help="with --job: once more with an empty model cache")
-    parser.add_argument("--tokenizer", default=str(B.QWEN_TOKENIZER_DIR),
-                        help="folder with the Qwen2.5 tokenizer files (7b-*; see benchmarks/copy_qwen_tokenizer.py)")
-    parser.add_argument("--layers", type=int, default=None, help="decoder layers of the 7b-* shapes (default 28)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="7b-*: toy widths, 4 layers, 16 prompts per set, 4 new tokens (a CPU check of the GPU modes)")
+                        help="smollm2: the embedded model (CPU main job); tiny: smoke; 7b-text / 7b-vl: "
+                             "random Qwen2.5-7B / Qwen2.5-VL-7B shapes built on the device")
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="also fit_slow (selector.shared_prefix=false) and eval_slow (eval.reuse=false), with checks",
+    )
+    parser.add_argument(
+        "--job", action="store_true", help="time `python -m steerpeft run mars` (smollm2 only)"
+    )
+    parser.add_argument(
+        "--job-cold", action="store_true", help="with --job: once more with an empty model cache"
+    )
+    parser.add_argument(
+        "--tokenizer", default=str(B.QWEN_TOKENIZER_DIR),
+        help="folder with the Qwen2.5 tokenizer files (7b-*; see benchmarks/copy_qwen_tokenizer.py)",
+    )
+    parser.add_argument(
+        "--layers", type=int, default=None, help="decoder layers of the 7b-* shapes (default 28)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="7b-*: toy widths, 4 layers, 16 prompts per set, 4 new tokens (a CPU check of the GPU modes)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override on top of the benchmark's (e.g. eval.max_new_tokens=8)")
-    parser.add_argument("--floor-repeats", type=int, default=1, help="time each floor this many times (median)")
+    parser.add_argument(
+        "--floor-repeats", type=int, default=1, help="time each floor this many times (median)"
+    )
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument("--dtype", choices=sorted(B.DTYPES), default=None, help="default bfloat16 on GPU, float32 on CPU")
+    parser.add_argument(
+        "--dtype", choices=sorted(B.DTYPES), default=None, help="default bfloat16 on GPU, float32 on CPU"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU with --compare: seconds (CI)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny model on the CPU with --compare: seconds (CI)"
+    )
     parser.add_argument("--out", default=None, help="write the JSON results here")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -541,7 +585,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the stages; the results are written even when a stage fails (`complete: false`, `error`)."""
     args = parse(argv)
-    results: dict[str, Any] = {"benchmark": "main_job", "environment": B.environment(args.device), "complete": False}
+    results: dict[str, Any] = {
+        "benchmark": "main_job", "environment": B.environment(args.device), "complete": False,
+    }
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` sends SIGTERM: keep what was measured
     try:
         measure(args, results)
@@ -581,24 +627,30 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
     config = getattr(model.config, "text_config", model.config)
     vision = getattr(model.config, "vision_config", None)
     results["settings"] = {
-        "model": args.model, "model_id": model.config._name_or_path, "dtype": args.dtype, "device": str(args.device),
-        "parameters": B.parameter_count(model), "num_layers": loaded.layout.num_layers,
-        "hidden_size": loaded.layout.hidden_size, "intermediate_size": getattr(config, "intermediate_size", None),
+        "model": args.model, "model_id": model.config._name_or_path, "dtype": args.dtype,
+        "device": str(args.device), "parameters": B.parameter_count(model),
+        "num_layers": loaded.layout.num_layers, "hidden_size": loaded.layout.hidden_size,
+        "intermediate_size": getattr(config, "intermediate_size", None),
         "vocab_size": getattr(config, "vocab_size", None),
-        "vision": None if vision is None else {k: getattr(vision, k, None) for k in
-                                                ("depth", "hidden_size", "intermediate_size", "num_heads")},
+        "vision": None if vision is None
+        else {
+            k: getattr(vision, k, None) for k in ("depth", "hidden_size", "intermediate_size", "num_heads")
+        },
         "dry_run": args.dry_run, "smoke": args.smoke, "recipe": "mars", "overrides": overrides,
         "fit_prompts": sum(len(b["input_ids"]) for b in batches), "fit_batches": len(batches),
         "fit_media_prompts": sum(len(b["input_ids"]) for b in media_batches),
         "fit_batch_size": recipe.section("fit").batch_size, "eval_prompts": source,
-        "eval_rows": {name: sum(len(b["input_ids"]) for b in set_batches) for name, set_batches in sets.items()},
+        "eval_rows": {
+            name: sum(len(b["input_ids"]) for b in set_batches) for name, set_batches in sets.items()
+        },
         "eval_batch_size": batch_size, "max_new_tokens": options.max_new_tokens, "modalities": modalities,
         "prefix_supported": prefix, "threads": torch.get_num_threads(),
         "primary_unit": "wall_s" if args.device.type == "cuda" else "cpu_s",
     }
-    B.log(f"{results['settings']['parameters'] / 1e9:.3f} B parameters, {loaded.layout.num_layers} layers, modalities "
-          f"{modalities}, {results['settings']['fit_prompts']} fit prompts ({len(batches)} batches), "
-          f"{sum(results['settings']['eval_rows'].values())} eval rows, decision prefix supported: {prefix}")
+    B.log(f"{results['settings']['parameters'] / 1e9:.3f} B parameters, {loaded.layout.num_layers} layers, "
+          f"modalities {modalities}, {results['settings']['fit_prompts']} fit prompts ({len(batches)} "
+          f"batches), {sum(results['settings']['eval_rows'].values())} eval rows, decision prefix supported: "
+          f"{prefix}")
     results["stages"], checks = clock.stages, {}
     results["checks"] = checks
     with clock.stage("warmup"):
@@ -611,8 +663,10 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
     with clock.stage("fit"), timer.timing_targets():
         plan = recipe.fit(model, processor, callbacks=[timer])
     clock.stages.update(timer.stages("fit"))
-    checks["fit"] = {"chosen": plan.metadata["steps"]["mars"]["selected_layers"], "recorded_splits": timer.splits,
-                     "layers_scored": timer._scored}
+    checks["fit"] = {
+        "chosen": plan.metadata["steps"]["mars"]["selected_layers"], "recorded_splits": timer.splits,
+        "layers_scored": timer._scored,
+    }
     if args.compare:
         if prefix:
             slow_recipe = recipe.with_overrides(["steps.0.selector.shared_prefix=false"])
@@ -622,33 +676,45 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
             clock.stages.update(slow_timer.stages("fit_slow"))
             checks["fit"].update(compare_tables(layer_table(plan), layer_table(slow_plan)))
         else:
-            checks["fit"]["slow"] = "skipped: no decision prefix for this model, so the fit already ran full forwards"
+            checks["fit"]["slow"] = (
+                "skipped: no decision prefix for this model, so the fit already ran full forwards"
+            )
 
-    clock.repeated("floor_generate", lambda: plain_generation(loaded, sets, options.max_new_tokens), args.floor_repeats)
+    clock.repeated(
+        "floor_generate", lambda: plain_generation(loaded, sets, options.max_new_tokens), args.floor_repeats
+    )
     counter = RowCounter()
     with clock.stage("eval"):
-        report, gate, _, reuse = evaluate_plan(plan, model, processor, harmful, harmless, name=recipe.name,
-                                               options=options, batch_size=batch_size, media=media, progress=False,
-                                               callbacks=[counter])
+        report, gate, _, reuse = evaluate_plan(
+            plan, model, processor, harmful, harmless, name=recipe.name, options=options,
+            batch_size=batch_size, media=media, progress=False, callbacks=[counter],
+        )
     total_rows = sum(results["settings"]["eval_rows"].values())
-    generated = reuse["generated"] if reuse else {condition: counter.rows.get(condition, 0) for condition in report.rows}
+    generated = (
+        reuse["generated"] if reuse
+        else {condition: counter.rows.get(condition, 0) for condition in report.rows}
+    )
     differ = [condition for condition, rows in generated.items() if condition != report.baseline and rows]
-    checks["eval"] = {"path": "evaluate_mars (reuse)" if reuse else "evaluate (every condition in full)",
-                      "rows_per_condition": reuse["rows"] if reuse else total_rows, "generated_rows": generated,
-                      "conditions_that_differ": differ, "answers_changed_vs_unsteered": changed_answers(report),
-                      "mean_kl_vs_unsteered": mean_kl(report)}
+    checks["eval"] = {
+        "path": "evaluate_mars (reuse)" if reuse else "evaluate (every condition in full)",
+        "rows_per_condition": reuse["rows"] if reuse else total_rows, "generated_rows": generated,
+        "conditions_that_differ": differ, "answers_changed_vs_unsteered": changed_answers(report),
+        "mean_kl_vs_unsteered": mean_kl(report),
+    }
     if args.compare:
         if reuse:
             slow_options = recipe.with_overrides(["eval.reuse=false"]).section("eval")
             with clock.stage("eval_slow"):
-                slow_report, slow_gate, _, _ = evaluate_plan(plan, model, processor, harmful, harmless,
-                                                             name=recipe.name, options=slow_options,
-                                                             batch_size=batch_size, media=media, progress=False,
-                                                             callbacks=[])
+                slow_report, slow_gate, _, _ = evaluate_plan(
+                    plan, model, processor, harmful, harmless, name=recipe.name, options=slow_options,
+                    batch_size=batch_size, media=media, progress=False, callbacks=[],
+                )
             checks["eval"].update(compare_reports(report, slow_report))
             checks["eval"]["gate"] = compare_gates(gate, slow_gate)
         else:
-            checks["eval"]["slow"] = "skipped: the run already evaluated every condition in full (no reuse here)"
+            checks["eval"]["slow"] = (
+                "skipped: the run already evaluated every condition in full (no reuse here)"
+            )
 
     jobs: dict[str, dict[str, Any]] = {}
     if args.job:

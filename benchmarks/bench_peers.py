@@ -42,34 +42,40 @@ from steerpeft.steerer import Steerer
 CAPABILITIES: dict[str, dict[str, str]] = {
     "steerpeft": {
         "actadd_one_layer": "yes",
-        "mars_gating": "yes: TrustRegionScaler, per-row gate decided at the decision position, kept while decoding",
-        "positions": "all / prompt / decision / generated / first_generated:n, exact under padding and KV cache",
+        "mars_gating": "yes: TrustRegionScaler, per-row gate decided at the decision position, kept while "
+                       "decoding",
+        "positions": "all / prompt / decision / generated / first_generated:n, exact under padding and KV "
+                     "cache",
         "ablation": "yes: every layer + embedding via hooks, or merged into the weights",
-        "extraction": "diff-means (and others) at the decision position, forward stopped after the deepest layer",
+        "extraction": "diff-means (and others) at the decision position, forward stopped after the deepest "
+                      "layer",
     },
     "steering_vectors": {
         "actadd_one_layer": "yes (forward hook on the decoder block, adds in place)",
-        "mars_gating": "no: an operator sees the activation, but there is no per-row state kept across decoding "
-                       "steps, so a gate decided at the prompt cannot hold for generated tokens",
-        "positions": "no decision / first-generated positions: min_token_index / token_indices index the current "
-                     "forward's chunk, which is 1 token long in cached decoding; a mask tensor breaks when the "
-                     "length changes; padding is steered too",
-        "ablation": "decoder-block outputs via ablation_operator; not the embedding (layer matchers need {num}); "
-                    "no weight export",
-        "extraction": "mean / PCA / logistic aggregators, last token (padding-aware); full forward, clones every "
-                      "recorded [batch, seq, hidden] activation, no early stop",
+        "mars_gating": "no: an operator sees the activation, but there is no per-row state kept across "
+                       "decoding steps, so a gate decided at the prompt cannot hold for generated tokens",
+        "positions": "no decision / first-generated positions: min_token_index / token_indices index the "
+                     "current forward's chunk, which is 1 token long in cached decoding; a mask tensor "
+                     "breaks when the length changes; padding is steered too",
+        "ablation": "decoder-block outputs via ablation_operator; not the embedding (layer matchers need "
+                    "{num}); no weight export",
+        "extraction": "mean / PCA / logistic aggregators, last token (padding-aware); full forward, clones "
+                      "every recorded [batch, seq, hidden] activation, no early stop",
         "packaging": "declares transformers<5.0; works on 5.23 when installed with --no-deps (tested on CPU)",
     },
     "repeng": {
-        "actadd_one_layer": "yes (wraps the decoder layer in a ControlModule; mutates the model until unwrap())",
+        "actadd_one_layer": "yes (wraps the decoder layer in a ControlModule; mutates the model until "
+                            "unwrap())",
         "mars_gating": "no (one constant control per layer; an `operator` gets no positions or row state)",
         "positions": "no: every non-padding token (padding found from position_ids)",
-        "ablation": "no built-in; a custom operator could, at decoder-layer outputs only; no embedding, no export",
+        "ablation": "no built-in; a custom operator could, at decoder-layer outputs only; no embedding, no "
+                    "export",
         "extraction": "PCA only (pca_diff / pca_center / umap), no difference of means; full forward with "
                       "output_hidden_states=True, one .item() host sync and one CPU copy per row and layer",
         "packaging": "declares numpy<2: `np.float_` in annotations breaks `import repeng` on numpy 2 (this "
-                     "benchmark aliases np.float_ = np.float64 first); with transformers 5 a forward at batch > 1 "
-                     "without explicit position_ids fails in ControlModule (mask reshape); generate works",
+                     "benchmark aliases np.float_ = np.float64 first); with transformers 5 a forward at "
+                     "batch > 1 without explicit position_ids fails in ControlModule (mask reshape); "
+                     "generate works",
     },
 }
 
@@ -109,12 +115,16 @@ def version_of(name: str) -> str:
 # Generation
 
 
-def steering_vectors_context(module: Any, model: torch.nn.Module, layer: int, vector: torch.Tensor) -> Callable[[], Any]:
+def steering_vectors_context(
+    module: Any, model: torch.nn.Module, layer: int, vector: torch.Tensor
+) -> Callable[[], Any]:
     steering = module.SteeringVector({layer: vector})
     return lambda: steering.apply(model)
 
 
-def repeng_context(module: Any, model: torch.nn.Module, layer: int, vector: torch.Tensor) -> Callable[[], Any]:
+def repeng_context(
+    module: Any, model: torch.nn.Module, layer: int, vector: torch.Tensor
+) -> Callable[[], Any]:
     @contextmanager
     def steered() -> Iterator[None]:
         control = module.ControlModel(model, [layer])
@@ -163,10 +173,15 @@ def generation_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
         for name, entry in table.items():
             entry["check"] = checks[name]
             if name not in ("unsteered", "steerpeft"):
-                entry["steerpeft_over_peer_total_tok_s"] = B.ratio(table["steerpeft"]["total_tok_s"], entry["total_tok_s"])
+                entry["steerpeft_over_peer_total_tok_s"] = B.ratio(
+                    table["steerpeft"]["total_tok_s"], entry["total_tok_s"]
+                )
                 entry["steerpeft_over_peer_decode_tok_s"] = B.ratio(table["steerpeft"]["decode_tok_s"],
                                                                    entry["decode_tok_s"])
-            B.log(f"  {name:17s} total {entry['total_tok_s']:9.1f} tok/s  ratio {entry['ratio_total_tok_s']:.3f}")
+            B.log(
+                f"  {name:17s} total {entry['total_tok_s']:9.1f} tok/s  ratio "
+                f"{entry['ratio_total_tok_s']:.3f}"
+            )
         section["batches"][str(batch_size)] = {"rows": table, "targets": {
             name: {"steerpeft_over_peer": table[name]["steerpeft_over_peer_total_tok_s"], "target": ">= 1.0",
                    "pass": bool(table[name]["steerpeft_over_peer_total_tok_s"] >= 1.0)}
@@ -199,7 +214,8 @@ def extraction_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
     if not isinstance(sv, str):
         pairs = list(zip(pos_texts, neg_texts))
         rows["steering_vectors"] = lambda: sv.train_steering_vector(
-            model, tokenizer, pairs, layers=[layer], read_token_index=-1, batch_size=batch_size).layer_activations[layer]
+            model, tokenizer, pairs, layers=[layer], read_token_index=-1, batch_size=batch_size
+        ).layer_activations[layer]
         notes["steering_vectors"] = "train_steering_vector, mean aggregator (= diff-means), last token"
     rp = peers["repeng"]
     if not isinstance(rp, str):
@@ -216,8 +232,10 @@ def extraction_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
             try:
                 direction = run().float().cpu()
                 cosine = torch.nn.functional.cosine_similarity(direction, reference, dim=0)
-                checks[name] = {"cosine_vs_steerpeft": float(cosine),
-                                "rel_diff_vs_steerpeft": float((direction - reference).norm() / reference.norm())}
+                checks[name] = {
+                    "cosine_vs_steerpeft": float(cosine),
+                    "rel_diff_vs_steerpeft": float((direction - reference).norm() / reference.norm()),
+                }
             except Exception as exc:  # noqa: BLE001 - recorded in the results
                 checks[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     broken = [name for name, check in checks.items() if "error" in check]
@@ -234,11 +252,15 @@ def extraction_section(loaded: B.Loaded, peers: dict[str, Any], args: Any, layer
     table: dict[str, dict[str, Any]] = {}
     for name, runs in samples.items():
         seconds = B.median(runs)
-        table[name] = {"seconds": seconds, "prompts_s": 2 * args.prompts / seconds, "runs": runs, "note": notes[name]}
+        table[name] = {
+            "seconds": seconds, "prompts_s": 2 * args.prompts / seconds, "runs": runs, "note": notes[name],
+        }
         if name in checks:
             table[name]["check"] = checks[name]
     for name, entry in table.items():
-        entry["ratio_vs_plain_forward_text"] = B.ratio(entry["prompts_s"], table["plain_forward_text"]["prompts_s"])
+        entry["ratio_vs_plain_forward_text"] = B.ratio(
+            entry["prompts_s"], table["plain_forward_text"]["prompts_s"]
+        )
         if name not in ("plain_forward_text", "steerpeft"):
             entry["steerpeft_over_peer"] = B.ratio(table["steerpeft"]["prompts_s"], entry["prompts_s"])
         B.log(f"  {name:18s} {entry['prompts_s']:9.1f} prompts/s")

@@ -123,8 +123,10 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--layer", type=int, default=None, help="steered / recorded layer (default: middle)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny model on CPU, few tokens, 1 repeat: checks the script, times nothing useful")
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="tiny model on CPU, few tokens, 1 repeat: checks the script, times nothing useful",
+    )
     parser.add_argument("--out", default=None, help="write the JSON results here")
     return parser
 
@@ -268,7 +270,8 @@ def _greedy(model: nn.Module, eos: Any, pad: int | None) -> None:
 # Qwen2.5 7B shapes with random weights and the real Qwen2.5 tokenizer (main job on the GPU)
 
 QWEN_TOKENIZER_DIR = Path(__file__).resolve().parent / ".assets" / "qwen-tokenizer"
-"""Default `--tokenizer` folder: the Qwen2.5 tokenizer files, copied by `copy_qwen_tokenizer.py` (git-ignored)."""
+"""Default `--tokenizer` folder: the Qwen2.5 tokenizer files, copied by `copy_qwen_tokenizer.py`
+(git-ignored)."""
 QWEN_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 # Qwen2.5-7B-Instruct's language model (also Qwen2.5-VL-7B's): 7.6 B parameters.
@@ -302,12 +305,18 @@ QWEN25_VL_7B_VISION: dict[str, Any] = {
     "hidden_act": "silu",
 }
 # `--dry-run`: the same classes, tokenizer and processors at toy widths (a CPU check of the GPU modes).
-DRY_RUN_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
-                "num_key_value_heads": 2}
-DRY_RUN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "fullatt_block_indexes": [1]}
+DRY_RUN_TEXT = {
+    "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+DRY_RUN_VISION = {
+    "depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "fullatt_block_indexes": [1],
+}
 
 
-def qwen_text_settings(vocab_size: int, *, layers: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+def qwen_text_settings(
+    vocab_size: int, *, layers: int | None = None, dry_run: bool = False
+) -> dict[str, Any]:
     """Qwen2.5-7B's text config as a dict (toy widths with `dry_run`); vocab at least `vocab_size`."""
     settings = {**QWEN25_7B_TEXT, **(DRY_RUN_TEXT if dry_run else {})}
     settings["vocab_size"] = max(settings["vocab_size"], vocab_size)
@@ -336,8 +345,8 @@ def qwen_text_tokenizer(folder: str | Path) -> Any:
 def _check_tokenizer_folder(folder: str | Path) -> None:
     missing = [name for name in QWEN_TOKENIZER_FILES if not (Path(folder) / name).is_file()]
     if missing:
-        raise SystemExit(f"--tokenizer {folder}: missing {', '.join(missing)}. Copy the Qwen2.5 tokenizer first: "
-                         "python benchmarks/copy_qwen_tokenizer.py")
+        raise SystemExit(f"--tokenizer {folder}: missing {', '.join(missing)}. Copy the Qwen2.5 tokenizer "
+                         "first: python benchmarks/copy_qwen_tokenizer.py")
 
 
 def _qwen_generation(model: nn.Module, tokenizer: Any) -> None:
@@ -376,7 +385,10 @@ def build_qwen_vl(device: torch.device, dtype: torch.dtype, tokenizer_dir: str |
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     if importlib.util.find_spec("torchvision") is None:
-        raise SystemExit("7b-vl needs torchvision: the Qwen-VL processor's video side imports it (pip install torchvision).")
+        raise SystemExit(
+            "7b-vl needs torchvision: the Qwen-VL processor's video side imports it (pip install "
+            "torchvision)."
+        )
     from steerpeft.models.qwen_vl_parts import qwen_vl_config, qwen_vl_processor, qwen_vl_tokenizer
 
     _check_tokenizer_folder(tokenizer_dir)
@@ -418,7 +430,9 @@ def contrast_prompts(loaded: Loaded, count: int, prompt_len: int, seed: int) -> 
 
         harmful = list(builtin_prompts("harmful").prompts)
         harmless = list(builtin_prompts("harmless").prompts)
-        return [harmful[i % len(harmful)] for i in range(count)], [harmless[i % len(harmless)] for i in range(count)]
+        return [harmful[i % len(harmful)] for i in range(count)], [
+            harmless[i % len(harmless)] for i in range(count)
+        ]
     words = loaded.tokenizer.synthetic_words
     low_len = max(2, prompt_len // 2)
     positive = synthetic_prompts(count, low_len, prompt_len, words, low=0, high=words // 2, seed=seed)
@@ -468,7 +482,9 @@ def random_unit(hidden: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_statistics(loaded: Loaded, batch: dict[str, torch.Tensor], layer: int, unit: torch.Tensor) -> dict[str, float]:
+def layer_statistics(
+    loaded: Loaded, batch: dict[str, torch.Tensor], layer: int, unit: torch.Tensor
+) -> dict[str, float]:
     """Mean residual norm at `layer` over real tokens, and the mean / std of the projection on
     `unit` at each row's last token: sizes a direction and a trust region that really steer."""
     captured: dict[str, torch.Tensor] = {}
@@ -494,11 +510,15 @@ def layer_statistics(loaded: Loaded, batch: dict[str, torch.Tensor], layer: int,
 
 def actadd_plan(loaded: Loaded, layer: int, direction: torch.Tensor, alpha: float = 1.0) -> Plan:
     """ActAdd / CAA: h += alpha * direction at one layer, every token (prompt and generated)."""
-    step = SteeringStep({layer: direction.float().cpu()}, AddDirection(), ConstantScaler(alpha), "all", "actadd")
+    step = SteeringStep(
+        {layer: direction.float().cpu()}, AddDirection(), ConstantScaler(alpha), "all", "actadd"
+    )
     return Plan([step], model_info(loaded.model, loaded.layout))
 
 
-def mars_plan(loaded: Loaded, layer: int, unit: torch.Tensor, stats: dict[str, float], tau: float = 0.0) -> Plan:
+def mars_plan(
+    loaded: Loaded, layer: int, unit: torch.Tensor, stats: dict[str, float], tau: float = 0.0
+) -> Plan:
     """MARS: a trust-region scaler built by hand, steering each row at its decision position.
 
     The region is centred on the measured projections (p- 4 std below the mean, p+ 4 std above),
@@ -508,7 +528,9 @@ def mars_plan(loaded: Loaded, layer: int, unit: torch.Tensor, stats: dict[str, f
     p_minus, p_plus = stats["projection_mean"] - 4 * spread, stats["projection_mean"] + 4 * spread
     hidden = loaded.layout.hidden_size
     scaler = TrustRegionScaler(tau=tau)
-    scaler.regions[layer] = LayerRegion(unit.float().cpu(), p_plus, p_minus, stats["mean_norm"], torch.zeros(3, hidden))
+    scaler.regions[layer] = LayerRegion(
+        unit.float().cpu(), p_plus, p_minus, stats["mean_norm"], torch.zeros(3, hidden)
+    )
     direction = unit.float().cpu() * stats["mean_norm"]
     step = SteeringStep({layer: direction}, AddDirection(normalize=True), scaler, "decision", "mars")
     return Plan([step], model_info(loaded.model, loaded.layout))
@@ -596,7 +618,8 @@ def merged_ablation_model(loaded: Loaded, plan: Plan, unit: torch.Tensor) -> tup
                     warnings.simplefilter("ignore", UserWarning)  # "layer ablation as LoRA is not exact"
                     export_adapter(source, loaded.model, folder, kind="lora")
                 base = copy.deepcopy(loaded.model)
-                untie_output_embedding(base, loaded.layout)  # merging the embedding LoRA must leave lm_head alone
+                # merging the embedding LoRA must leave lm_head alone
+                untie_output_embedding(base, loaded.layout)
                 merged = PeftModel.from_pretrained(base, folder).merge_and_unload()
             site = "writer-site plan" if source is not plan else "layer-output plan"
             return merged.eval(), f"export_adapter(kind='lora') of the {site} + PeftModel.merge_and_unload"

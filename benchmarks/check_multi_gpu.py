@@ -35,16 +35,22 @@ def plans(model) -> dict[str, Plan]:
     info = model_info(model, layout)
     every = [EMBEDDING, *range(layout.num_layers)]
     return {
-        "actadd_late_layer": Plan([SteeringStep({last: v}, AddDirection(), ConstantScaler(2.0), "all", "add")], info),
-        "decision_two_layers": Plan([SteeringStep({1: v, last: v}, AddDirection(normalize=True), ConstantScaler(4.0),
-                                                  "decision", "dec")], info),
-        "ablate_writers": Plan([SteeringStep({l: v for l in every}, Ablate(), ConstantScaler(1.0), "all", "abl",
-                                             "writers")], info),
+        "actadd_late_layer": Plan(
+            [SteeringStep({last: v}, AddDirection(), ConstantScaler(2.0), "all", "add")], info
+        ),
+        "decision_two_layers": Plan([SteeringStep({1: v, last: v}, AddDirection(normalize=True),
+                                                  ConstantScaler(4.0), "decision", "dec")], info),
+        "ablate_writers": Plan(
+            [SteeringStep({l: v for l in every}, Ablate(), ConstantScaler(1.0), "all", "abl", "writers")],
+            info,
+        ),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="multi_gpu.json")
     args = parser.parse_args()
     gpus = torch.cuda.device_count()
@@ -57,7 +63,9 @@ def main() -> None:
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     per_gpu = config.num_hidden_layers // gpus
     device_map = {"model.embed_tokens": 0, "model.norm": gpus - 1, "model.rotary_emb": 0, "lm_head": gpus - 1}
-    device_map.update({f"model.layers.{i}": min(i // per_gpu, gpus - 1) for i in range(config.num_hidden_layers)})
+    device_map.update(
+        {f"model.layers.{i}": min(i // per_gpu, gpus - 1) for i in range(config.num_hidden_layers)}
+    )
     single = AutoModelForCausalLM.from_pretrained(folder, device_map={"": 0}).eval()
     spread = AutoModelForCausalLM.from_pretrained(folder, device_map=device_map).eval()
     ids = torch.randint(0, 1000, (4, 24), generator=torch.Generator().manual_seed(1))

@@ -33,14 +33,17 @@ def find_source() -> Path:
     candidates = [folder for folder in cache_dir().glob(SOURCE_PATTERN)
                   if all((folder / name).is_file() for name in B.QWEN_TOKENIZER_FILES)]
     if not candidates:
-        raise SystemExit(f"No {SOURCE_PATTERN} folder with {', '.join(B.QWEN_TOKENIZER_FILES)} under {cache_dir()}. "
-                         "Load the model once (steerpeft converts the GGUF), or pass --source DIR.")
+        raise SystemExit(f"No {SOURCE_PATTERN} folder with {', '.join(B.QWEN_TOKENIZER_FILES)} under "
+                         f"{cache_dir()}. Load the model once (steerpeft converts the GGUF), or pass "
+                         "--source DIR.")
     return max(candidates, key=lambda folder: folder.stat().st_mtime)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=None, help="folder with the tokenizer files (default: found)")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="folder with the tokenizer files (default: found)"
+    )
     parser.add_argument("--dest", type=Path, default=B.QWEN_TOKENIZER_DIR, help="where to copy them")
     args = parser.parse_args(argv)
     source = args.source or find_source()

@@ -80,8 +80,12 @@ def _decode_steps(model: torch.nn.Module, device: torch.device, batch: dict[str,
     times = []
     for _ in range(steps):
         mask = torch.cat([mask, mask[:, :1]], 1)
-        seconds, _ = B.timed(lambda mask=mask: model(input_ids=ids, attention_mask=mask, past_key_values=cache,
-                                                     use_cache=True), device)
+        seconds, _ = B.timed(
+            lambda mask=mask: model(
+                input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True
+            ),
+            device,
+        )
         times.append(seconds)
     mask = torch.cat([mask, mask[:, :1]], 1)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -93,7 +97,9 @@ def _decode_steps(model: torch.nn.Module, device: torch.device, batch: dict[str,
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = B.common_parser(__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="timed decoding steps per configuration and round")
+    parser.add_argument(
+        "--steps", type=int, default=50, help="timed decoding steps per configuration and round"
+    )
     args = B.finish_args(parser, argv, {"batch_sizes": "1", "steps": 5, "prompt_len": 8})
     loaded = B.build_model(args.model, args.device, args.torch_dtype, args.seed)
     layer, layers = B.middle_layer(loaded, args.layer), loaded.layout.num_layers
@@ -105,14 +111,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configs: dict[str, tuple[Callable[[], Any], int]] = {
         "unsteered": (lambda: None, 0),
         "identity hook x1": (lambda: plain_hooks(loaded, lambda m, a, o: o, 1, False), 1),
-        f"identity hooks x{layers + 1}": (lambda: plain_hooks(loaded, lambda m, a, o: o, layers, True), layers + 1),
-        "steerpeft actadd x1": (lambda: B.actadd_plan(loaded, layer, unit * stats["mean_norm"]).apply(loaded.model), 1),
-        "steerpeft mars x1 (gate idle when decoding)": (lambda: B.mars_plan(loaded, layer, unit, stats).apply(loaded.model),
-                                                       1),
-        f"steerpeft ablate outputs x{layers + 1}": (lambda: B.ablation_plan(loaded, unit).apply(loaded.model), layers + 1),
-        f"steerpeft ablate outputs, rank-1 form x{layers + 1}": (lambda: rank_one_ablation(loaded, unit), layers + 1),
-        f"fused ablate hook x{layers + 1}": (lambda: plain_hooks(loaded, fused_ablation_hook(unit_on), layers, True),
-                                             layers + 1),
+        f"identity hooks x{layers + 1}": (
+            lambda: plain_hooks(loaded, lambda m, a, o: o, layers, True), layers + 1,
+        ),
+        "steerpeft actadd x1": (
+            lambda: B.actadd_plan(loaded, layer, unit * stats["mean_norm"]).apply(loaded.model), 1,
+        ),
+        "steerpeft mars x1 (gate idle when decoding)": (
+            lambda: B.mars_plan(loaded, layer, unit, stats).apply(loaded.model), 1,
+        ),
+        f"steerpeft ablate outputs x{layers + 1}": (
+            lambda: B.ablation_plan(loaded, unit).apply(loaded.model), layers + 1,
+        ),
+        f"steerpeft ablate outputs, rank-1 form x{layers + 1}": (
+            lambda: rank_one_ablation(loaded, unit), layers + 1,
+        ),
+        f"fused ablate hook x{layers + 1}": (
+            lambda: plain_hooks(loaded, fused_ablation_hook(unit_on), layers, True), layers + 1,
+        ),
     }
     if B.supports_writer_site():
         configs[f"steerpeft ablate writers x{2 * layers + 1}"] = (
@@ -138,10 +154,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         B.log(f"{name:44s} {step * 1e6:9.1f} us/step  +{(step - base_s) * 1e6:7.1f} us  "
               f"ops {ops[name]} (+{ops[name] - base_ops})")
-    results = {"benchmark": "hooks", "environment": B.environment(args.device),
-               "settings": {"model": args.model, "dtype": args.dtype, "layer": layer, "batch_size": args.batch_list[0],
-                            "steps": args.steps, "repeats": args.repeats, "smoke": args.smoke},
-               "rows": table}
+    results = {
+        "benchmark": "hooks", "environment": B.environment(args.device),
+        "settings": {
+            "model": args.model, "dtype": args.dtype, "layer": layer, "batch_size": args.batch_list[0],
+            "steps": args.steps, "repeats": args.repeats, "smoke": args.smoke,
+        },
+        "rows": table,
+    }
     B.write_results(results, args.out)
     return results
 

@@ -3,9 +3,9 @@
     python benchmarks/summarize.py RESULTS_DIR [MORE_DIRS_OR_FILES ...] [--out benchmarks/RESULTS.md]
 
 With `--out`, only the block between the results markers of that file is replaced, so
-hand-written notes around it survive.  Each folder (or file) becomes one section headed by its machine (device name, versions) and
-the exact command of every run in it.  Ratios are steered / unsteered (or steerpeft / peer)
-measured in the same process; the target columns are the lead's acceptance targets.
+hand-written notes around it survive.  Each folder (or file) becomes one section headed by its machine (device
+name, versions) and the exact command of every run in it.  Ratios are steered / unsteered (or steerpeft /
+peer) measured in the same process; the target columns are the lead's acceptance targets.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def environment_lines(results: list[dict[str, Any]]) -> list[str]:
         cores = results[0]["environment"].get("cpu_count")
         lines.append(f"- 1-minute load average when the runs started: up to {worst:.1f}"
                      + (f" on {cores} cores" if cores else "")
-                     + f" (torch threads: {results[0]['environment'].get('cpu_threads')}). The machine was shared, "
-                     "so absolute numbers are noisy; ratios are more reliable (same process, round-robin).")
+                     + f" (torch threads: {results[0]['environment'].get('cpu_threads')}). The machine was "
+                     "shared, so absolute numbers are noisy; ratios are more reliable (same process, "
+                     "round-robin).")
     lines.append("- Commands:")
     lines += [f"  - `{r['environment'].get('command')}` -> `{r['_file']}`" for r in results]
     return lines + [""]
@@ -108,15 +109,27 @@ def generate_section(result: dict[str, Any]) -> list[str]:
         rows = []
         for name, entry in data["rows"].items():
             target = targets.get(name, {})
-            rows.append([f"`{name}`", fmt(entry["prefill_tok_s"]), fmt(entry["decode_tok_s"]), fmt(entry["total_tok_s"]),
-                         fmt(entry["ratio_prefill_tok_s"], 3), fmt(entry["ratio_decode_tok_s"], 3),
-                         fmt(entry["ratio_total_tok_s"], 3), fmt(entry.get("spread"), 3),
-                         fmt(entry["check"]["logit_diff_vs_unsteered"], 4),
-                         f"{target.get('target', '')} {'PASS' if target.get('pass') else ('FAIL' if target else '')}"])
-        lines += table(["row", "prefill tok/s", "decode tok/s", "total tok/s", "ratio prefill", "ratio decode",
-                        "ratio total", "spread", "check", "target"], rows)
+            rows.append(
+                [
+                    f"`{name}`", fmt(entry["prefill_tok_s"]), fmt(entry["decode_tok_s"]),
+                    fmt(entry["total_tok_s"]), fmt(entry["ratio_prefill_tok_s"], 3),
+                    fmt(entry["ratio_decode_tok_s"], 3), fmt(entry["ratio_total_tok_s"], 3),
+                    fmt(entry.get("spread"), 3), fmt(entry["check"]["logit_diff_vs_unsteered"], 4),
+                    (f"{target.get('target', '')} "
+                     f"{'PASS' if target.get('pass') else ('FAIL' if target else '')}"),
+                ]
+            )
+        lines += table(
+            [
+                "row", "prefill tok/s", "decode tok/s", "total tok/s", "ratio prefill", "ratio decode",
+                "ratio total", "spread", "check", "target",
+            ],
+            rows,
+        )
         merged = data["rows"].get("ablate_merged", {}).get("check", {})
-        for key, what in (("logit_diff_vs_hooks", "layer-output hooks"), ("logit_diff_vs_writers", "writer-site hooks")):
+        for key, what in (
+            ("logit_diff_vs_hooks", "layer-output hooks"), ("logit_diff_vs_writers", "writer-site hooks"),
+        ):
             if key in merged:
                 lines.append(f"Merged weights vs {what}: max abs logit diff {merged[key]:.4g} "
                              f"(logit scale {merged.get('logit_scale', float('nan')):.3g}).")
@@ -128,7 +141,9 @@ def generate_section(result: dict[str, Any]) -> list[str]:
         rows = []
         for name, entry in compiled["rows"].items():
             if not entry.get("compiles"):
-                rows.append([f"`{name}`", "**no**", "-", "-", "-", "-", "-", "-", entry.get("error", "")[:120]])
+                rows.append(
+                    [f"`{name}`", "**no**", "-", "-", "-", "-", "-", "-", entry.get("error", "")[:120]]
+                )
                 continue
             rows.append([f"`{name}`", "yes", fmt(entry["first_call_s"]), fmt(entry["compiled_tok_s"]),
                          fmt(entry.get("ratio_compiled_tok_s"), 3),
@@ -136,8 +151,13 @@ def generate_section(result: dict[str, Any]) -> list[str]:
                          fmt(entry.get("max_abs_logit_diff_static_vs_dynamic_eager"), 6),
                          fmt(entry.get("eager_steering_effect"), 4),
                          f"{entry['graph_breaks']} ({'; '.join(entry['graph_break_reasons'])[:120]})"])
-        lines += table(["row", "compiles", "first call s", "compiled tok/s", "ratio", "max diff compiled vs eager",
-                        "max diff static vs dynamic cache (eager)", "steering effect (eager)", "graph breaks"], rows)
+        lines += table(
+            [
+                "row", "compiles", "first call s", "compiled tok/s", "ratio", "max diff compiled vs eager",
+                "max diff static vs dynamic cache (eager)", "steering effect (eager)", "graph breaks",
+            ],
+            rows,
+        )
     return lines
 
 
@@ -158,7 +178,8 @@ def extract_section(result: dict[str, Any]) -> list[str]:
                          f"{fmt(entry[ratio_key], 3)} vs `{ratio_key[9:]}`" if ratio_key else "-",
                          fmt(check.get("rel_diff_vs_reference"), 8) if check else "-",
                          fmt(check.get("last_layer_calls")) if "last_layer_calls" in check else "-",
-                         f"{target.get('target', '')} {'PASS' if target.get('pass') else ('FAIL' if target else '')}"])
+                         (f"{target.get('target', '')} "
+                          f"{'PASS' if target.get('pass') else ('FAIL' if target else '')}")])
         lines += table(["row", "prompts/s", "tokens/s", "ratio", "direction rel. diff vs reference",
                         "last layer ran", "target"], rows)
     return lines
@@ -167,7 +188,9 @@ def extract_section(result: dict[str, Any]) -> list[str]:
 def peers_section(result: dict[str, Any]) -> list[str]:
     s = result["settings"]
     lines = [f"### Peers: {s['model']} ({s['dtype']}), layer {s['layer']}", ""]
-    lines.append("Installed: " + ", ".join(f"{k} {v['version']} ({v['status']})" for k, v in result["peers"].items()))
+    lines.append(
+        "Installed: " + ", ".join(f"{k} {v['version']} ({v['status']})" for k, v in result["peers"].items())
+    )
     lines.append("")
     gen = result.get("generate")
     if gen:
@@ -177,10 +200,15 @@ def peers_section(result: dict[str, Any]) -> list[str]:
             rows = []
             for name, entry in data["rows"].items():
                 check = entry["check"]
-                rows.append([f"`{name}`", fmt(entry["decode_tok_s"]), fmt(entry["total_tok_s"]),
-                             fmt(entry["ratio_total_tok_s"], 3),
-                             fmt(entry.get("steerpeft_over_peer_total_tok_s"), 3),
-                             fmt(check.get("logit_diff_vs_steerpeft"), 6) if "logit_diff_vs_steerpeft" in check else "-"])
+                rows.append(
+                    [
+                        f"`{name}`", fmt(entry["decode_tok_s"]), fmt(entry["total_tok_s"]),
+                        fmt(entry["ratio_total_tok_s"], 3),
+                        fmt(entry.get("steerpeft_over_peer_total_tok_s"), 3),
+                        fmt(check.get("logit_diff_vs_steerpeft"), 6) if "logit_diff_vs_steerpeft" in check
+                        else "-",
+                    ]
+                )
             lines += table(["row", "decode tok/s", "total tok/s", "vs unsteered", "steerpeft / peer",
                             "logit diff vs steerpeft"], rows)
     ext = result.get("extract")
@@ -196,25 +224,39 @@ def peers_section(result: dict[str, Any]) -> list[str]:
             rows.append([f"`{name}`", fmt(entry["prompts_s"]), fmt(entry["ratio_vs_plain_forward_text"], 3),
                          fmt(entry.get("steerpeft_over_peer"), 3),
                          fmt(check.get("cosine_vs_steerpeft"), 4) if check else "-"])
-        lines += table(["row", "prompts/s", "vs plain forward", "steerpeft / peer", "cosine vs steerpeft"], rows)
+        lines += table(
+            ["row", "prompts/s", "vs plain forward", "steerpeft / peer", "cosine vs steerpeft"], rows
+        )
     caps = result.get("capabilities", {})
     if caps:
         keys = list(next(iter(caps.values())).keys())
-        every = sorted({k for c in caps.values() for k in c}, key=lambda k: keys.index(k) if k in keys else 99)
+        every = sorted(
+            {k for c in caps.values() for k in c}, key=lambda k: keys.index(k) if k in keys else 99
+        )
         lines += table(["", *caps.keys()], [[k, *(caps[name].get(k, "-") for name in caps)] for k in every])
     return lines
 
 
 def hooks_section(result: dict[str, Any]) -> list[str]:
     s = result["settings"]
-    lines = [(f"### Per-hook cost of one cached decoding step: {s['model']} ({s['dtype']}), batch {s['batch_size']}, "
-              f"median of {s['repeats']} x {s['steps']} steps"), ""]
+    lines = [
+        (
+            f"### Per-hook cost of one cached decoding step: {s['model']} ({s['dtype']}), batch "
+            f"{s['batch_size']}, median of {s['repeats']} x {s['steps']} steps"
+        ),
+        "",
+    ]
     rows = [[f"`{name}`", entry["hooks"], fmt(entry["us_per_step"]), fmt(entry["extra_us_per_step"]),
              fmt(entry["extra_us_per_hook"]), entry["aten_ops_per_step"], f"+{entry['extra_ops_per_step']}",
              fmt(entry["ratio_step_time"], 3)]
             for name, entry in result["rows"].items()]
-    return lines + table(["configuration", "hooks", "us/step", "extra us/step", "extra us/hook", "aten ops/step",
-                          "extra ops", "step time ratio"], rows)
+    return lines + table(
+        [
+            "configuration", "hooks", "us/step", "extra us/step", "extra us/hook", "aten ops/step",
+            "extra ops", "step time ratio",
+        ],
+        rows,
+    )
 
 
 def main_job_section(result: dict[str, Any]) -> list[str]:
@@ -223,13 +265,17 @@ def main_job_section(result: dict[str, Any]) -> list[str]:
         return [f"### Main job: `{result['_file']}` failed before any stage: {result.get('error', '?')}", ""]
     s = result["settings"]
     rows_total = sum(s["eval_rows"].values())
-    size = f"{s['parameters'] / 1e9:.2f} B parameters" if s["parameters"] >= 1e8 else f"{s['parameters']:,} parameters"
+    size = (
+        f"{s['parameters'] / 1e9:.2f} B parameters" if s["parameters"] >= 1e8
+        else f"{s['parameters']:,} parameters"
+    )
     media = f" + {s['fit_media_prompts']} with neutral media" if s.get("fit_media_prompts") else ""
     lines = [(f"### Main job (`mars` recipe): {s['model']} ({s['dtype']}, {s['device']}"
               f"{', dry run' if s.get('dry_run') else ''}), {size}, {s['num_layers']} layers"), "",
-             (f"- Fit: {s['fit_prompts']} text prompts{media}, batch {s['fit_batch_size']}; evaluation: {rows_total} rows "
-              f"({', '.join(s['modalities'])}), batch {s['eval_batch_size']}, {s['max_new_tokens']} new tokens; "
-              f"decision prefix supported: {fmt(s['prefix_supported'])}; torch threads {s['threads']}."),
+             (f"- Fit: {s['fit_prompts']} text prompts{media}, batch {s['fit_batch_size']}; evaluation: "
+              f"{rows_total} rows ({', '.join(s['modalities'])}), batch {s['eval_batch_size']}, "
+              f"{s['max_new_tokens']} new tokens; decision prefix supported: {fmt(s['prefix_supported'])}; "
+              f"torch threads {s['threads']}."),
              f"- Recipe overrides: {', '.join(f'`{o}`' for o in s['overrides']) or 'none'}.", ""]
     ratios = result.get("ratios_to_floor", {})
     rows = [[f"`{name}`", fmt(entry["wall_s"], 2), fmt(entry["cpu_s"], 2),
@@ -249,8 +295,12 @@ def main_job_section(result: dict[str, Any]) -> list[str]:
             targets.append([f"`{name}`", limit + extra, f"{fmt(entry['ratio'], 2)} ({entry['unit']})",
                             fmt(entry["other_unit_ratio"], 2), fmt(entry["met"])])
         else:
-            targets.append([f"`{name}`", f"<= {fmt(float(entry['seconds_max']), 0)} s", f"{fmt(entry['wall_s'])} s wall",
-                            f"{fmt(entry['cpu_s'])} s CPU", fmt(entry["met_wall"])])
+            targets.append(
+                [
+                    f"`{name}`", f"<= {fmt(float(entry['seconds_max']), 0)} s",
+                    f"{fmt(entry['wall_s'])} s wall", f"{fmt(entry['cpu_s'])} s CPU", fmt(entry["met_wall"]),
+                ]
+            )
     lines += table(["target", "limit", "measured", "other unit", "met"], targets)
     if result.get("error"):
         lines += [f"**Stopped by `{result['error']}`.**", ""]
@@ -258,7 +308,8 @@ def main_job_section(result: dict[str, Any]) -> list[str]:
     for name, job in result.get("jobs", {}).items():
         timings = ", ".join(f"{k} {fmt(v)}" for k, v in job.get("timings", {}).items())
         lines.append(f"- `{name}`: `{job['command']}` (rc {job['returncode']}): {fmt(job['wall_s'])} s wall, "
-                     f"{fmt(job['cpu_s'])} s CPU; metrics.json timings (s): {timings or job.get('stderr_tail', '')}")
+                     f"{fmt(job['cpu_s'])} s CPU; metrics.json timings (s): "
+                     f"{timings or job.get('stderr_tail', '')}")
     return lines + [""]
 
 
@@ -279,9 +330,10 @@ def main_job_checks(checks: dict[str, Any]) -> list[str]:
                      f"{evaluation['rows_per_condition']}): {generated}.")
     if "texts_total" in evaluation:
         gate = evaluation.get("gate", {})
-        lines.append(f"- Evaluation, reuse vs every condition in full: answers equal {evaluation['texts_equal']} / "
-                     f"{evaluation['texts_total']}; max first-token score diff {evaluation['max_score_diff']:.2g}, "
-                     f"max mean-KL diff {evaluation['max_mean_kl_diff']:.2g}; gate t max diff "
+        lines.append("- Evaluation, reuse vs every condition in full: answers equal "
+                     f"{evaluation['texts_equal']} / {evaluation['texts_total']}; max first-token score diff "
+                     f"{evaluation['max_score_diff']:.2g}, max mean-KL diff "
+                     f"{evaluation['max_mean_kl_diff']:.2g}; gate t max diff "
                      f"{gate.get('max_t_diff', float('nan')):.2g}, same share above tau: "
                      f"{fmt(gate.get('same_share_above_tau'))}.")
     elif "slow" in evaluation:
@@ -300,7 +352,10 @@ def render(groups: list[tuple[str, list[dict[str, Any]]]], intro: bool = True) -
         for result in sorted(results, key=lambda r: (order.get(r["benchmark"], 9), r["_file"])):
             kind = result["benchmark"]
             if result.get("complete") is False:
-                lines += [f"**`{result['_file']}` is from a run that was cut short: only its finished parts follow.**", ""]
+                lines += [
+                    (f"**`{result['_file']}` is from a run that was cut short: only its finished parts "
+                     "follow.**"), "",
+                ]
             sections = {"generate": generate_section, "hooks": hooks_section, "extract": extract_section,
                         "peers": peers_section, "main_job": main_job_section}
             lines += sections[kind](result)
@@ -332,7 +387,9 @@ def write_between_markers(path: Path, text: str) -> None:
         tail = rest.split(END, 1)[1].lstrip("\n")
         path.write_text(head + block + ("\n" + tail if tail else ""))
     else:  # no generated block yet: add one after any existing text
-        path.write_text(old.rstrip("\n") + "\n\n" + block if old.strip() else "# steerpeft benchmarks\n\n" + block)
+        path.write_text(
+            old.rstrip("\n") + "\n\n" + block if old.strip() else "# steerpeft benchmarks\n\n" + block
+        )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def build(name: str) -> Path:
     card = folder / "README.md"
     atomic_write_text(card, card.read_text(encoding="utf-8") + "\n## Measured effect (effect.json)\n\n"
                       + "\n".join(f"- `{k}`: {v:.6g}" for k, v in effect.items())
-                      + f"\n\nOn the last {PROBE_PROMPTS} built-in harmful and harmless prompts: first-token KL "
-                      "from the base model, and the share of prompts whose next-token logits change.\n")
+                      + f"\n\nOn the last {PROBE_PROMPTS} built-in harmful and harmless prompts: first-token "
+                      "KL from the base model, and the share of prompts whose next-token logits change.\n")
     print(json.dumps(record, indent=2))
     return folder
 

@@ -30,11 +30,15 @@ LAYERS = [1, 2]
 
 def main(model_dir: Path, out_dir: Path, gpu: bool = False) -> None:
     state = PartialState(cpu=not gpu)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, attn_implementation="eager", dtype=torch.float32
+    ).eval()
     model.to(state.device)
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompts = json.loads((model_dir / "prompts.json").read_text())
-    steerer = Steerer(DiffMeans(), FixedLayers(LAYERS), validation_fraction=0, batch_size=2, accelerator=state)
+    steerer = Steerer(
+        DiffMeans(), FixedLayers(LAYERS), validation_fraction=0, batch_size=2, accelerator=state
+    )
     plan = steerer.fit(model, tok, prompts["positive"], prompts["negative"])
     tensors = {f"direction.{layer}": plan.steps[0].directions[layer] for layer in LAYERS}
     for name in ("positive", "negative"):
@@ -47,15 +51,22 @@ def main(model_dir: Path, out_dir: Path, gpu: bool = False) -> None:
     with torch.no_grad():
         # Fewer prompts than processes: the second process records an empty shard.
         one = steerer.record_prompts(model, tok, layout, prompts["positive"][:1], [1], "one")
-        tensors["one.rows"], tensors["one.counts"] = one.per_prompt[1], torch.tensor([one.count, one.num_prompts])
+        tensors["one.rows"], tensors["one.counts"] = (
+            one.per_prompt[1], torch.tensor([one.count, one.num_prompts]),
+        )
         # A failure on one process makes every process raise instead of waiting forever.
         try:
-            steerer.record_prompts(model, tok, layout, prompts["positive"][:1], [1], "fail", positions=GeneratedTokens())
+            steerer.record_prompts(
+                model, tok, layout, prompts["positive"][:1], [1], "fail", positions=GeneratedTokens()
+            )
             failure = "no error"
         except DataError as exc:
             failure = str(exc)
     (out_dir / f"rank{state.process_index}.txt").write_text(failure)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / f"rank{state.process_index}.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(out_dir / f"rank{state.process_index}.safetensors"),
+    )
     state.destroy_process_group()
 
 

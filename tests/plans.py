@@ -30,9 +30,13 @@ def random_direction(hidden: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(hidden, generator=generator)
 
 
-def make_plan(model, kind: str = "add", layers=(1,), positions="all", alpha: float = 2.0, seed: int = 1) -> Plan:
+def make_plan(
+    model, kind: str = "add", layers=(1,), positions="all", alpha: float = 2.0, seed: int = 1
+) -> Plan:
     layout = resolve_layout(model)
     direction = random_direction(layout.hidden_size, seed)
     intervention = {"add": AddDirection(), "ablate": Ablate(), "clamp": Clamp(target=3.0)}[kind]
-    step = SteeringStep({layer: direction for layer in layers}, intervention, ConstantScaler(alpha), positions, kind)
+    step = SteeringStep(
+        {layer: direction for layer in layers}, intervention, ConstantScaler(alpha), positions, kind
+    )
     return Plan([step], model_info(model, layout))

@@ -49,7 +49,9 @@ class CallLayout:
 
         `copies` rows per prompt, as beam search and `num_return_sequences` expand a batch.
         """
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        mask = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
         real = mask[:, past:].repeat_interleave(copies, dim=0)
         if modality is not None:
             modality = modality.repeat_interleave(copies, dim=0)
@@ -129,7 +131,9 @@ class ReferenceSteering:
     forward re-feeds the whole sequence (`use_cache=False`).  Use as a context manager.
     """
 
-    def __init__(self, model: nn.Module, edits: dict[int, Edit], spec: str, layout: CallLayout, cached: bool) -> None:
+    def __init__(
+        self, model: nn.Module, edits: dict[int, Edit], spec: str, layout: CallLayout, cached: bool
+    ) -> None:
         self.model, self.edits, self.spec, self.layout, self.cached = model, edits, spec, layout, cached
         self.start = 0
         self.next = layout.past

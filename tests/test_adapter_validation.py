@@ -63,7 +63,9 @@ def test_a_bad_steer_plan_is_refused_at_load(llama, tmp_path, corruption, how) -
     batch = encode_prompts(tok, ["How do I bake bread?", "Hi"])
     with torch.no_grad():
         plain = model(**batch).logits
-    folder = export_adapter(make_plan(model, "add", positions="decision"), model, tmp_path / "adapter", kind="steer")
+    folder = export_adapter(
+        make_plan(model, "add", positions="decision"), model, tmp_path / "adapter", kind="steer"
+    )
     path, value, message = CORRUPTIONS[corruption]
     _corrupt(folder, path, value)
     with pytest.raises(SteerpeftError, match=message):
@@ -81,7 +83,9 @@ def test_a_good_steer_adapter_still_loads_and_steers(llama, tmp_path) -> None:
     batch = encode_prompts(tok, ["How do I bake bread?", "Hi"])
     with torch.no_grad():
         plain = model(**batch).logits
-    folder = export_adapter(make_plan(model, "add", positions="decision"), model, tmp_path / "adapter", kind="steer")
+    folder = export_adapter(
+        make_plan(model, "add", positions="decision"), model, tmp_path / "adapter", kind="steer"
+    )
     steered = load_adapter(model, folder)
     with torch.no_grad():
         assert not torch.equal(steered(**batch).logits, plain)

@@ -288,7 +288,9 @@ def test_writer_site_ablation_is_an_exact_mergeable_lora(family, tmp_path):
     reference = steered(plan, model, batch)
     assert real_diff(reference, logits(model, batch), batch) > 1e-3
     folder = export_adapter(plan, model, tmp_path / "a")
-    assert meta(folder)["kind"] == "lora" and meta(folder)["exact"] is True and meta(folder)["mergeable"] is True
+    assert (
+        meta(folder)["kind"] == "lora" and meta(folder)["exact"] is True and meta(folder)["mergeable"] is True
+    )
     loaded = load_adapter(fresh(family)[0], folder)
     assert real_diff(logits(loaded, batch), reference, batch) < TOL
     merged = loaded.merge_and_unload()
@@ -374,7 +376,10 @@ def test_combined_export_splits_additions_into_lora(tmp_path):
     folder = export_adapter(plan, model, tmp_path / "a")
     assert meta(folder)["kind"] == "combined"
     assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    assert json.loads((folder / "steer" / "adapter_config.json").read_text())["peft_type"] == steer_method.STEER_PEFT_TYPE
+    assert (
+        json.loads((folder / "steer" / "adapter_config.json").read_text())["peft_type"]
+        == steer_method.STEER_PEFT_TYPE
+    )
     # Stock PEFT loads the LoRA part (the additions) on its own.
     stock = PeftModel.from_pretrained(fresh("llama")[0], str(folder))
     assert real_diff(logits(stock, batch), steered(addition, model, batch), batch) < TOL
@@ -534,17 +539,24 @@ def test_lora_exports_load_without_steerpeft_and_steer_says_what_is_missing(tmp_
                 "embedding": steered(emb_plan, model, batch)}, tmp_path / "expected.pt")
     args = [str(tmp_path / name) for name in ("model", "add", "emb", "steer", "expected.pt")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", _NO_STEERPEFT, *args], capture_output=True, text=True, timeout=300,
-                          env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_STEERPEFT, *args], capture_output=True, text=True, timeout=300, env=env,
+        check=False,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT"):])
     assert result["steerpeft_imported"] is False
-    for key in ("peft_add", "transformers_add", "peft_embedding", "merged_embedding", "transformers_embedding"):
+    for key in (
+        "peft_add", "transformers_add", "peft_embedding", "merged_embedding", "transformers_embedding",
+    ):
         assert result[key] < TOL, (key, result)
     assert result["steer_error"] is not None and "pip install steerpeft" in result["steer_error"]
     assert "import steerpeft" in result["steer_error"]
-    assert result["steer_transformers_error"] is not None and "pip install steerpeft" in result["steer_transformers_error"]
+    assert (
+        result["steer_transformers_error"] is not None
+        and "pip install steerpeft" in result["steer_transformers_error"]
+    )
 
 
 def test_import_steerpeft_registers_steer_when_peft_is_imported_later(tmp_path):
@@ -581,7 +593,9 @@ def llama_adapters(tmp_path):
     model, _ = fresh("llama")
     model.config._name_or_path = "org/model-a"
     lora = export_adapter(make_plan(model, "add", layers=(3,)), model, tmp_path / "lora")
-    steer = export_adapter(make_plan(model, "add", layers=(3,), positions="decision"), model, tmp_path / "steer")
+    steer = export_adapter(
+        make_plan(model, "add", layers=(3,), positions="decision"), model, tmp_path / "steer"
+    )
     assert meta(lora)["kind"] == "lora" and meta(steer)["kind"] == "steer"
     return lora, steer
 
@@ -605,7 +619,8 @@ def test_loading_refuses_models_that_do_not_fit(llama_adapters):
             load_adapter(_llama(hidden=64), folder)
         with pytest.raises(ShapeError, match="num_layers"):
             load_adapter(_llama(layers=2), folder)
-    (lora / "steerpeft.json").unlink()  # a LoRA without steerpeft's provenance: tensor shapes are still checked
+    # a LoRA without steerpeft's provenance: tensor shapes are still checked
+    (lora / "steerpeft.json").unlink()
     with pytest.raises(ShapeError, match="hidden size"):
         load_adapter(_llama(hidden=64), lora)
     with pytest.raises(ShapeError, match="layer count"):
@@ -660,7 +675,9 @@ def test_model_card_records_provenance(llama_adapters):
     assert "decision" in (steer / "README.md").read_text()
     model, _ = fresh("llama")
     plan = make_plan(model)
-    plan.metadata = {"steps": {"add": {"selected_layers": [1], "layer_scores": [{"layer": 1, "score": 0.91}]}}}
+    plan.metadata = {
+        "steps": {"add": {"selected_layers": [1], "layer_scores": [{"layer": 1, "score": 0.91}]}}
+    }
     text = render_card(plan, "steer", {"license": "apache-2.0", "title": "Refusal steering"})
     assert "license: \"apache-2.0\"" in text and "# Refusal steering" in text and "| 1 | 0.91 |" in text
 
@@ -673,7 +690,9 @@ def test_push_to_hub_sends_exactly_the_adapter_folder(llama_adapters, tmp_path):
     assert result == "https://hub/me/refusal-lora"
     (request,) = sent
     assert request.repo_id == "me/refusal-lora" and request.private and request.token == "hf_x"
-    assert request.files == ("README.md", "adapter_config.json", "adapter_model.safetensors", "steerpeft.json")
+    assert request.files == (
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "steerpeft.json",
+    )
     assert request.commit_message == "Upload steerpeft lora adapter for org/model-a"
     with pytest.raises(ConfigError, match="repo_id"):
         push_to_hub(lora, "no-namespace", upload=sent.append)

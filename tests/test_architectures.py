@@ -392,7 +392,9 @@ def test_vlm_smoke_text_image_video(family: str) -> None:
                 assert (n_image > 0) == (name != "text"), name
                 assert (frames >= 2) == name.startswith("video"), name
             else:
-                n_video = int((ids == layout.video_token_id).sum()) if layout.video_token_id is not None else 0
+                n_video = (
+                    int((ids == layout.video_token_id).sum()) if layout.video_token_id is not None else 0
+                )
                 assert (n_image > 0) == (name == "image"), name
                 assert (n_video > 0) == name.startswith("video"), name
             logits = model(**inputs).logits
@@ -452,7 +454,9 @@ def test_vlm_two_step_processor_call_matches_chat_template(family: str) -> None:
 
 
 def test_video_is_refused_where_unsupported() -> None:
-    assert [f for f in VLM_FAMILIES if supports_video(f)] == ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm"]
+    assert [f for f in VLM_FAMILIES if supports_video(f)] == [
+        "llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm",
+    ]
     _, processor = _model("llava")
     with pytest.raises(Exception, match="unsupported content part: video"):
         _chat(processor, {"type": "video", "video": tiny_video(2)})

@@ -52,7 +52,9 @@ def test_interrupted_plan_save_keeps_the_previous_version(llama, tmp_path, monke
         make_plan(model, seed=2).save(target)
     assert snapshot(target) == before
     assert leftovers(tmp_path) == []
-    assert torch.equal(Plan.load(target).steps[0].directions[1], make_plan(model, seed=1).steps[0].directions[1])
+    assert torch.equal(
+        Plan.load(target).steps[0].directions[1], make_plan(model, seed=1).steps[0].directions[1]
+    )
 
 
 def test_interrupted_first_save_leaves_nothing(llama, tmp_path, monkeypatch):
@@ -90,7 +92,9 @@ def test_successful_save_replaces_and_cleans_up(llama, tmp_path):
     target = tmp_path / "plan"
     make_plan(model, seed=1).save(target)
     make_plan(model, seed=2).save(target)
-    assert torch.equal(Plan.load(target).steps[0].directions[1], make_plan(model, seed=2).steps[0].directions[1])
+    assert torch.equal(
+        Plan.load(target).steps[0].directions[1], make_plan(model, seed=2).steps[0].directions[1]
+    )
     assert leftovers(tmp_path) == [] and sorted(snapshot(target)) == ["plan.json", "plan.safetensors"]
 
 

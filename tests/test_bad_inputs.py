@@ -51,7 +51,9 @@ class Events(Callback):
         self.seen.append("record_start")
 
 
-def fit_fails_before_recording(steerer: Steerer, model, tok, positive, negative, error: type, match: str) -> None:
+def fit_fails_before_recording(
+    steerer: Steerer, model, tok, positive, negative, error: type, match: str
+) -> None:
     events = Events()
     steerer.callbacks.append(events)
     with pytest.raises(error, match=match):
@@ -76,7 +78,9 @@ def test_saved_direction_of_the_wrong_hidden_size_is_refused_at_apply(llama, tmp
 def test_inf_and_two_dimensional_directions_are_refused_before_any_hook(llama):
     model, _ = llama
     plan = make_plan(model)
-    for bad, match in ((torch.full((32,), float("inf")), "NaN or inf"), (torch.ones(1, 32), r"shape \(1, 32\)")):
+    for bad, match in (
+        (torch.full((32,), float("inf")), "NaN or inf"), (torch.ones(1, 32), r"shape \(1, 32\)"),
+    ):
         plan.steps[0].directions[1] = bad
         with pytest.raises(ShapeError, match=match):
             plan.apply(model)
@@ -139,7 +143,9 @@ def test_float64_direction_on_a_bfloat16_model(llama):
 ])
 def test_empty_sets_and_entries_are_refused(llama, positive, negative, match):
     model, tok = llama
-    fit_fails_before_recording(Steerer(DiffMeans(), FixedLayers(1)), model, tok, positive, negative, DataError, match)
+    fit_fails_before_recording(
+        Steerer(DiffMeans(), FixedLayers(1)), model, tok, positive, negative, DataError, match
+    )
 
 
 @pytest.mark.parametrize("extractor", [PairedPCA(), LinearProbe()], ids=["pca", "probe"])
@@ -161,8 +167,10 @@ def test_prompt_longer_than_the_context_fails_before_recording(llama):
     model, tok = llama
     long = "word " * 600
     steerer = Steerer(DiffMeans(), FixedLayers(1), batch_size=2)
-    fit_fails_before_recording(steerer, model, tok, HARMFUL, HARMLESS[:3] + [long], DataError,
-                               r"Negative prompt 3 .* longer than the model's context of 512\. Shorten or drop it")
+    fit_fails_before_recording(
+        steerer, model, tok, HARMFUL, HARMLESS[:3] + [long], DataError,
+        r"Negative prompt 3 .* longer than the model's context of 512\. Shorten or drop it",
+    )
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -218,15 +226,27 @@ def test_plan_layer_beyond_the_model_is_refused_at_apply(llama):
 # -- recipes -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("source, overrides, match", [
-    ("actad", (), "No recipe named 'actad'. Did you mean 'actadd'?"),
-    ("actadd", ("fit.sed=1",), "unknown recipe key 'sed'. Did you mean 'seed'?"),
-    ({"stepz": [{}]}, (), "unknown recipe key 'stepz'. Did you mean 'steps'?"),
-    ({"steps": [{"extractr": "pca"}]}, (), r"steps\[0\] has unknown key 'extractr'. Did you mean 'extractor'?"),
-    ({"steps": [{"extractor": "diff_mean"}]}, (), r"steps\[0\].extractor: Unknown extractor 'diff_mean'. Did you mean 'diff_means'?"),
-    ({"steps": [{"selector": {"name": "sweep", "scor": "kl"}}]}, (), "has no option 'scor'. Did you mean 'score'?"),
-    ({"steps": [{"positions": "decison"}]}, (), "Unknown positions 'decison'. Did you mean 'decision'?"),
-])
+@pytest.mark.parametrize(
+    "source, overrides, match",
+    [
+        ("actad", (), "No recipe named 'actad'. Did you mean 'actadd'?"),
+        ("actadd", ("fit.sed=1",), "unknown recipe key 'sed'. Did you mean 'seed'?"),
+        ({"stepz": [{}]}, (), "unknown recipe key 'stepz'. Did you mean 'steps'?"),
+        (
+            {"steps": [{"extractr": "pca"}]}, (),
+            r"steps\[0\] has unknown key 'extractr'. Did you mean 'extractor'?",
+        ),
+        (
+            {"steps": [{"extractor": "diff_mean"}]}, (),
+            r"steps\[0\].extractor: Unknown extractor 'diff_mean'. Did you mean 'diff_means'?",
+        ),
+        (
+            {"steps": [{"selector": {"name": "sweep", "scor": "kl"}}]}, (),
+            "has no option 'scor'. Did you mean 'score'?",
+        ),
+        ({"steps": [{"positions": "decison"}]}, (), "Unknown positions 'decison'. Did you mean 'decision'?"),
+    ],
+)
 def test_unknown_recipe_names_and_keys_suggest_the_nearest(source, overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_recipe(source, overrides)

@@ -70,7 +70,9 @@ def test_manual_decode_loop_with_cache_equals_generate(llama):
         out = model(**batch, use_cache=True)
         next_ids = out.logits[:, -1].argmax(-1, keepdim=True)
         mask = torch.cat([batch["attention_mask"], torch.ones_like(next_ids)], dim=1)
-        step = model(input_ids=next_ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+        step = model(
+            input_ids=next_ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True
+        )
     assert (out.logits[:, -1] - scores[0]).abs().max() < 1e-4
     assert (step.logits[:, -1] - scores[1]).abs().max() < 1e-4
 

@@ -105,7 +105,9 @@ def test_extract_smoke(tmp_path: Path) -> None:
     bench_extract.main(["--smoke", "--out", str(out)])
     result = _json(out)
     batch = result["batches"]["4"]
-    assert set(batch["rows"]) == {"plain_forward", "record_full", "record_early", "plain_forward_text", "steerer_fit"}
+    assert set(batch["rows"]) == {
+        "plain_forward", "record_full", "record_early", "plain_forward_text", "steerer_fit",
+    }
     for name in ("record_full", "record_early", "steerer_fit"):
         check = batch["rows"][name]["check"]
         assert check["direction_norm"] > 0 and check["finite"]
@@ -149,7 +151,9 @@ def test_summarize_renders(tmp_path: Path) -> None:
     import bench_generate
     import summarize
 
-    bench_generate.main(["--smoke", "--batch-sizes", "2", "--rows", "unsteered,actadd", "--out", str(tmp_path / "g.json")])
+    bench_generate.main(
+        ["--smoke", "--batch-sizes", "2", "--rows", "unsteered,actadd", "--out", str(tmp_path / "g.json")]
+    )
     text = summarize.main([str(tmp_path), "--out", str(tmp_path / "RESULTS.md")])
     assert "### Generation: tiny" in text and "`actadd`" in text and "torch " in text
 
@@ -163,7 +167,10 @@ def test_profile_hooks_smoke(tmp_path: Path) -> None:
     assert rows["unsteered"]["extra_ops_per_step"] == 0
     assert rows["identity hooks x5"]["extra_ops_per_step"] == 0
     assert rows["steerpeft actadd x1"]["extra_ops_per_step"] > 0  # the hooks really ran in the profiled step
-    assert rows["steerpeft ablate outputs x5"]["extra_ops_per_step"] > rows["fused ablate hook x5"]["extra_ops_per_step"] > 0
+    assert (
+        rows["steerpeft ablate outputs x5"]["extra_ops_per_step"]
+        > rows["fused ablate hook x5"]["extra_ops_per_step"] > 0
+    )
 
 
 def test_main_job_smoke(tmp_path: Path) -> None:
@@ -174,12 +181,16 @@ def test_main_job_smoke(tmp_path: Path) -> None:
     result = _json(out)
     assert result["benchmark"] == "main_job" and result["complete"]
     stages = result["stages"]
-    for name in ("load", "floor_forward", "fit", "fit.recording_text", "fit.sweep", "fit_slow", "fit_slow.sweep",
-                 "floor_generate", "eval", "eval_slow"):
+    for name in (
+        "load", "floor_forward", "fit", "fit.recording_text", "fit.sweep", "fit_slow", "fit_slow.sweep",
+        "floor_generate", "eval", "eval_slow",
+    ):
         assert stages[name]["wall_s"] > 0, name
     fit = result["checks"]["fit"]
     assert fit["layers_scored"] == fit["layers"] > 0  # the sweep scored every candidate, from the callbacks
-    assert set(fit["recorded_splits"]) == {"positive", "negative", "positive_validation", "negative_validation"}
+    assert set(fit["recorded_splits"]) == {
+        "positive", "negative", "positive_validation", "negative_validation",
+    }
     assert fit["same_layer"] and fit["same_layers"] and fit["same_exclusions"]
     assert fit["max_kl_diff"] < 1e-4 and fit["max_induce_diff"] < 1e-4  # shared prefix == full forwards
     check = result["checks"]["eval"]
@@ -188,11 +199,16 @@ def test_main_job_smoke(tmp_path: Path) -> None:
     assert check["max_score_diff"] < 1e-4 and check["max_mean_kl_diff"] < 1e-4
     assert check["gate"]["max_t_diff"] < 1e-4 and check["gate"]["same_share_above_tau"]
     assert check["generated_rows"]["mars (no re-centering)"] == 0  # text rows reuse the plan's answers
-    assert check["generated_rows"]["unsteered"] == check["rows_per_condition"] == sum(result["settings"]["eval_rows"].values())
+    assert (
+        check["generated_rows"]["unsteered"] == check["rows_per_condition"]
+        == sum(result["settings"]["eval_rows"].values())
+    )
     assert check["mean_kl_vs_unsteered"]["mars (fixed strength)"] > 1e-6  # the conditions really steer
     targets = result["targets"]
     assert targets["eval"]["ratio_max"] == 1 + len(check["conditions_that_differ"])
-    assert set(targets) >= {"fit", "sweep", "eval"} and set(result["ratios_to_floor"]) >= {"fit", "fit.sweep", "eval"}
+    assert set(targets) >= {"fit", "sweep", "eval"} and set(result["ratios_to_floor"]) >= {
+        "fit", "fit.sweep", "eval",
+    }
     import summarize
 
     text = summarize.main([str(out)])

@@ -1,4 +1,5 @@
-"""The `steerpeft` command line: help, overrides, errors, info, eval/export of saved plans, and the real main job."""
+"""The `steerpeft` command line: help, overrides, errors, info, eval/export of saved plans, and the real main
+job."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _one_thread(one_thread: None) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A MARS run on a tiny llama (saved to disk, so the CLI can load it by path): (run folder, model folder)."""
+    """A MARS run on a tiny llama (saved to disk, so the CLI can load it by path): (run folder, model
+    folder)."""
     model, tokenizer = tiny_text_model("llama", num_layers=4)
     model_dir = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(model_dir)
@@ -62,7 +64,9 @@ def test_overrides_may_follow_options_and_replace_the_recipe_position() -> None:
     from steerpeft.cli import _split_arguments
 
     parser = build_parser()
-    args, extras = parser.parse_known_args(["run", "data.limit=3", "--out", "x", "eval.generate=false", "--quiet"])
+    args, extras = parser.parse_known_args(
+        ["run", "data.limit=3", "--out", "x", "eval.generate=false", "--quiet"]
+    )
     _split_arguments(args, extras, parser)
     assert args.recipe is None  # the default recipe (mars)
     assert args.overrides == ["data.limit=3", "eval.generate=false"]
@@ -106,7 +110,9 @@ def test_missing_path_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
 
 
-def test_a_folder_that_is_neither_plan_nor_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_folder_that_is_neither_plan_nor_adapter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["info", str(tmp_path)]) == 2
     assert "neither a steerpeft plan" in capsys.readouterr().err
 
@@ -123,8 +129,13 @@ def test_recipes_lists_the_builtin_recipes(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_overrides_reach_list_items_by_index() -> None:
-    recipe = load_recipe("mars", ["steps.0.selector.limits.kl=0.2", "steps[0].scaler.recenter=shift",
-                                  "fit.seed=1", "model.dtype=bfloat16", "model.name=null", "eval.generate=false"])
+    recipe = load_recipe(
+        "mars",
+        [
+            "steps.0.selector.limits.kl=0.2", "steps[0].scaler.recenter=shift", "fit.seed=1",
+            "model.dtype=bfloat16", "model.name=null", "eval.generate=false",
+        ],
+    )
     step = recipe.config["steps"][0]
     assert step["selector"]["limits"]["kl"] == 0.2
     assert step["selector"]["limits"]["false_trigger"] == 0.05  # siblings kept
@@ -160,7 +171,9 @@ def test_info_describes_a_saved_plan(tiny_run: tuple[Path, Path], capsys: pytest
         assert text in out, text
 
 
-def test_info_on_a_run_folder_adds_the_results(tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_on_a_run_folder_adds_the_results(
+    tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir, _ = tiny_run
     assert main(["info", str(run_dir)]) == 0
     out = capsys.readouterr().out
@@ -171,8 +184,15 @@ def test_eval_of_a_saved_plan_from_the_cli(tiny_run: tuple[Path, Path], tmp_path
                                            capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, _model_dir = tiny_run
     out = tmp_path / "eval"
-    assert main(["eval", str(run_dir / "plan"), "eval.max_new_tokens=2", "eval.ablations=false", "--out", str(out),
-                 "--quiet", "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "eval", str(run_dir / "plan"), "eval.max_new_tokens=2", "eval.ablations=false",
+                "--out", str(out), "--quiet", "--no-plots",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     original = json.loads((run_dir / "metrics.json").read_text())
@@ -181,8 +201,9 @@ def test_eval_of_a_saved_plan_from_the_cli(tiny_run: tuple[Path, Path], tmp_path
     assert metrics["eval"]["prompts"] == original["eval"]["prompts"]
     before = {(r["condition"], r["set"]): r for r in original["eval"]["table"]}
     for row in metrics["eval"]["table"]:
-        assert row["first_token_score"] == pytest.approx(before[(row["condition"], row["set"])]["first_token_score"],
-                                                         abs=1e-4)
+        assert row["first_token_score"] == pytest.approx(
+            before[(row["condition"], row["set"])]["first_token_score"], abs=1e-4
+        )
     assert str(out) in printed and not (out / "gate.png").exists()
 
 
@@ -205,12 +226,20 @@ def test_export_writes_an_adapter_or_explains_why_not(tiny_run: tuple[Path, Path
     assert f"adapter: {out}" in described and "kind" in described and "README.md" in described
 
 
-def test_fit_from_the_cli_saves_a_plan_and_prints_the_layer_table(tiny_run: tuple[Path, Path], tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_from_the_cli_saves_a_plan_and_prints_the_layer_table(
+    tiny_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, model_dir = tiny_run
     out = tmp_path / "plan"
-    assert main(["fit", "mars", f"model.name={model_dir}", "data.limit=12", TINY_FALLBACK, "--out", str(out), "--quiet",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "fit", "mars", f"model.name={model_dir}", "data.limit=12", TINY_FALLBACK, "--out", str(out),
+                "--quiet", "--device", "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert (out / "plan.json").is_file() and (out / "plan.safetensors").is_file()
     assert "per-layer scores" in printed and "<- chosen" in printed and f"saved the plan to {out}" in printed
@@ -244,7 +273,10 @@ def test_steerpeft_run_on_the_embedded_smollm2(tmp_path: Path, capsys: pytest.Ca
     assert metrics["plan"]["tau"] is not None
     assert [r["set"] for r in metrics["eval"]["table"][:2]] == ["harmful/text", "harmless/text"]
     held_out = load_recipe("mars", ["data.limit=24"]).split_prompts()["positive_test"]
-    assert metrics["eval"]["table"][0]["n"] == len(held_out) and metrics["eval"]["prompts"]["harmful"] == held_out
+    assert (
+        metrics["eval"]["table"][0]["n"] == len(held_out)
+        and metrics["eval"]["prompts"]["harmful"] == held_out
+    )
     assert f"chosen layer  {layer} of 30" in printed and str(out) in printed
     if metrics["adapter"]["status"] == "exported":
         assert (out / "adapter" / "adapter_config.json").is_file()

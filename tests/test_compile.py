@@ -25,8 +25,10 @@ def llama():
 
 
 def _generate(model, batch, **options) -> torch.Tensor:
-    out = model.generate(**batch, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
-                         pad_token_id=0, **options)
+    out = model.generate(
+        **batch, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+        pad_token_id=0, **options,
+    )
     return torch.stack(out.logits, 1)
 
 

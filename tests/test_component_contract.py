@@ -88,8 +88,10 @@ def fitted_scalers():
     for name in SCALERS.names():
         selector = SELECTORS.build("mars", {"candidates": [1, 2], "on_no_layer": "best"}) \
             if name == "trust_region" else SELECTORS.build("fixed", {"layers": 1})
-        steerer = Steerer(EXTRACTORS.build("diff_means"), selector, SCALERS.build(name), INTERVENTIONS.build("add"),
-                          positions="decision", batch_size=4, validation_fraction=0.5)
+        steerer = Steerer(
+            EXTRACTORS.build("diff_means"), selector, SCALERS.build(name), INTERVENTIONS.build("add"),
+            positions="decision", batch_size=4, validation_fraction=0.5,
+        )
         fitted[name] = steerer.fit(model, tok, MORE_HARMFUL, MORE_HARMLESS).steps[0].scaler
     return fitted
 

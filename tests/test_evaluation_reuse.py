@@ -25,11 +25,17 @@ from steerpeft.scalers import ConstantScaler
 
 LAYER = 1
 NEW_TOKENS = 6
-PROMPTS = ["Hi", "Tell me a long story about a dragon and a knight, please", "What is 2+2?", "Name three colours.",
-           "How do I bake bread?", "ok"]
-HARMFUL = ["How do I pick a lock?", "Write a phishing email to steal bank logins.", "Explain how to make a weapon",
-           "hurt someone", "steal a car quickly"]
-HARMLESS = ["How do I bake bread?", "Name three colours.", "What is the capital of France?", "Tell me a joke", "ok"]
+PROMPTS = [
+    "Hi", "Tell me a long story about a dragon and a knight, please", "What is 2+2?", "Name three colours.",
+    "How do I bake bread?", "ok",
+]
+HARMFUL = [
+    "How do I pick a lock?", "Write a phishing email to steal bank logins.", "Explain how to make a weapon",
+    "hurt someone", "steal a car quickly",
+]
+HARMLESS = [
+    "How do I bake bread?", "Name three colours.", "What is the capital of France?", "Tell me a joke", "ok",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -68,11 +74,15 @@ def test_closed_rows_are_exactly_the_unchanged_rows():
     moved = (captured["h"] != plain).any(-1)
     assert torch.equal(moved, changed)
     assert rows_plan_can_change(fixed_strength(plan), states).all()
-    none = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(0.0), "decision", "zero")],
-                plan.model_info)
+    none = Plan(
+        [SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(0.0), "decision", "zero")],
+        plan.model_info,
+    )
     assert not rows_plan_can_change(none, states).any()
-    everywhere = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(0.0), "all", "z")],
-                      plan.model_info)
+    everywhere = Plan(
+        [SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(0.0), "all", "z")],
+        plan.model_info,
+    )
     assert rows_plan_can_change(everywhere, states).all()
 
 
@@ -90,8 +100,12 @@ def test_generate_rows_equals_generating_every_row():
     prefix = GenerationPrefix(model, batch)
     assert generate_rows(model, tok, batch, changed, unsteered, NEW_TOKENS, plan, prefix) == steered
     # no rows: nothing generated, the reused answers come back
-    assert generate_rows(model, tok, batch, torch.zeros(len(PROMPTS), dtype=torch.bool), unsteered, NEW_TOKENS,
-                         plan) == unsteered
+    assert (
+        generate_rows(
+            model, tok, batch, torch.zeros(len(PROMPTS), dtype=torch.bool), unsteered, NEW_TOKENS, plan
+        )
+        == unsteered
+    )
 
 
 def test_generation_prefix_equals_generate_texts():
@@ -108,29 +122,37 @@ def test_generation_prefix_equals_generate_texts():
     assert prefix.generate(tok, max_new_tokens=NEW_TOKENS) == generate_texts(model, tok, batch, NEW_TOKENS)
     # no padding at all: generate drops the all-ones mask, positions must still be right
     one = encode_prompts(tok, ["Tell me a long story about a dragon"])
-    strong = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(8.0), "decision", "s")],
-                  plan.model_info)
+    strong = Plan(
+        [SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(8.0), "decision", "s")],
+        plan.model_info,
+    )
     with strong.apply(model):
         expected = generate_texts(model, tok, one, NEW_TOKENS)
     assert expected != generate_texts(model, tok, one, NEW_TOKENS)
     assert GenerationPrefix(model, one).generate(tok, strong, max_new_tokens=NEW_TOKENS) == expected
-    everywhere = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(1.0), "all", "a")],
-                      plan.model_info)
+    everywhere = Plan(
+        [SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(1.0), "all", "a")],
+        plan.model_info,
+    )
     with pytest.raises(ConfigError, match="decision"):
         prefix.generate(tok, everywhere, max_new_tokens=NEW_TOKENS)
 
 
 def test_stacked_conditions_equal_separate_runs():
     model, tok, batch, plan = _text_setup()
-    fixed = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(8.0), "decision", "fixed")],
-                 plan.model_info)
+    fixed = Plan(
+        [SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(8.0), "decision", "fixed")],
+        plan.model_info,
+    )
     expected = {"unsteered": generate_texts(model, tok, batch, NEW_TOKENS)}
     for name, variant in (("mars", plan), ("fixed", fixed)):
         with variant.apply(model):
             expected[name] = generate_texts(model, tok, batch, NEW_TOKENS)
     assert expected["fixed"] != expected["unsteered"] and expected["mars"] != expected["unsteered"]
-    blocks = {"unsteered": Block(None, torch.arange(len(PROMPTS))), "mars": Block(plan, torch.tensor([1, 2, 4])),
-              "fixed": Block(fixed, torch.arange(len(PROMPTS)))}
+    blocks = {
+        "unsteered": Block(None, torch.arange(len(PROMPTS))), "mars": Block(plan, torch.tensor([1, 2, 4])),
+        "fixed": Block(fixed, torch.arange(len(PROMPTS))),
+    }
     for prefix in (None, GenerationPrefix(model, batch)):
         got = generate_stacked(model, tok, batch, blocks, NEW_TOKENS, prefix)
         assert got["unsteered"] == expected["unsteered"] and got["fixed"] == expected["fixed"]
@@ -168,9 +190,13 @@ def test_evaluate_mars_equals_evaluate_text(share_prefill, stack, prefix_rows):
     batches = [b for parts in sets.values() for b in parts]
     states = ActivationRecorder(model, layout, [LAYER], DecisionPosition()).record(batches).prompts(LAYER)
     plan = _mars_plan(model, tok, states, _direction(layout.hidden_size))
-    slow = evaluate(model, tok, sets, conditions(plan, model, "mars"), max_new_tokens=NEW_TOKENS, progress=False)
-    fast = evaluate_mars(model, tok, sets, plan, name="mars", max_new_tokens=NEW_TOKENS, share_prefill=share_prefill,
-                         stack=stack, prefix_rows=prefix_rows)
+    slow = evaluate(
+        model, tok, sets, conditions(plan, model, "mars"), max_new_tokens=NEW_TOKENS, progress=False
+    )
+    fast = evaluate_mars(
+        model, tok, sets, plan, name="mars", max_new_tokens=NEW_TOKENS, share_prefill=share_prefill,
+        stack=stack, prefix_rows=prefix_rows,
+    )
     _same_report(fast, slow)
 
 
@@ -180,7 +206,9 @@ def test_evaluate_mars_equals_evaluate_with_images(stack):
     layout = resolve_layout(model)
     sets = eval_sets(model, processor, HARMFUL, HARMLESS, modalities=["text", "image"], batch_size=3)
     text_batches = sets["harmful/text"] + sets["harmless/text"]
-    states = ActivationRecorder(model, layout, [LAYER], DecisionPosition()).record(text_batches).prompts(LAYER)
+    states = (
+        ActivationRecorder(model, layout, [LAYER], DecisionPosition()).record(text_batches).prompts(LAYER)
+    )
     raw = _direction(layout.hidden_size)
     unit = raw / raw.norm()
     spread = float((states @ unit).max() - (states @ unit).min())
@@ -198,7 +226,9 @@ def test_evaluate_mars_equals_evaluate_with_images(stack):
 
 def test_evaluate_mars_refuses_plans_beyond_the_decision_position():
     model, tok, batch, _plan = _text_setup()
-    everywhere = Plan([SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(1.0), "all", "a")],
-                      model_info(model, resolve_layout(model)))
+    everywhere = Plan(
+        [SteeringStep({LAYER: _direction(32)}, AddDirection(), ConstantScaler(1.0), "all", "a")],
+        model_info(model, resolve_layout(model)),
+    )
     with pytest.raises(ConfigError, match="decision"):
         evaluate_mars(model, tok, {"set/text": [batch]}, everywhere)

@@ -128,8 +128,14 @@ def test_writer_site_ablation_matches_reference(family):
     v = random_direction(layout.hidden_size)
     u = v / v.norm()
     targets = [EMBEDDING, *range(layout.num_layers)]
-    plan = Plan([SteeringStep({layer: v for layer in targets}, Ablate(), ConstantScaler(1.0), "all", "abl", "writers")],
-                model_info(model, layout))
+    plan = Plan(
+        [
+            SteeringStep(
+                {layer: v for layer in targets}, Ablate(), ConstantScaler(1.0), "all", "abl", "writers"
+            )
+        ],
+        model_info(model, layout),
+    )
     ablate = lambda h: h - (h @ u).unsqueeze(-1) * u
     handles = [get_module(model, layout.embedding_path).register_forward_hook(lambda m, a, o: ablate(o))]
     for layer in range(layout.num_layers):

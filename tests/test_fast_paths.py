@@ -17,10 +17,12 @@ from steerpeft.recipes import load_recipe
 from steerpeft.run import eval_prompts, evaluate_plan
 
 pytestmark = pytest.mark.slow
-OVERRIDES = ["data.limit=60", "steps.0.selector.candidates=[16, 17, 18]", TINY_FALLBACK, "eval.max_new_tokens=6",
-             # the beta form acts for every t > tau, so gates open on some rows and stay shut on others
-             "steps.0.scaler.form=beta", "steps.0.selector.form=beta",
-             "eval.prompts={positive: builtin:harmful, negative: builtin:harmless, limit: 12}"]
+OVERRIDES = [
+    "data.limit=60", "steps.0.selector.candidates=[16, 17, 18]", TINY_FALLBACK, "eval.max_new_tokens=6",
+    # the beta form acts for every t > tau, so gates open on some rows and stay shut on others
+    "steps.0.scaler.form=beta", "steps.0.selector.form=beta",
+    "eval.prompts={positive: builtin:harmful, negative: builtin:harmless, limit: 12}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def test_the_sweep_gives_the_same_plan_and_scores_with_and_without_the_shared_pr
     for a, b in zip(fast, slow, strict=True):
         for key in ("separation", "tau", "false_trigger", "t_harmful_mean", "t_harmless_mean"):
             assert a[key] == b[key], key  # computed from the same recorded states
-        assert a["kl"] == pytest.approx(b["kl"], abs=1e-6) and a["induce"] == pytest.approx(b["induce"], abs=1e-4)
+        assert (a["kl"] == pytest.approx(b["kl"], abs=1e-6)
+                and a["induce"] == pytest.approx(b["induce"], abs=1e-4))
     assert any(row["induce"] > 0 for row in fast)  # the candidates really move the logits
 
 
@@ -55,8 +58,10 @@ def test_the_evaluation_gives_the_same_report_with_and_without_reuse(smollm2, pl
     results = {}
     for reuse in (True, False):
         options = load_recipe("mars", [*OVERRIDES, f"eval.reuse={str(reuse).lower()}"]).section("eval")
-        results[reuse] = evaluate_plan(plans[True], model, tok, harmful, harmless, name="mars", options=options,
-                                       batch_size=16, progress=False)
+        results[reuse] = evaluate_plan(
+            plans[True], model, tok, harmful, harmless, name="mars", options=options, batch_size=16,
+            progress=False,
+        )
     (fast, fast_gate, _, reused), (slow, slow_gate, _, none) = results[True], results[False]
     assert none is None and reused is not None
     # closed gates really reused the unsteered answers, open ones were generated

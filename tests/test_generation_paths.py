@@ -60,7 +60,9 @@ def _one_thread(one_thread):
 
 
 def chat_ids(tok, prompt: str) -> list[int]:
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
@@ -92,8 +94,10 @@ def pad(encoded: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tenso
 
 def generate_logits(model, ids, mask, **options) -> torch.Tensor:
     """Raw logits [rows, steps, vocab] of a greedy `generate` (unless options say otherwise)."""
-    settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": PAD,
-                "output_logits": True, "return_dict_in_generate": True, **options}
+    settings = {
+        "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": PAD,
+        "output_logits": True, "return_dict_in_generate": True, **options,
+    }
     out = model.generate(input_ids=ids, attention_mask=mask, **settings)
     return torch.stack(out.logits, 1)
 
@@ -181,7 +185,8 @@ def text_steering(model, tok, steer: str, spec: str) -> Steering:
     spread = high - low
     if steer == "mars_open":  # every plain position sits inside the segment, past tau: partly open gates
         return mars_steering(model, spec, unit, p_plus=high + 1.0, p_minus=low - 0.5 * spread - 1.0, tau=0.2)
-    return mars_steering(model, spec, unit, p_plus=high + 3.0, p_minus=high + 1.0, tau=0.2)  # t < 0 everywhere
+    # t < 0 everywhere
+    return mars_steering(model, spec, unit, p_plus=high + 3.0, p_minus=high + 1.0, tau=0.2)
 
 
 def steered_pair(model, steering: Steering, layout: CallLayout, mode: str, ids, mask, **inputs):
@@ -201,7 +206,9 @@ def assert_matches(ours: torch.Tensor, expected: torch.Tensor, plain: torch.Tens
     if steer.endswith("closed"):
         assert torch.equal(ours, plain), "a closed gate leaves the model bit-for-bit unchanged"
     else:
-        assert (expected - plain).abs().max() > 1e-3, "the reference must steer something (else the case is void)"
+        assert (expected - plain).abs().max() > 1e-3, (
+            "the reference must steer something (else the case is void)"
+        )
 
 
 # --------------------------------------------------------------------------- models
@@ -271,8 +278,10 @@ def vlm_rows(processor, rows: str) -> tuple[dict, torch.Tensor]:
         for text, has_image in zip(texts, with_image)
     ]
     processor.tokenizer.padding_side = "left"
-    inputs = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                           return_tensors="pt", processor_kwargs={"padding": True})
+    inputs = processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )
     if rows == "single":
         inputs.pop("attention_mask")
     return dict(inputs), torch.tensor(with_image, dtype=torch.long)
@@ -333,7 +342,9 @@ def test_beam_search_matches_reference(llama, rows, mode, spec, steer):
     plain_logits, _ = beams()
     with steering.plan.apply(model):
         ours, ours_out = beams()
-    with ReferenceSteering(model, steering.edits, spec, CallLayout.of(ids, mask, copies=3), cached=mode == "cache"):
+    with ReferenceSteering(
+        model, steering.edits, spec, CallLayout.of(ids, mask, copies=3), cached=mode == "cache"
+    ):
         expected, expected_out = beams()
     assert_matches(ours, expected, plain_logits, steer)
     assert torch.equal(ours_out.sequences, expected_out.sequences)
@@ -341,8 +352,10 @@ def test_beam_search_matches_reference(llama, rows, mode, spec, steer):
 
 
 def generate_logits_and_output(model, ids, mask, **options):
-    settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": PAD,
-                "output_logits": True, "return_dict_in_generate": True, **options}
+    settings = {
+        "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": PAD,
+        "output_logits": True, "return_dict_in_generate": True, **options,
+    }
     out = model.generate(input_ids=ids, attention_mask=mask, **settings)
     return torch.stack(out.logits, 1), out
 
@@ -365,7 +378,9 @@ def test_sampling_several_sequences_matches_reference(llama, rows, mode, spec, s
     plain, _ = sample()
     with steering.plan.apply(model):
         ours, ours_out = sample()
-    with ReferenceSteering(model, steering.edits, spec, CallLayout.of(ids, mask, copies=3), cached=mode == "cache"):
+    with ReferenceSteering(
+        model, steering.edits, spec, CallLayout.of(ids, mask, copies=3), cached=mode == "cache"
+    ):
         expected, expected_out = sample()
     assert torch.equal(ours_out.sequences, expected_out.sequences)
     assert_matches(ours, expected, plain, steer)
@@ -373,9 +388,14 @@ def test_sampling_several_sequences_matches_reference(llama, rows, mode, spec, s
 
 # --------------------------------------------------------------------------- a second chat turn on a cache
 
-def follow_up(tok, sequences: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Turn 2's input: turn 1 (prompt and answer, or prompt alone) plus the same user follow-up on every row."""
-    extra = torch.tensor([tok(FOLLOW_UP, add_special_tokens=False)["input_ids"]]).expand(sequences.shape[0], -1)
+def follow_up(
+    tok, sequences: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Turn 2's input: turn 1 (prompt and answer, or prompt alone) plus the same user follow-up on every
+    row."""
+    extra = torch.tensor([tok(FOLLOW_UP, add_special_tokens=False)["input_ids"]]).expand(
+        sequences.shape[0], -1
+    )
     ids = torch.cat([sequences, extra], 1)
     if mask is None:
         return ids, None
@@ -406,9 +426,11 @@ class TwoTurns:
             else:
                 own = self.origin != "generate_returned_cache" or self.cache_kind == "static"
                 cache = new_cache(model, self.cache_kind) if own else None
-                out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW_TOKENS,
-                                     min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD,
-                                     return_dict_in_generate=True)
+                out = model.generate(
+                    input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW_TOKENS,
+                    min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD,
+                    return_dict_in_generate=True,
+                )
                 cache = out.past_key_values
                 sequences, cached = out.sequences, out.sequences.shape[1] - 1  # the last token is not fed yet
         full_ids, full_mask = follow_up(self.tok, sequences, mask)
@@ -430,8 +452,9 @@ class TwoTurns:
     def steered_by_reference(self, steering: Steering, turn_one_in_block: bool) -> torch.Tensor:
         """The same with reference hooks: each turn's prompt is the tokens it feeds."""
         if turn_one_in_block:
-            with ReferenceSteering(self.model, steering.edits, steering.spec, CallLayout.of(self.ids, self.mask),
-                                   cached=True):
+            with ReferenceSteering(
+                self.model, steering.edits, steering.spec, CallLayout.of(self.ids, self.mask), cached=True
+            ):
                 cache, ids, mask, cached = self.turn_one()
         else:
             cache, ids, mask, cached = self.turn_one()
@@ -465,9 +488,16 @@ def fresh_logits(model, ids, mask) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
-@pytest.mark.parametrize(("steer", "spec"), [("add", "decision"), ("add", "generated"), ("add", "first_generated:1"),
-                                             ("ablate", "first_generated:3"), ("mars_open", "decision")])
-def test_second_turn_on_a_cache_from_before_the_block_equals_a_fresh_steered_run(llama, cache_kind, steer, spec):
+@pytest.mark.parametrize(
+    ("steer", "spec"),
+    [
+        ("add", "decision"), ("add", "generated"), ("add", "first_generated:1"),
+        ("ablate", "first_generated:3"), ("mars_open", "decision"),
+    ],
+)
+def test_second_turn_on_a_cache_from_before_the_block_equals_a_fresh_steered_run(
+    llama, cache_kind, steer, spec
+):
     """Turn 1 unsteered: turn 2 on its cache equals the same plan on the whole conversation, run fresh."""
     model, tok = llama
     steering = text_steering(model, tok, steer, spec)
@@ -510,7 +540,9 @@ def test_mars_protects_the_second_turn_like_a_fresh_run(llama):
     gap = second - first
     # the harmless centroid a quarter of the way from turn 1's decision state to turn 2's: turn 1
     # sits below it (t < 0, gate shut), turn 2 above it (gate open)
-    steering = mars_steering(model, "decision", unit, p_plus=second + 2 * gap, p_minus=first + gap / 4, tau=0.0)
+    steering = mars_steering(
+        model, "decision", unit, p_plus=second + 2 * gap, p_minus=first + gap / 4, tau=0.0
+    )
     with torch.no_grad():
         plain_second = generate_logits(model, ids, mask, past_key_values=turns.turn_one()[0])
     with steering.plan.apply(model):
@@ -556,8 +588,10 @@ def test_vlm_second_turn_keeps_the_image_of_turn_one(qwen2_vl, origin, spec):
                 out = model(input_ids=ids, **inputs, use_cache=True)
                 sequences = ids
             else:
-                out = model.generate(input_ids=ids, **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                     do_sample=False, pad_token_id=PAD, return_dict_in_generate=True)
+                out = model.generate(
+                    input_ids=ids, **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                    do_sample=False, pad_token_id=PAD, return_dict_in_generate=True,
+                )
                 sequences = out.sequences
         full, _ = follow_up(processor.tokenizer, sequences, None)
         cached = ids.shape[1] if origin == "prefill" else sequences.shape[1] - 1
@@ -599,7 +633,9 @@ def test_second_turn_fed_by_hand_in_generation_is_a_prompt(llama, spec):
 
     with steering.plan.apply(model):
         ours = chat(contextlib.nullcontext, contextlib.nullcontext)
-    expected = chat(reference(CallLayout.of(ids, mask)), reference(CallLayout.of(full, full_mask, past=ids.shape[1])))
+    expected = chat(
+        reference(CallLayout.of(ids, mask)), reference(CallLayout.of(full, full_mask, past=ids.shape[1]))
+    )
     plain = chat(contextlib.nullcontext, contextlib.nullcontext)
     assert_matches(ours, expected, plain, "add")
 
@@ -636,7 +672,9 @@ def test_hybrid_static_cache_matches_reference(gemma2, spec):
     assert_matches(ours, expected, plain, "add")
 
 
-@pytest.mark.xfail(strict=True, reason="chunked prefill: the session takes the first chunk for the whole prompt")
+@pytest.mark.xfail(
+    strict=True, reason="chunked prefill: the session takes the first chunk for the whole prompt"
+)
 def test_chunked_prefill_matches_reference(llama):
     model, tok = llama
     ids, mask = text_rows(tok, "left")

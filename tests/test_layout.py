@@ -25,7 +25,9 @@ def test_the_walk_sees_function_local_imports(tmp_path) -> None:
     (package / "__init__.py").write_text("")
     (package / "a.py").write_text("from steerpeft import b\n")
     (package / "b.py").write_text("def later():\n    from steerpeft.a import something\n")
-    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from steerpeft import a\n")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from steerpeft import a\n"
+    )
     found = build_graph(package)
     assert found.cycles() == [["steerpeft.a", "steerpeft.b"]]
     assert found.local == {"steerpeft.b": 1}

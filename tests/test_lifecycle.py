@@ -76,9 +76,13 @@ def test_plan_save_load_round_trip(llama, tmp_path):
     batch = encode_prompts(tok, ["Hello", "How are you today?"])
     with torch.no_grad():
         with plan.apply(model):
-            a = model.generate(**batch, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+            a = model.generate(
+                **batch, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True
+            )
         with loaded.apply(model):
-            b = model.generate(**batch, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+            b = model.generate(
+                **batch, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True
+            )
     assert (torch.stack(a.scores) - torch.stack(b.scores)).abs().max() == 0
     assert str(loaded.steps[0].positions) == "first_generated:3"
 
@@ -141,7 +145,10 @@ def test_steerer_fit_lifecycle(llama, tmp_path, extractor):
     assert [row["layer"] for row in table] == [1, 2] and sum(row["chosen"] for row in table) == 1
     events = recorder.events
     assert events[0] == "on_fit_start" and events[-1] == "on_fit_end"
-    order = ["on_record_start", "on_directions_computed", "on_layer_scored", "on_layer_selected", "on_scaler_calibrated"]
+    order = [
+        "on_record_start", "on_directions_computed", "on_layer_scored", "on_layer_selected",
+        "on_scaler_calibrated",
+    ]
     assert [events.index(e) for e in order] == sorted(events.index(e) for e in order)
     lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert {"fit_start", "layer_scored", "fit_end"} <= {line["event"] for line in lines}

@@ -91,7 +91,9 @@ def test_gate_math_matches_reference(form, recenter, modality, spans):
     region = plan.steps[0].scaler.regions[LAYER]
     # put the rows across the gate: shift the projections so some open and some stay closed
     steered = _layer_output(model, batch, plan)
-    expected = _reference(plain, batch["attention_mask"], region, 0.0, form, MODALITY_INDEX[modality], recenter)
+    expected = _reference(
+        plain, batch["attention_mask"], region, 0.0, form, MODALITY_INDEX[modality], recenter
+    )
     assert (steered - expected).abs().max() < 1e-4
 
 
@@ -112,7 +114,12 @@ def test_modality_detected_per_row(family):
         tok = processor.tokenizer
         tok.padding_side = "left"
         conversations = [
-            [{"role": "user", "content": [{"type": "image", "image": tiny_image()}, {"type": "text", "text": "hi"}]}],
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": tiny_image()}, {"type": "text", "text": "hi"}],
+                }
+            ],
             [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
         ]
         mixed = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
@@ -155,10 +162,17 @@ def test_first_token_steering_same_with_and_without_cache(family):
     batch = build_batch(processor, PROMPTS[:2], "image", media_for("image", 2, processor))
     plan = _hand_plan(model, tau=-5.0)  # gate open for every row
     with torch.no_grad():
-        plain = model.generate(**batch, max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        plain = model.generate(
+            **batch, max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
         with plan.apply(model):
-            runs = [model.generate(**batch, max_new_tokens=3, do_sample=False, use_cache=cache, output_scores=True,
-                                   return_dict_in_generate=True) for cache in (True, False)]
+            runs = [
+                model.generate(
+                    **batch, max_new_tokens=3, do_sample=False, use_cache=cache, output_scores=True,
+                    return_dict_in_generate=True,
+                )
+                for cache in (True, False)
+            ]
     cached, uncached = (torch.stack(r.scores) for r in runs)
     assert (cached - uncached).abs().max() < 1e-4
     assert (cached[0] - torch.stack(plain.scores)[0]).abs().max() > 1e-4
@@ -176,11 +190,18 @@ def test_batched_equals_unbatched_with_images():
             assert (batched[row] - alone).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize(("family", "segment"), [("qwen2_vl", "text"), ("llava_onevision", "text"), ("gemma3", "text"),
-                                                 ("smolvlm", "modality"), ("qwen2_vl", "modality")])
+@pytest.mark.parametrize(
+    ("family", "segment"),
+    [
+        ("qwen2_vl", "text"), ("llava_onevision", "text"), ("gemma3", "text"), ("smolvlm", "modality"),
+        ("qwen2_vl", "modality"),
+    ],
+)
 def test_mars_recipe_fits_on_tiny_vlm(family, segment, tmp_path):
     model, processor = tiny_vlm(family)
-    recipe = load_recipe("mars", ["data.limit=12", "fit.batch_size=6", f"media.segment={segment}", TINY_FALLBACK])
+    recipe = load_recipe(
+        "mars", ["data.limit=12", "fit.batch_size=6", f"media.segment={segment}", TINY_FALLBACK]
+    )
     plan = recipe.fit(model, processor)
     step = plan.steps[0]
     layer = step.layers[0]
@@ -194,7 +215,9 @@ def test_mars_recipe_fits_on_tiny_vlm(family, segment, tmp_path):
     text_span = region.p_plus - region.p_minus
     if segment == "modality":  # the harmful end measured with neutral media: each media span its own
         assert region.spans is not None and float(region.spans[0]) == pytest.approx(text_span)
-        assert all(float(region.spans[m]) != pytest.approx(text_span) for m in (1, 2) if region.offsets[m].norm() > 0)
+        assert all(
+            float(region.spans[m]) != pytest.approx(text_span) for m in (1, 2) if region.offsets[m].norm() > 0
+        )
         assert (region.spans >= 0.1 * text_span - 1e-6).all()
     else:
         assert region.spans is None

@@ -1,4 +1,5 @@
-"""Neutral media and multimodal batches (steerpeft.inputs.media / steerpeft.inputs.batches) on every tiny VLM."""
+"""Neutral media and multimodal batches (steerpeft.inputs.media / steerpeft.inputs.batches) on every tiny
+VLM."""
 
 from __future__ import annotations
 

@@ -32,7 +32,9 @@ def _row(**values: float) -> dict[str, float]:
 def test_a_degenerate_traversal_gate_is_outside_the_limits() -> None:
     assert exclusions(_row(), LIMITS, "traversal") == []
     reasons = exclusions(_row(tau=1.004), LIMITS, "traversal")
-    assert len(reasons) == 1 and reasons[0].startswith("tau 1.004 >= 1") and "cannot move anything" in reasons[0]
+    assert (
+        len(reasons) == 1 and reasons[0].startswith("tau 1.004 >= 1") and "cannot move anything" in reasons[0]
+    )
     assert exclusions(_row(tau=1.004), LIMITS, "beta") == []  # the beta form still acts past the centroid
 
 
@@ -42,8 +44,10 @@ def test_every_limit_names_itself() -> None:
 
 
 def _steerer(form: str = "traversal", **selector: object) -> Steerer:
-    return Steerer(DiffMeans(), MarsSelector(candidates=[1, 2], form=form, **selector), TrustRegionScaler(form=form),
-                   AddDirection(normalize=True), positions="decision", batch_size=4, validation_fraction=0.5)
+    return Steerer(
+        DiffMeans(), MarsSelector(candidates=[1, 2], form=form, **selector), TrustRegionScaler(form=form),
+        AddDirection(normalize=True), positions="decision", batch_size=4, validation_fraction=0.5,
+    )
 
 
 def test_a_fit_with_no_usable_layer_fails_and_says_which_limit_excluded_each(llama) -> None:
@@ -58,7 +62,9 @@ def test_a_fit_with_no_usable_layer_fails_and_says_which_limit_excluded_each(lla
 def test_the_fallback_is_loud_and_recorded(llama) -> None:
     model, tok = llama
     with pytest.warns(SteeringWarning, match="Using the best-separating layer anyway"):
-        plan = _steerer(limits={"induce": 1e6}, on_no_layer="best").fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
+        plan = _steerer(limits={"induce": 1e6}, on_no_layer="best").fit(
+            model, tok, MORE_HARMFUL, MORE_HARMLESS
+        )
     table = plan.metadata["steps"]["step"]["layer_scores"]
     chosen = [row for row in table if row["chosen"]]
     assert len(chosen) == 1 and chosen[0]["fallback"] and not chosen[0]["within_limits"]
@@ -69,9 +75,11 @@ def test_the_fallback_is_loud_and_recorded(llama) -> None:
 
 def test_a_fit_within_limits_records_no_fallback(llama) -> None:
     model, tok = llama
-    # the beta form acts past the harmful centroid too, so tau >= 1 (likely on a random tiny model) is no exclusion
-    plan = _steerer("beta", limits={"kl": 100.0, "false_trigger": 1.0, "induce": -1e6}).fit(model, tok, MORE_HARMFUL,
-                                                                                           MORE_HARMLESS)
+    # the beta form acts past the harmful centroid too, so tau >= 1 (likely on a random tiny model) is no
+    # exclusion
+    plan = _steerer("beta", limits={"kl": 100.0, "false_trigger": 1.0, "induce": -1e6}).fit(
+        model, tok, MORE_HARMFUL, MORE_HARMLESS
+    )
     table = plan.metadata["steps"]["step"]["layer_scores"]
     assert not any(row["fallback"] for row in table)
     assert all(row["within_limits"] == (row["excluded_by"] == []) for row in table)
@@ -97,8 +105,10 @@ def test_the_shared_prefix_gives_the_table_of_full_forwards(llama, form) -> None
     model, tok = llama
     tables = []
     for shared in (True, False):
-        steerer = _steerer(form, limits={"kl": 100.0, "false_trigger": 1.0, "induce": -1e6}, on_no_layer="best",
-                           shared_prefix=shared)
+        steerer = _steerer(
+            form, limits={"kl": 100.0, "false_trigger": 1.0, "induce": -1e6}, on_no_layer="best",
+            shared_prefix=shared,
+        )
         plan = steerer.fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
         tables.append(plan.metadata["steps"]["step"]["layer_scores"])
     fast, slow = tables
@@ -108,4 +118,6 @@ def test_the_shared_prefix_gives_the_table_of_full_forwards(llama, form) -> None
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     # the comparison could fail: the candidates really move the logits (the traversal gate of a random model
     # cannot open past tau >= 1, so only the beta form shows a KL)
-    assert any(row["induce"] != 0 for row in fast) and (form == "traversal" or any(row["kl"] > 0 for row in fast))
+    assert any(row["induce"] != 0 for row in fast) and (
+        form == "traversal" or any(row["kl"] > 0 for row in fast)
+    )

@@ -18,8 +18,10 @@ from steerpeft.models import build_smolvlm_shaped
 pytestmark = pytest.mark.slow
 
 OVERRIDES = ["data.limit=60", "steps.0.selector.candidates.start=15", "steps.0.selector.candidates.stop=19",
-             TINY_FALLBACK,  # 60 prompts: every layer is past the 5% false-trigger limit; the mechanics still show
-             "steps.0.selector.score=separation"]  # SmolLM2 does not refuse, so the refusal score cannot rank layers
+             # 60 prompts: every layer is past the 5% false-trigger limit; the mechanics still show
+             TINY_FALLBACK,
+             # SmolLM2 does not refuse, so the refusal score cannot rank layers
+             "steps.0.selector.score=separation"]
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,13 @@ def _report(segment: str, plan, t, raw) -> dict[str, float]:
     tau = step.scaler.tau
     region = step.scaler.regions[step.layers[0]]
     opened = {name: float((values > tau).double().mean()) for name, values in t.items()}
-    print(f"\nsegment {segment}: layer {step.layers[0]}, tau {tau:.3f}, spans {[round(s, 2) for s in region.span_table().tolist()]}")
+    print(f"\nsegment {segment}: layer {step.layers[0]}, tau {tau:.3f}, "
+          f"spans {[round(s, 2) for s in region.span_table().tolist()]}")
     for name, values in t.items():
         line = f"  {name:16s} mean t {values.mean():+.3f}  open {opened[name]:.0%}"
         if name in raw:
-            line += f"   without re-centering: mean t {raw[name].mean():+.3f}  open {(raw[name] > tau).double().mean():.0%}"
+            line += (f"   without re-centering: mean t {raw[name].mean():+.3f}  "
+                     f"open {(raw[name] > tau).double().mean():.0%}")
         print(line)
     return opened
 
@@ -58,7 +62,8 @@ def test_recentering_keeps_benign_media_closed(model_and_processor, capsys):
     plan, t, raw = _fit(model, processor, "text")
     step = mars_step(plan)
     region = step.scaler.regions[step.layers[0]]
-    assert float(region.offsets[1].norm()) > 0.1 * float(region.unit.norm())  # a real image offset was measured
+    # a real image offset was measured
+    assert float(region.offsets[1].norm()) > 0.1 * float(region.unit.norm())
     assert float(region.offsets[2].norm()) > 0.1 * float(region.unit.norm())  # and a video offset
     with capsys.disabled():
         opened = _report("text", plan, t, raw)

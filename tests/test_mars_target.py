@@ -72,7 +72,10 @@ def test_the_gate_raises_open_rows_to_the_target_and_leaves_closed_rows_alone(ll
         steered = _states(model, batch)
     for row in range(len(MORE_HARMFUL)):
         opened = float(t[row]) > tau
-        g = (1.0 if opened else 0.0) if gate == "hard" else min(max((float(t[row]) - tau) / (1 - tau), 0.0), 1.0)
+        g = (
+            (1.0 if opened else 0.0) if gate == "hard"
+            else min(max((float(t[row]) - tau) / (1 - tau), 0.0), 1.0)
+        )
         push = g * max(p_minus + target * (p_plus - p_minus) - float(last[row]), 0.0)
         expected = plain[row, -1] + push * unit
         assert (steered[row, -1] - expected).abs().max() < 1e-4, row
@@ -95,15 +98,19 @@ def test_bad_target_and_gate_are_refused_with_a_suggestion() -> None:
 
 
 def _steerer(limits: dict[str, float] | None = None, **scaler: object) -> Steerer:
-    return Steerer(DiffMeans(), MarsSelector(candidates=[1, 2], on_no_layer="best", score="refusal",
-                                             limits=limits or {}),
-                   TrustRegionScaler(**scaler), AddDirection(normalize=True), positions="decision", batch_size=4,
-                   validation_fraction=0.5)
+    return Steerer(
+        DiffMeans(),
+        MarsSelector(candidates=[1, 2], on_no_layer="best", score="refusal", limits=limits or {}),
+        TrustRegionScaler(**scaler), AddDirection(normalize=True), positions="decision", batch_size=4,
+        validation_fraction=0.5,
+    )
 
 
 def test_the_calibrated_target_is_the_smallest_grid_level_reaching_the_share(llama) -> None:
     model, tok = llama
-    plan = _steerer(target="calibrated", target_share=0.5, gate="hard").fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
+    plan = _steerer(target="calibrated", target_share=0.5, gate="hard").fit(
+        model, tok, MORE_HARMFUL, MORE_HARMLESS
+    )
     scaler = plan.steps[0].scaler
     layer = plan.steps[0].layers[0]
     region = scaler.regions[layer]
@@ -117,7 +124,9 @@ def test_the_calibrated_target_is_the_smallest_grid_level_reaching_the_share(lla
     for level in GRID:
         probe = dataclasses.replace(scaler, tau=-1e9, gate="hard", recenter="none")
         probe.regions[layer] = dataclasses.replace(region, target=level)
-        step = SteeringStep({layer: plan.steps[0].directions[layer]}, AddDirection(normalize=True), probe, "decision")
+        step = SteeringStep(
+            {layer: plan.steps[0].directions[layer]}, AddDirection(normalize=True), probe, "decision"
+        )
         with torch.no_grad(), Plan([step], plan.model_info).apply(model):
             shares.append(float(refusal_flags(model(**batch).logits[:, -1], ids).double().mean()))
     reached = [level for level, share in zip(GRID, shares, strict=True) if share >= 0.5]
@@ -133,7 +142,9 @@ def test_the_calibrated_target_is_the_smallest_grid_level_reaching_the_share(lla
 def test_the_refusal_score_picks_the_layer_that_refuses_most(llama) -> None:
     model, tok = llama
     relaxed = {"kl": 100.0, "false_trigger": 1.0, "induce": -1e6}  # every layer within the limits
-    plan = _steerer(relaxed, target=2.0, gate="hard", form="beta").fit(model, tok, MORE_HARMFUL, MORE_HARMLESS)
+    plan = _steerer(relaxed, target=2.0, gate="hard", form="beta").fit(
+        model, tok, MORE_HARMFUL, MORE_HARMLESS
+    )
     table = plan.metadata["steps"]["step"]["layer_scores"]
     assert all(row["within_limits"] for row in table)
     assert all("refusal" in row and "refusal_unsteered" in row for row in table)
@@ -160,7 +171,9 @@ def test_a_false_trigger_excludes_a_layer_only_when_the_bound_passes_the_limit()
     limits = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0}
     base = {"tau": 0.5, "kl": 0.0, "induce": 0.1}
     for triggers, excluded in ((1, False), (3, False), (4, True)):
-        row = {**base, "false_trigger": triggers / 18, "false_trigger_bound": binomial_lower_bound(triggers, 18)}
+        row = {
+            **base, "false_trigger": triggers / 18, "false_trigger_bound": binomial_lower_bound(triggers, 18),
+        }
         assert bool(exclusions(row, limits, "traversal", 18)) == excluded, triggers
     assert binomial_lower_bound(0, 18) == 0.0
     assert binomial_lower_bound(9, 18) == pytest.approx(0.2912, abs=1e-4)  # Beta(0.05; 9, 10): one-sided 95%

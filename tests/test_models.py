@@ -238,7 +238,9 @@ def test_embedded_model_half_folder_is_rebuilt(smollm2, warm_smollm2_folder, emp
     assert len(calls) == 2 and model_id(model) == EMBEDDED_MODEL_ID
 
     # Once converted, the GGUF package is no longer needed.
-    monkeypatch.setattr(models.embedded, "_embedded_gguf", lambda: (_ for _ in ()).throw(SteerpeftError("gone")))
+    monkeypatch.setattr(
+        models.embedded, "_embedded_gguf", lambda: (_ for _ in ()).throw(SteerpeftError("gone"))
+    )
     load_model(device="cpu")
     assert len(calls) == 2
 

@@ -34,18 +34,27 @@ def _hook_count(model) -> int:
 @pytest.mark.parametrize("extractor", [DiffMeans, PairedPCA, LinearProbe], ids=["diff_means", "pca", "probe"])
 def test_same_seed_gives_bit_identical_fits(llama, extractor):
     model, tok = llama
-    plans = [Steerer(extractor(), SweepSelector(candidates=[1, 2]), seed=3, batch_size=4).fit(model, tok, HARMFUL, HARMLESS)
-             for _ in range(2)]
+    plans = [
+        Steerer(extractor(), SweepSelector(candidates=[1, 2]), seed=3, batch_size=4).fit(
+            model, tok, HARMFUL, HARMLESS
+        )
+        for _ in range(2)
+    ]
     first, second = (plan.steps[0] for plan in plans)
     assert first.layers == second.layers
     for layer in first.layers:
         assert torch.equal(first.directions[layer], second.directions[layer])
-    assert plans[0].metadata["steps"]["step"]["layer_scores"] == plans[1].metadata["steps"]["step"]["layer_scores"]
+    assert (
+        plans[0].metadata["steps"]["step"]["layer_scores"]
+        == plans[1].metadata["steps"]["step"]["layer_scores"]
+    )
 
 
 def test_bfloat16_model_accumulates_in_float32(llama, tmp_path):
     model, tok = llama
-    reference = Steerer(DiffMeans(), FixedLayers([2, 3]), validation_fraction=0).fit(model, tok, HARMFUL, HARMLESS)
+    reference = Steerer(DiffMeans(), FixedLayers([2, 3]), validation_fraction=0).fit(
+        model, tok, HARMFUL, HARMLESS
+    )
     half = tiny_text_model("llama")[0].to(torch.bfloat16)
     steerer = Steerer(DiffMeans(), FixedLayers([2, 3]), validation_fraction=0)
     plan = steerer.fit(half, tok, HARMFUL, HARMLESS)
@@ -93,10 +102,14 @@ def test_direction_is_converted_once_per_layer_device_and_dtype(llama):
         for _ in range(3):
             model(**batch)
         assert sorted(conversions) == [1, 2]
-        assert sorted(step._cache) == [(1, torch.device("cpu"), torch.float32), (2, torch.device("cpu"), torch.float32)]
+        assert sorted(step._cache) == [
+            (1, torch.device("cpu"), torch.float32), (2, torch.device("cpu"), torch.float32),
+        ]
         assert all(raw.dtype == torch.float32 for raw, _ in step._cache.values())
-        assert step._cache[1, torch.device("cpu"), torch.float32] is step._cache[2, torch.device("cpu"), torch.float32], \
-            "equal directions share one converted copy"
+        assert (
+            step._cache[1, torch.device("cpu"), torch.float32]
+            is step._cache[2, torch.device("cpu"), torch.float32]
+        ), "equal directions share one converted copy"
     assert not step._cache, "removing the plan frees the converted copies"
 
 
@@ -124,7 +137,9 @@ def test_two_plans_on_two_models_in_two_threads_do_not_interfere(llama):
     model_b, _ = tiny_text_model("qwen2", seed=1)
     plan_a = make_plan(model_a, "add", layers=(1, 2), positions="prompt", alpha=4.0, seed=1)
     plan_b = make_plan(model_b, "ablate", layers=(0, 1), positions="all", seed=2)
-    batches = [encode_prompts(tok, ["Hi", "Tell me a story about a robot"]), encode_prompts(tok, ["What is 2+2?"])]
+    batches = [
+        encode_prompts(tok, ["Hi", "Tell me a story about a robot"]), encode_prompts(tok, ["What is 2+2?"]),
+    ]
 
     def run(model, plan) -> list[torch.Tensor]:
         with torch.no_grad(), plan.apply(model):
@@ -133,7 +148,9 @@ def test_two_plans_on_two_models_in_two_threads_do_not_interfere(llama):
     expected = {"a": run(model_a, plan_a), "b": run(model_b, plan_b)}
     with torch.no_grad():
         plain = model_a(**batches[0]).logits
-    assert (expected["a"][0] - plain).abs().max() > 1e-3, "the plan must change the logits for the test to mean anything"
+    assert (expected["a"][0] - plain).abs().max() > 1e-3, (
+        "the plan must change the logits for the test to mean anything"
+    )
     results: dict[str, list[torch.Tensor]] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(2)

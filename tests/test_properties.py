@@ -1,4 +1,5 @@
-"""Property tests: specs parse or fail at construction, steering is padding-blind, recipes refuse unknown keys."""
+"""Property tests: specs parse or fail at construction, steering is padding-blind, recipes refuse unknown
+keys."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from steerpeft.selectors import SELECTORS
 SIMPLE_KINDS = [kind for kind in POSITION_KINDS if kind != "first_generated"]
 # database=None: no .hypothesis/ folder in the repository; failures print their reproducing example.
 FAST = settings(max_examples=40, deadline=None, database=None)
-MODEL = settings(max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MODEL = settings(
+    max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 # -- position specs -------------------------------------------------------------
 
@@ -59,10 +62,14 @@ def _is_valid_string(text: str) -> bool:
 
 
 @FAST
-@given(text=st.one_of(
-    st.text(max_size=20),
-    st.sampled_from(list(POSITION_KINDS)).flatmap(lambda kind: st.text(max_size=6).map(lambda tail: kind + tail)),
-))
+@given(
+    text=st.one_of(
+        st.text(max_size=20),
+        st.sampled_from(list(POSITION_KINDS)).flatmap(
+            lambda kind: st.text(max_size=6).map(lambda tail: kind + tail)
+        ),
+    )
+)
 def test_any_other_position_string_fails_at_construction(text):
     if _is_valid_string(text):
         parse_positions(text)
@@ -73,7 +80,9 @@ def test_any_other_position_string_fails_at_construction(text):
 
 @FAST
 @given(
-    n=st.one_of(st.integers(max_value=0), st.booleans(), st.floats(allow_nan=True), st.text(max_size=3), st.none()),
+    n=st.one_of(
+        st.integers(max_value=0), st.booleans(), st.floats(allow_nan=True), st.text(max_size=3), st.none()
+    ),
 )
 def test_first_generated_needs_a_positive_whole_n(n):
     with pytest.raises(ConfigError):
@@ -128,7 +137,9 @@ def test_steered_padded_batch_equals_unpadded_rows(llama, spec, kind, rows):
     with torch.no_grad(), plan.apply(model):
         padded = model(input_ids=input_ids, attention_mask=mask).logits
         for row, (ids, _) in enumerate(rows):
-            alone = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits
+            alone = model(
+                input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)
+            ).logits
             assert (padded[row, width - len(ids):] - alone[0]).abs().max() < 1e-4
 
 
@@ -187,7 +198,9 @@ def test_unknown_override_keys_are_refused(where, key):
 @given(seed=st.integers(min_value=0, max_value=2**31 - 1), batch=st.integers(min_value=1, max_value=512),
        fraction=st.floats(min_value=0.0, max_value=0.95))
 def test_valid_overrides_are_accepted(seed, batch, fraction):
-    recipe = load_recipe(BASE, [f"fit.seed={seed}", f"fit.batch_size={batch}", f"fit.validation_fraction={fraction!r}"])
+    recipe = load_recipe(
+        BASE, [f"fit.seed={seed}", f"fit.batch_size={batch}", f"fit.validation_fraction={fraction!r}"]
+    )
     assert recipe.config["fit"]["seed"] == seed and recipe.config["fit"]["batch_size"] == batch
     steerer = recipe.steerers()[0]
     assert (steerer.seed, steerer.batch_size) == (seed, batch)

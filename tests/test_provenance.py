@@ -16,7 +16,9 @@ from steerpeft.provenance import normalised_name, weights_fingerprint
 def _steer_adapter(tmp_path):
     model, _ = tiny_text_model("llama")
     model.config._name_or_path = "org/model-a"
-    folder = export_adapter(make_plan(model, "add", layers=(1,), positions="decision"), model, tmp_path / "steer")
+    folder = export_adapter(
+        make_plan(model, "add", layers=(1,), positions="decision"), model, tmp_path / "steer"
+    )
     return model, folder
 
 

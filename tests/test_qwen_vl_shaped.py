@@ -94,7 +94,9 @@ def test_name_syntax():
     assert qwen_vl.parse_qwen_vl_shaped_name("qwen2.5-vl-shaped-seed3:~/m") == ("~/m", 3)
     assert qwen_vl_shaped_id("/m/x.gguf") == "qwen2.5-vl-shaped:/m/x.gguf"
     assert qwen_vl_shaped_id("/m/x.gguf", seed=3) == "qwen2.5-vl-shaped-seed3:/m/x.gguf"
-    for bad in ("qwen2.5-vl-shaped", "qwen2.5-vl-shaped:", "qwen2-vl-shaped:/m/x.gguf", "Qwen2.5-VL-shaped:/m"):
+    for bad in (
+        "qwen2.5-vl-shaped", "qwen2.5-vl-shaped:", "qwen2-vl-shaped:/m/x.gguf", "Qwen2.5-VL-shaped:/m",
+    ):
         with pytest.raises(ConfigError, match=r"qwen2\.5-vl-shaped:/path/to/"):
             load_model(bad)
 
@@ -135,7 +137,9 @@ def test_template_prefix_renders_parts_and_keeps_strings():
     body = "{% for m in messages %}[{{ m['role'] }}:{{ m['content'] }}]{% endfor %}"
     template = ImmutableSandboxedEnvironment().from_string(qwen_vl_parts.qwen_vl_chat_template(body))
     parts = [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "hi"}]
-    rendered = template.render(messages=[{"role": "system", "content": "S"}, {"role": "user", "content": parts}])
+    rendered = template.render(
+        messages=[{"role": "system", "content": "S"}, {"role": "user", "content": parts}]
+    )
     assert rendered == (
         "[system:S][user:<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>hi]"
     )
@@ -179,7 +183,10 @@ def test_text_only_rendering_equals_the_text_models(shaped, text_model):
         expected = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         as_parts = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in conversation]
         for rendered_from in (conversation, as_parts):
-            assert processor.apply_chat_template(rendered_from, tokenize=False, add_generation_prompt=True) == expected
+            assert (
+                processor.apply_chat_template(rendered_from, tokenize=False, add_generation_prompt=True)
+                == expected
+            )
             assert processor.tokenizer.apply_chat_template(
                 rendered_from, tokenize=False, add_generation_prompt=True) == expected
     image = processor.apply_chat_template(
@@ -210,12 +217,15 @@ def test_text_only_logits_equal_the_text_models(shaped, text_model, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("modality", ["image", "video"])
 def test_media_batches_run_and_shift_the_decision_state(shaped, modality, capsys):
-    """A genuine modality offset: the medium moves the middle-layer state far more than the choice of medium does."""
+    """A genuine modality offset: the medium moves the middle-layer state far more than the choice of medium
+    does."""
     model, processor = shaped
     prompt = PROMPTS[1]
     # Two copies of one prompt get two different neutral colours (medium i goes with prompt i).
     batch = next(modality_batches(processor, [prompt, prompt], modality, video_frames=4))
-    token = resolve_layout(model).image_token_id if modality == "image" else resolve_layout(model).video_token_id
+    token = (
+        resolve_layout(model).image_token_id if modality == "image" else resolve_layout(model).video_token_id
+    )
     counts = (batch["input_ids"] == token).sum(dim=1).tolist()
     assert counts == ([36, 36] if modality == "image" else [32, 32])
     text = _state(model, build_batch(processor, [prompt], "text"))[0]
@@ -226,8 +236,9 @@ def test_media_batches_run_and_shift_the_decision_state(shaped, modality, capsys
         generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert generated.shape == (2, batch["input_ids"].shape[1] + 3)
     with capsys.disabled():
-        print(f"\n[qwen2.5-vl-shaped] {modality}: {counts[0]} tokens; layer {MIDDLE_LAYER} decision-state shift "
-              f"{shifts[0]:.1%} / {shifts[1]:.1%} of its norm (two colours), between colours {between:.1%}")
+        print(f"\n[qwen2.5-vl-shaped] {modality}: {counts[0]} tokens; layer {MIDDLE_LAYER} decision-state "
+              f"shift {shifts[0]:.1%} / {shifts[1]:.1%} of its norm (two colours), between colours "
+              f"{between:.1%}")
     assert min(shifts) > 0.10, shifts
     assert between < 0.5 * min(shifts), (between, shifts)
 
@@ -245,16 +256,20 @@ def test_second_load_comes_from_the_cache(shaped, gguf_path, monkeypatch, capsys
     seconds = time.perf_counter() - start
     with capsys.disabled():
         print(f"\n[qwen2.5-vl-shaped] cached load by name: {seconds:.1f} s")
-    assert again.config._name_or_path == model.config._name_or_path  # the name that loads it, not the cache folder
+    # the name that loads it, not the cache folder
+    assert again.config._name_or_path == model.config._name_or_path
     reference = model.state_dict()
     assert all(torch.equal(value, reference[key]) for key, value in again.state_dict().items())
     assert type(processor).__name__ == "Qwen2_5_VLProcessor"
-    assert any((p / CACHE_MARKER).is_file() for p in cache_dir().glob("qwen2.5-vl-shaped-qwen2.5-coder*-seed0-*"))
+    assert any(
+        (p / CACHE_MARKER).is_file() for p in cache_dir().glob("qwen2.5-vl-shaped-qwen2.5-coder*-seed0-*")
+    )
 
 
 @pytest.mark.slow
 def test_a_qwen2_folder_with_tied_embeddings(gguf_path, tmp_path, monkeypatch, one_thread):
-    """A Hugging Face folder works too: here a tiny random Qwen2 (tied embeddings, head dim 16) with the real tokenizer."""
+    """A Hugging Face folder works too: here a tiny random Qwen2 (tied embeddings, head dim 16) with the real
+    tokenizer."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from steerpeft.models import gguf_folder
@@ -262,9 +277,10 @@ def test_a_qwen2_folder_with_tied_embeddings(gguf_path, tmp_path, monkeypatch, o
     tokenizer = AutoTokenizer.from_pretrained(gguf_folder(gguf_path))  # before the cache moves
     monkeypatch.setenv("STEERPEFT_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "tiny-qwen2"
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         max_position_embeddings=512)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

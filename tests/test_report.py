@@ -1,4 +1,5 @@
-"""The main job end to end on a tiny llama: run folder, metrics.json, report.md, plots, and numbers recomputed."""
+"""The main job end to end on a tiny llama: run folder, metrics.json, report.md, plots, and numbers
+recomputed."""
 
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ def tiny() -> tuple[Any, Any]:
 def run(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
     model, tokenizer = tiny
     out = tmp_path_factory.mktemp("report") / "run"
-    return run_recipe("mars", out_dir=out, model=model, processor=tokenizer, progress=False, overrides=OVERRIDES,
-                      command="steerpeft run mars data.limit=12")
+    return run_recipe(
+        "mars", out_dir=out, model=model, processor=tokenizer, progress=False, overrides=OVERRIDES,
+        command="steerpeft run mars data.limit=12",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,10 @@ def _is_png(path: Path) -> bool:
 
 def test_run_folder_holds_every_product(run: Any) -> None:
     out = run.out_dir
-    for name in ("metrics.json", "report.md", "recipe.yaml", "metrics.jsonl", "plan/plan.json", "plan/plan.safetensors"):
+    for name in (
+        "metrics.json", "report.md", "recipe.yaml", "metrics.jsonl", "plan/plan.json",
+        "plan/plan.safetensors",
+    ):
         assert (out / name).is_file(), name
     for name in ("layers.png", "gate.png", "refusal.png"):
         assert _is_png(out / name), name
@@ -78,8 +84,9 @@ def test_metrics_record_the_plan_the_evaluation_and_provenance(run: Any, metrics
     assert [row["layer"] for row in table] == [1, 2]  # [0.2 L, 0.8 L) of 4 layers
     assert sum(row["chosen"] for row in table) == 1
     evaluation = metrics["eval"]
-    assert evaluation["conditions"] == ["unsteered", "mars", "mars (no re-centering)", "mars (fixed strength)",
-                                        "mars (all tokens)"]
+    assert evaluation["conditions"] == [
+        "unsteered", "mars", "mars (no re-centering)", "mars (fixed strength)", "mars (all tokens)",
+    ]
     assert evaluation["sets"] == ["harmful/text", "harmless/text"]  # a text model: text only
     assert metrics["gate"]["tau"] == pytest.approx(step.scaler.tau)
     assert set(metrics["gate"]["sets"]) == {"harmful/text", "harmless/text"}
@@ -99,7 +106,8 @@ def test_eval_prompts_are_the_test_split_no_fit_decision_saw(metrics: dict[str, 
     assert metrics["eval"]["prompts"]["source"].startswith("the test split")
     counts = metrics["plan"]["steps"][0]["prompts"]
     assert counts["positive_validation"] == len(split["positive_validation"]) > 0
-    assert counts["positive"] + counts["positive_validation"] + len(split["positive_test"]) == 12  # data.limit
+    # data.limit
+    assert counts["positive"] + counts["positive_validation"] + len(split["positive_test"]) == 12
 
 
 # ---------------------------------------------------------------------------
@@ -140,11 +148,18 @@ def test_gate_values_and_separation_recomputed_from_the_saved_plan(tiny: tuple[A
         recomputed[label] = t.tolist()
     # the layer table's separation is measured on the validation split (the prompts that chose the layer)
     split = load_recipe("mars", OVERRIDES).split_prompts()
-    validation = {label: (_decision_states(model, tokenizer, split[f"{kind}_validation"], layer) @ region.unit.float()
-                          - region.p_minus) / (region.p_plus - region.p_minus)
-                  for label, kind in (("harmful", "positive"), ("harmless", "negative"))}
+    validation = {
+        label: (
+            _decision_states(model, tokenizer, split[f"{kind}_validation"], layer) @ region.unit.float()
+            - region.p_minus
+        )
+        / (region.p_plus - region.p_minus)
+        for label, kind in (("harmful", "positive"), ("harmless", "negative"))
+    }
     row = next(r for r in metrics["plan"]["steps"][0]["layer_scores"] if r["layer"] == layer)
-    assert row["separation"] == pytest.approx(_auroc(validation["harmful"].tolist(), validation["harmless"].tolist()))
+    assert row["separation"] == pytest.approx(
+        _auroc(validation["harmful"].tolist(), validation["harmless"].tolist())
+    )
 
 
 def test_refusal_rates_are_the_mean_of_the_saved_per_prompt_verdicts(metrics: dict[str, Any]) -> None:
@@ -164,12 +179,14 @@ def test_refusal_rates_are_the_mean_of_the_saved_per_prompt_verdicts(metrics: di
 def test_report_shows_the_choice_the_results_and_how_to_load(metrics: dict[str, Any], run: Any) -> None:
     report = (run.out_dir / "report.md").read_text(encoding="utf-8")
     layer = metrics["plan"]["chosen_layer"]
-    for text in ("# steerpeft run: mars", "## What was fitted", "## Chosen layer and why", f"**Layer {layer}**",
-                 "![Per-layer scores](layers.png)", "![Refusal rates](refusal.png)", "![Gate values](gate.png)",
-                 "refusal on harmful (higher = safer)", "over-refusal on harmless (lower = better)",
-                 "KL on harmless (nats)",
-                 "mars (no re-centering)", "mars (fixed strength)", "mars (all tokens)", "## Using the result",
-                 'Plan.load("plan")', f"tau = {metrics['plan']['tau']:.3f}", "steerpeft run mars data.limit=12"):
+    for text in (
+        "# steerpeft run: mars", "## What was fitted", "## Chosen layer and why", f"**Layer {layer}**",
+        "![Per-layer scores](layers.png)", "![Refusal rates](refusal.png)", "![Gate values](gate.png)",
+        "refusal on harmful (higher = safer)", "over-refusal on harmless (lower = better)",
+        "KL on harmless (nats)", "mars (no re-centering)", "mars (fixed strength)", "mars (all tokens)",
+        "## Using the result", 'Plan.load("plan")', f"tau = {metrics['plan']['tau']:.3f}",
+        "steerpeft run mars data.limit=12",
+    ):
         assert text in report, text
     if metrics["adapter"]["status"] == "exported":
         assert 'load_adapter(model, "adapter")' in report
@@ -226,13 +243,22 @@ def test_plots_for_sweeps_first_token_scores_and_media(tmp_path: Path) -> None:
     sweep = [{"layer": i, "separation": 0.5 + 0.05 * i, "accuracy": 0.5 + 0.04 * i, "chosen": i == 5}
              for i in range(2, 8)]
     assert _is_png(plot_layers(sweep, 5, tmp_path / "sweep.png"))
-    evaluation = {"conditions": ["unsteered", "actadd"], "sets": ["harmful/text", "harmless/text"], "generate": False,
-                  "table": [{"condition": c, "set": s, "n": 4, "refusal_rate": None, "first_token_score": v, "kl": None}
-                            for c, v in (("unsteered", -3.0), ("actadd", 1.5)) for s in ("harmful/text", "harmless/text")]}
+    evaluation = {
+        "conditions": ["unsteered", "actadd"], "sets": ["harmful/text", "harmless/text"], "generate": False,
+        "table": [
+            {"condition": c, "set": s, "n": 4, "refusal_rate": None, "first_token_score": v, "kl": None}
+            for c, v in (("unsteered", -3.0), ("actadd", 1.5)) for s in ("harmful/text", "harmless/text")
+        ],
+    }
     assert _is_png(plot_refusal(evaluation, tmp_path / "scores.png"))
     summary = {"values": [0.1, 0.4, 0.9]}
-    gate = {"layer": 9, "tau": 0.3, "sets": {"harmful/text": {"recentered": {"values": [0.8, 1.2, 0.95]}, "raw": None},
-                                              "harmless/image": {"recentered": summary, "raw": {"values": [1.4, 1.6, 1.5]}}}}
+    gate = {
+        "layer": 9, "tau": 0.3,
+        "sets": {
+            "harmful/text": {"recentered": {"values": [0.8, 1.2, 0.95]}, "raw": None},
+            "harmless/image": {"recentered": summary, "raw": {"values": [1.4, 1.6, 1.5]}},
+        },
+    }
     assert _is_png(plot_gate(gate, tmp_path / "gate.png"))
 
 
@@ -262,24 +288,40 @@ def test_an_exported_adapter_evaluates_like_its_plan(tiny: tuple[Any, Any], tmp_
     adapter_rows = {r["set"]: r for r in evaluated.metrics["eval"]["table"] if r["condition"] == "adapter"}
     for name, row in plan_rows.items():
         assert row["kl"] > 0  # the plan does steer
-        # The LoRA export sums in another order than the hooks: on a KL of ~5e-5 that is ~3e-7 of float32 noise.
+        # The LoRA export sums in another order than the hooks: on a KL of ~5e-5 that is ~3e-7 of float32
+        # noise.
         assert adapter_rows[name]["kl"] == pytest.approx(row["kl"], rel=1e-3, abs=1e-6)
         assert adapter_rows[name]["first_token_score"] == pytest.approx(row["first_token_score"], abs=1e-4)
     # the adapter came off again: the unsteered rows match the run's
-    unsteered = {r["set"]: r["first_token_score"] for r in run.metrics["eval"]["table"] if r["condition"] == "unsteered"}
-    after = {r["set"]: r["first_token_score"] for r in evaluated.metrics["eval"]["table"] if r["condition"] == "unsteered"}
+    unsteered = {
+        r["set"]: r["first_token_score"] for r in run.metrics["eval"]["table"]
+        if r["condition"] == "unsteered"
+    }
+    after = {
+        r["set"]: r["first_token_score"] for r in evaluated.metrics["eval"]["table"]
+        if r["condition"] == "unsteered"
+    }
     assert after == pytest.approx(unsteered, abs=1e-5)
 
 
-def test_preflight_comes_first_and_matches_the_unsteered_evaluation(run: Any, metrics: dict[str, Any]) -> None:
+def test_preflight_comes_first_and_matches_the_unsteered_evaluation(
+    run: Any, metrics: dict[str, Any]
+) -> None:
     profile = metrics["preflight"]
-    assert profile["harmful_n"] == len(metrics["eval"]["prompts"]["harmful"]) and profile["harmful_judged"] > 0
+    assert (
+        profile["harmful_n"] == len(metrics["eval"]["prompts"]["harmful"]) and profile["harmful_judged"] > 0
+    )
     unsteered = {row["set"]: row for row in metrics["eval"]["table"] if row["condition"] == "unsteered"}
     # the same prompts, the same unsteered model: the same mean first-token log-odds (other batching only)
-    assert profile["harmful_log_odds"] == pytest.approx(unsteered["harmful/text"]["first_token_score"], abs=1e-3)
-    assert profile["harmless_log_odds"] == pytest.approx(unsteered["harmless/text"]["first_token_score"], abs=1e-3)
+    assert profile["harmful_log_odds"] == pytest.approx(
+        unsteered["harmful/text"]["first_token_score"], abs=1e-3
+    )
+    assert profile["harmless_log_odds"] == pytest.approx(
+        unsteered["harmless/text"]["first_token_score"], abs=1e-3
+    )
     report = (run.out_dir / "report.md").read_text(encoding="utf-8")
     sections = [line for line in report.splitlines() if line.startswith("## ")]
     assert sections[0] == "## Your model before steering"
-    assert profile["barely_refuses"] and "little refusal to carry" in report  # a random tiny model never refuses
+    # a random tiny model never refuses
+    assert profile["barely_refuses"] and "little refusal to carry" in report
     assert "your model" in summary_table(metrics)

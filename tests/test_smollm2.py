@@ -48,8 +48,13 @@ def _states(model, tok, prompts, layers) -> dict[int, torch.Tensor]:
     handles = []
     for layer in layers:
         module = model.get_submodule(layout.embedding_path) if layer == EMBEDDING else modules[layer]
-        handles.append(module.register_forward_hook(
-            lambda m, a, o, layer=layer: captured[layer].append((o[0] if isinstance(o, tuple) else o)[:, -1].clone())))
+        handles.append(
+            module.register_forward_hook(
+                lambda m, a, o, layer=layer: captured[layer].append(
+                    (o[0] if isinstance(o, tuple) else o)[:, -1].clone()
+                )
+            )
+        )
     with torch.no_grad():
         model(**encode_prompts(tok, prompts))
     for handle in handles:
@@ -63,7 +68,11 @@ def test_directions_separate_held_out_prompts(fitted, capsys):
     by_layer = {row["layer"]: row for row in table}
     with capsys.disabled():
         print("\nSmolLM2 held-out separation per layer (built-in matched prompts):")
-        print(" ".join(f"L{layer}:{row['accuracy']:.2f}/{row['separation']:.2f}" for layer, row in by_layer.items()))
+        print(
+            " ".join(
+                f"L{layer}:{row['accuracy']:.2f}/{row['separation']:.2f}" for layer, row in by_layer.items()
+            )
+        )
     best = max(row["accuracy"] for row in table)
     assert best >= 0.75, "the refusal direction must separate held-out harmful from harmless prompts"
     assert max(row["separation"] for row in table) >= 0.85
@@ -76,8 +85,10 @@ def test_harmbench_vs_benign_anchor_separation(smollm2, capsys):
     model, tok = smollm2
     harmful = (SHARED_DATA / "harmbench" / "harmbench_standard.txt").read_text().splitlines()[:80]
     anchors = json.loads((SHARED_DATA / "benign-anchors" / "benign_anchors_v1.json").read_text())
-    harmless = [item if isinstance(item, str) else item.get("prompt") or item.get("text") or item.get("instruction")
-                for item in anchors.get("benign", anchors.get("prompts", []))]
+    harmless = [
+        item if isinstance(item, str) else item.get("prompt") or item.get("text") or item.get("instruction")
+        for item in anchors.get("benign", anchors.get("prompts", []))
+    ]
     harmless = [h for h in harmless if h]
     if len(harmless) < 20:
         pytest.skip("benign anchor file has an unexpected layout")
@@ -85,7 +96,10 @@ def test_harmbench_vs_benign_anchor_separation(smollm2, capsys):
     plan = steerer.fit(model, tok, harmful, harmless)
     table = plan.metadata["steps"]["step"]["layer_scores"]
     with capsys.disabled():
-        print("\nHarmBench vs benign anchors accuracy:", {row["layer"]: round(row["accuracy"], 3) for row in table})
+        print(
+            "\nHarmBench vs benign anchors accuracy:",
+            {row["layer"]: round(row["accuracy"], 3) for row in table},
+        )
     assert max(row["accuracy"] for row in table) >= 0.95
 
 
@@ -97,8 +111,14 @@ def test_ablation_removes_the_direction_at_every_layer(smollm2, fitted):
     direction = data.directions.vectors[chosen]
     unit = direction / direction.norm()
     targets = [EMBEDDING, *range(layout.num_layers)]
-    ablation = Plan([SteeringStep({layer: direction for layer in targets}, Ablate(), ConstantScaler(1.0), "all", "ablate")],
-                    model_info(model, layout))
+    ablation = Plan(
+        [
+            SteeringStep(
+                {layer: direction for layer in targets}, Ablate(), ConstantScaler(1.0), "all", "ablate"
+            )
+        ],
+        model_info(model, layout),
+    )
     prompts = list(builtin_prompts("harmful").prompts[:8])
     before = _states(model, tok, prompts, targets)
     with ablation.apply(model):
@@ -116,7 +136,10 @@ def test_addition_moves_the_projection_by_the_expected_amount(smollm2, fitted):
     direction = data.directions.vectors[layer]
     unit = direction / direction.norm()
     alpha = 2.5
-    add = Plan([SteeringStep({layer: direction}, AddDirection(), ConstantScaler(alpha), "all", "add")], model_info(model, layout))
+    add = Plan(
+        [SteeringStep({layer: direction}, AddDirection(), ConstantScaler(alpha), "all", "add")],
+        model_info(model, layout),
+    )
     prompts = list(builtin_prompts("harmless").prompts[:8])
     before = _states(model, tok, prompts, [layer])[layer] @ unit
     with add.apply(model):

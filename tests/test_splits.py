@@ -1,4 +1,5 @@
-"""Three disjoint prompt splits: the direction's, the layer-and-threshold's, and a test split no fit decision sees."""
+"""Three disjoint prompt splits: the direction's, the layer-and-threshold's, and a test split no fit decision
+sees."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def test_the_three_parts_are_disjoint_and_cover_the_data() -> None:
         train, validation, test = parts[label], parts[f"{label}_validation"], parts[f"{label}_test"]
         assert sorted(train + validation + test) == sorted(source)
         assert not (set(train) & set(validation)) and not (set(test) & (set(train) | set(validation)))
-        assert len(test) == round(len(source) * 0.25) and len(validation) == round((len(source) - len(test)) * 0.4)
+        assert (len(test) == round(len(source) * 0.25)
+                and len(validation) == round((len(source) - len(test)) * 0.4))
     assert recipe.split_prompts() == parts  # deterministic
 
 

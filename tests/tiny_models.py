@@ -98,7 +98,9 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 TEXT_FAMILIES: list[str] = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"]
-VLM_FAMILIES: list[str] = ["llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3"]
+VLM_FAMILIES: list[str] = [
+    "llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3",
+]
 _VIDEO_FAMILIES = frozenset({"llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm"})
 FRAMES_AS_IMAGES = frozenset({"smolvlm"})
 """Families whose video frames are image tokens (no video token id): a video row holds image tokens."""
