@@ -17,6 +17,7 @@ from steerpeft.evaluation import is_refusal
 from steerpeft.plan import Plan
 from steerpeft.recipes import load_recipe
 from steerpeft.report import plot_gate, plot_layers, plot_refusal, render_report, text_table
+from steerpeft.report.metrics import selection_reason
 from steerpeft.report.terminal import summary_table
 from steerpeft.run import check_run_dir, run_recipe
 
@@ -325,3 +326,16 @@ def test_preflight_comes_first_and_matches_the_unsteered_evaluation(
     # a random tiny model never refuses
     assert profile["barely_refuses"] and "little refusal to carry" in report
     assert "your model" in summary_table(metrics)
+
+
+def test_the_reason_names_the_refusal_score_when_the_selector_ranked_by_it() -> None:
+    inside = {"refusal_unsteered": 0.30, "within_limits": True}
+    rows = [{"layer": 3, "separation": 0.9, "refusal": 0.40, **inside},
+            {"layer": 5, "separation": 0.8, "refusal": 0.60, **inside},
+            {"layer": 7, "separation": 0.95, "refusal": None, "within_limits": False, "excluded_by": ["tau"]}]
+    by_refusal = {"selector": {"name": "mars", "params": {"score": "refusal"}}, "layer_scores": rows}
+    reason = selection_reason(by_refusal, 5)
+    assert "refuse the most validation harmful prompts" in reason and "(60%, against 30% unsteered)" in reason
+    assert "2 of 3 candidate layers" in reason and "tied" not in reason
+    by_separation = {"selector": {"name": "mars", "params": {"score": "separation"}}, "layer_scores": rows}
+    assert selection_reason(by_separation, 3).startswith("Layer 3 has the highest separation (AUROC 0.900)")

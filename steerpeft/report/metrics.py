@@ -96,6 +96,15 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
                 f"{limits['false_trigger']:.0%} on held-out harmless inputs, induce score > "
                 f"{limits['induce']:g}")
         eligible = [r for r in table if r.get("within_limits")]
+        if row.get("within_limits") and params.get("score") == "refusal" and row.get("refusal") is not None:
+            tied = [r for r in eligible if r.get("refusal") == row["refusal"]]
+            unsteered = row.get("refusal_unsteered")
+            before = f", against {unsteered:.0%} unsteered" if isinstance(unsteered, (int, float)) else ""
+            tie = (f"; of the {len(tied)} layers tied there, it separates best "
+                   f"(AUROC {row['separation']:.3f})") if len(tied) > 1 else ""
+            return (f"Layer {chosen} makes the model refuse the most validation harmful prompts under "
+                    f"its gate ({row['refusal']:.0%}{before}) of the {len(eligible)} of {len(table)} "
+                    f"candidate layers within the limits ({rule}){tie}.")
         if row.get("within_limits"):
             return (f"Layer {chosen} has the highest separation (AUROC {row['separation']:.3f}) of the "
                     f"{len(eligible)} of {len(table)} candidate layers within the limits ({rule}).")
