@@ -6,10 +6,13 @@ from research import common as C
 from steerpeft.evaluation.judge import is_refusal
 
 
+GENERATE = ("fit_harmful", "val_harmful", "val_harmless", "hb_dev", "ba_dev", "hb_test", "ba_test")
+
+
 def main() -> None:
     base = C.baseline()
     out = {}
-    for name in C.prompt_sets():
+    for name in GENERATE:
         score = base[name]["score"]
         path = C.ROOT / "results" / f"texts_unsteered_{name}.json"
         if path.exists():

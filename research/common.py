@@ -249,3 +249,51 @@ def save_json(name: str, obj) -> None:
 
 def log(*parts) -> None:
     print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+# -- fit statistics from the cached decision states (layer outputs) ------------------------------------------
+def states(name: str, layer: int) -> torch.Tensor:
+    return baseline()[name]["states"][:, layer].float()
+
+
+def refused_rows(name: str = "fit_harmful", how: str = "score") -> torch.Tensor:
+    """Bool mask of the set's prompts the unsteered model refuses: first-token log-odds > 0 (`score`) or the
+    keyword judge on its greedy 48-token answer (`judged`, needs research/baseline.py to have run)."""
+    if how == "score":
+        return baseline()[name]["score"] > 0
+    from steerpeft.evaluation.judge import is_refusal
+
+    texts = json.loads((ROOT / "results" / f"texts_unsteered_{name}.json").read_text())
+    return torch.tensor([is_refusal(t) for t in texts])
+
+
+def region(layer: int, harmful: str = "all", target: float | str = 1.0):
+    """Region of `layer` fitted on the training split.
+
+    harmful="all": u from mu+(all fit harmful) - mu-; "refused"/"refused_judged": u from the centroid of the
+    fit harmful prompts the model refuses (score > 0 / keyword judge).  `target` in t units, or "refused" /
+    "refused_judged": the t of the refused centroid on this region's u.  Returns (Region, raw direction).
+    """
+    from research.mars_options import Region
+
+    pos, neg = states("fit_harmful", layer), states("fit_harmless", layer)
+    mu_minus = neg.mean(0)
+    mu_plus = pos.mean(0) if harmful == "all" else pos[refused_rows(how="judged" if harmful.endswith("judged") else "score")].mean(0)
+    raw = mu_plus - mu_minus
+    unit = raw / raw.norm()
+    p_minus = float(mu_minus @ unit)
+    span = float(mu_plus @ unit) - p_minus
+    reg = Region(unit, p_minus, span, 1.0)
+    if isinstance(target, str):
+        rows = refused_rows(how="judged" if target.endswith("judged") else "score")
+        reg.target = float(reg.t(pos[rows]).mean())
+    else:
+        reg.target = float(target)
+    return reg, raw
+
+
+def tau_of(reg, layer: int, quantile: float = 0.95, rows: str = "calibration") -> float:
+    """MARS tau: `quantile` of t on the calibration half (even rows) of the held-out harmless prompts, floored at 0."""
+    t = reg.t(states("val_harmless", layer))
+    t = t[0::2] if rows == "calibration" else t
+    return max(0.0, float(torch.quantile(t.double(), quantile)))
