@@ -297,3 +297,21 @@ def tau_of(reg, layer: int, quantile: float = 0.95, rows: str = "calibration") -
     t = reg.t(states("val_harmless", layer))
     t = t[0::2] if rows == "calibration" else t
     return max(0.0, float(torch.quantile(t.double(), quantile)))
+
+
+def merge_rows(pieces, pad_id: int | None = None):
+    """One Prefix from rows of several prefilled batches (pieces: [(Prefix, row indices)]), left-padded to a
+    common width; padded cache entries are zeros under attention mask 0, so each row computes as before."""
+    if pad_id is None:
+        pad_id = load()[1].pad_token_id
+    width = max(p.width for p, _ in pieces)
+    ids, masks, kvs = [], [], None
+    for prefix, rows in pieces:
+        extra = width - prefix.width
+        ids.append(torch.nn.functional.pad(prefix.ids[rows], (extra, 0), value=pad_id))
+        masks.append(torch.nn.functional.pad(prefix.mask[rows], (extra, 0), value=0))
+        layers = [(torch.nn.functional.pad(k[rows], (0, 0, extra, 0)), torch.nn.functional.pad(v[rows], (0, 0, extra, 0)))
+                  for k, v in prefix.kv()]
+        kvs = [[(k,), (v,)] for k, v in layers] if kvs is None else [[a + (k,), b + (v,)] for (a, b), (k, v) in zip(kvs, layers)]
+    kv = [(torch.cat(a), torch.cat(b)) for a, b in kvs]
+    return Prefix(load()[0], {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}, kv)

@@ -43,7 +43,7 @@ def table(layer: int, names=SETS, doses=DOSES, harmful: str = "all"):
     out = {"doses": doses, "span": reg.span, "p_minus": reg.p_minus, "layer": layer, "harmful": harmful}
     try:
         for name in names:
-            scores, kls = [], []
+            scores, kls, tops = [], [], []
             for prefix in C.prefixes(name):
                 b, k = prefix.ids.shape[0], len(doses)
                 big = _expanded(prefix, k)
@@ -54,7 +54,8 @@ def table(layer: int, names=SETS, doses=DOSES, harmful: str = "all"):
                 kl = torch.stack([C.kl(base, logits.view(k, b, -1)[j]) for j in range(k)], dim=1)
                 scores.append(score)
                 kls.append(kl)
-            out[name] = {"score": torch.cat(scores), "kl": torch.cat(kls)}
+                tops.append(logits.argmax(-1).view(k, b).T)
+            out[name] = {"score": torch.cat(scores), "kl": torch.cat(kls), "top": torch.cat(tops)}
     finally:
         handle.remove()
     return out
@@ -65,10 +66,25 @@ def load(layer: int, harmful: str = "all"):
     return torch.load(C.CACHE / f"dose_L{layer}{suffix}.pt")
 
 
+_R = None
+
+
+def refusal_flags(top: torch.Tensor) -> torch.Tensor:
+    """Greedy first token is a refusal opening (agrees with the keyword judge on 48-token answers on 55/55
+    fit harmful and 34/37 validation harmful prompts, against 43/55 and 25/37 for log-odds > 0)."""
+    global _R
+    if _R is None:
+        from steerpeft.evaluation.first_token import refusal_token_ids
+
+        _R = torch.tensor(refusal_token_ids(C.load()[1]))
+    return torch.isin(top, _R).float()
+
+
 def interp(tab, name: str, dt: torch.Tensor, what: str = "score") -> torch.Tensor:
-    """Per-row value at dose dt (clamped to the grid)."""
+    """Per-row value at dose dt (clamped to the grid); what = score, kl or greedy (refusal-opening flag,
+    linearly interpolated between grid points, so a fraction)."""
     grid = torch.tensor(tab["doses"])
-    values = tab[name][what]
+    values = refusal_flags(tab[name]["top"]) if what == "greedy" else tab[name][what]
     dt = dt.clamp(grid[0], grid[-1])
     hi = torch.searchsorted(grid, dt).clamp(1, len(grid) - 1)
     lo = hi - 1
