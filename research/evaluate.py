@@ -32,6 +32,29 @@ CONFIGS: dict[str, dict] = {
     "shipped_L12": {"gate_layers": [12]},
     "shipped_L14": {"gate_layers": [14]},
     "beta_L14": {"gate_layers": [14], "form": "beta"},
+    # MARS.md traversal at layer 16
+    "trav_L16": {},
+    # (a) harmful end = refused fit prompts: target at their centroid's t, or direction from them too
+    "travR_L16": {"target": "refused"},
+    "dirR_L16": {"harmful": "refused", "target": 1.0},
+    # (a)+(b) far target, hard gate (ramp 0)
+    "far3_hard_L16": {"target": 3.0, "ramp": 0.0},
+    "far3_hard_L16_q90": {"target": 3.0, "ramp": 0.0, "q": 0.9},
+    "far3_hard_L16_q80": {"target": 3.0, "ramp": 0.0, "q": 0.8},
+    "far3_soft_L16": {"target": 3.0},
+    "far25_hard_L16": {"target": 2.5, "ramp": 0.0},
+    "beta8_3_L16": {"form": "beta", "beta": 8.0, "rho": 3.0},
+    "beta8_3_L16_q80": {"form": "beta", "beta": 8.0, "rho": 3.0, "q": 0.8},
+    # (c) reach: hold the decision's strength for the first N generated tokens; or adjacent layers
+    "trav_L16_hold8": {"hold": 8},
+    "trav_L16_hold48": {"hold": 48},
+    "far3_hard_L16_hold8": {"target": 3.0, "ramp": 0.0, "hold": 8},
+    "trav_L16_18": {"steer_layers": [16, 17, 18]},
+    "trav_L16_20": {"steer_layers": [16, 17, 18, 19, 20]},
+    "far2_hard_L16_18": {"steer_layers": [16, 17, 18], "target": 2.0, "ramp": 0.0},
+    "far3_hard_L16_18": {"steer_layers": [16, 17, 18], "target": 3.0, "ramp": 0.0},
+    # (d) gate from a band of layers
+    "far3_hard_band15_18": {"gate_layers": [15, 16, 17, 18], "steer_layers": [18], "target": 3.0, "ramp": 0.0},
 }
 
 
