@@ -217,12 +217,19 @@ def refusal_score(logits: torch.Tensor) -> torch.Tensor:
     return first_token_refusal_score(logits, _REFUSAL_IDS)
 
 
+_BASELINE = None
+
+
 def baseline() -> dict[str, dict[str, torch.Tensor]]:
     """Per set: decision states [n, 24, 896] (layer outputs), base logits (harmless sets) and refusal scores.
     Cached on disk (research/cache/baseline.pt)."""
+    global _BASELINE
     path = CACHE / "baseline.pt"
+    if _BASELINE is not None:
+        return _BASELINE
     if path.exists():
-        return torch.load(path)
+        _BASELINE = torch.load(path)
+        return _BASELINE
     out = {}
     for name in prompt_sets():
         t0 = time.time()

@@ -53,6 +53,11 @@ CONFIGS: dict[str, dict] = {
     "trav_L16_20": {"steer_layers": [16, 17, 18, 19, 20]},
     "far2_hard_L16_18": {"steer_layers": [16, 17, 18], "target": 2.0, "ramp": 0.0},
     "far3_hard_L16_18": {"steer_layers": [16, 17, 18], "target": 3.0, "ramp": 0.0},
+    # recommended form: hard gate, target from the fit rule T_fit(0.95) (research/fit_target.py: 2.75 at L14-17)
+    "fit_L15": {"gate_layers": [15], "target": 2.75, "ramp": 0.0},
+    "fit_L16": {"target": 2.75, "ramp": 0.0},
+    "fit_L15_q80": {"gate_layers": [15], "target": 2.75, "ramp": 0.0, "q": 0.8},
+    "far4_hard_L16_q85": {"target": 4.0, "ramp": 0.0, "q": 0.85},
     # (d) gate from a band of layers
     "far3_hard_band15_18": {"gate_layers": [15, 16, 17, 18], "steer_layers": [18], "target": 3.0, "ramp": 0.0},
 }

@@ -1,74 +1,112 @@
-"""Issue 14 (d): per-layer gate statistics and effects of MARS as shipped (first-token proxy).
+"""Issue 14 (d): per-layer gate statistics, and first-token effects from the dose tables.
 
-Per layer: AUROC of t (built-in validation split; HarmBench dev vs benign-anchors dev), calibrated tau
-(95th percentile of t on the calibration half of the held-out harmless prompts), false triggers on the check
-half (18 prompts; with a one-sided 95% Clopper-Pearson upper bound) and on benign-anchors dev (25), gate
-recall on harmful dev, t of the refused fit centroid, and with forward passes (decision position only):
-proxy refusal (first-token log-odds > 0) on harmful dev for MARS as shipped and for a forced full push
-(gate open on every row) to t = 1 and to the refused centroid; KL on harmless dev under MARS as shipped.
-Run: PYTHONPATH=. python research/layer_table.py   -> research/results/layer_table.json
+Per layer (0..23; the recipe's candidates are 5..18): AUROC of t on the built-in validation split and on
+HarmBench dev vs benign-anchors dev; tau = 95th percentile of t on the calibration half (even rows, 19) of
+the held-out built-in harmless prompts, floored at 0; degenerate = tau >= 1 (then the traversal moves
+nothing); false triggers on the check half (odd rows, 18) with the one-sided 95% Clopper-Pearson upper
+bound, and on benign-anchors dev (25); gate recall on val harmful and HarmBench dev; the gate ceiling
+(share of harmful dev that is gate-open or already refused unsteered by the keyword judge: no gated,
+decision-only method can refuse more); t of the refused fit centroid; the conformal tau (max of all 37
+held-out harmless t) with its recall.
+Where research/cache/dose_L<l>.pt exists, the first-token greedy refusal proxy (greedy first token is a
+refusal opening) on harmful/harmless dev and harmless KL under (i) MARS as shipped (traversal to t = 1,
+ramp 1 - tau) and (ii) a hard gate with traversal to t = 3.
+Run: PYTHONPATH=. python research/layer_table.py   -> research/results/layer_table.json (+ markdown)
 """
+
+import math
 
 import torch
 
 from research import common as C
-from research.mars_options import OptionScaler, build_plan
+from research import dose as D
+from steerpeft.evaluation.judge import is_refusal
 from steerpeft.selectors.scores import auroc
 
 
 def cp_upper(k: int, n: int, conf: float = 0.95) -> float:
-    """One-sided Clopper-Pearson upper bound of a rate with k successes in n."""
+    """One-sided Clopper-Pearson upper bound of a rate with k events in n trials."""
     if k >= n:
         return 1.0
     from scipy.stats import beta
     return float(beta.ppf(conf, k + 1, n - k))
 
 
-def proxy(name, plan_factory):
-    logits, _, _ = C.run_set(name, plan_factory)
-    return logits
+def n_needed(limit: float = 0.05, k: int = 0, conf: float = 0.95) -> int:
+    """Smallest n whose one-sided CP upper bound with k events is <= limit."""
+    n = k + 1
+    while cp_upper(k, n, conf) > limit:
+        n += 1
+    return n
 
 
-def main(layers=range(5, 19), effects=True):
-    base = C.baseline()
+def judged(name):
+    import json
+    return torch.tensor([is_refusal(t) for t in json.loads((C.ROOT / "results" / f"texts_unsteered_{name}.json").read_text())])
+
+
+def effect(layer, tau, ramp, target):
+    tab = D.load(layer)
+    reg, _ = C.region(layer)
+    out = {}
+    for group, names in C.DEV.items():
+        greedy, kls = [], []
+        for n in names:
+            t = reg.t(C.states(n, layer))
+            w = ramp if ramp is not None else max(1 - tau, 1e-6)
+            g = (t > tau).float() if w == 0 else ((t - tau) / w).clamp(0, 1)
+            dt = g * torch.relu(target - t)
+            greedy.append(D.interp(tab, n, dt, "greedy"))
+            kls.append(D.interp(tab, n, dt, "kl"))
+        out[group] = float(torch.cat(greedy).mean())
+        if group == "harmless":
+            out["kl"] = float(torch.cat(kls).mean())
+    return out
+
+
+def main(layers=range(24)):
     rows = []
+    refused = {n: judged(n) for n in ("val_harmful", "hb_dev")}
     for layer in layers:
-        reg, raw = C.region(layer)
+        reg, _ = C.region(layer)
         t = {name: reg.t(C.states(name, layer)) for name in C.prompt_sets()}
         tau = C.tau_of(reg, layer)
         check = t["val_harmless"][1::2]
         k = int((check > tau).sum())
-        refused_t = float(t["fit_harmful"][C.refused_rows()].mean())
+        tau_conf = float(t["val_harmless"].max())
+        harmful_dev = torch.cat([t["val_harmful"], t["hb_dev"]])
+        ref = torch.cat([refused["val_harmful"], refused["hb_dev"]])
         row = {
-            "layer": layer, "auroc_val": auroc(t["val_harmful"], t["val_harmless"]),
-            "auroc_dev_ext": auroc(t["hb_dev"], t["ba_dev"]), "tau": tau, "degenerate": tau >= 1.0,
-            "false_trigger_check": k / len(check), "false_trigger_check_cp95": cp_upper(k, len(check)),
-            "false_trigger_ba_dev": float((t["ba_dev"] > tau).float().mean()),
-            "recall_val_harmful": float((t["val_harmful"] > tau).float().mean()),
-            "recall_hb_dev": float((t["hb_dev"] > tau).float().mean()),
-            "t_hb_dev_mean": float(t["hb_dev"].mean()), "t_refused_fit": refused_t,
-            "span": reg.span,
+            "layer": layer, "candidate": 5 <= layer < 19,
+            "auroc_val": auroc(t["val_harmful"], t["val_harmless"]), "auroc_ext": auroc(t["hb_dev"], t["ba_dev"]),
+            "tau": tau, "degenerate": tau >= 1.0,
+            "ft_check": k / len(check), "ft_check_cp95": cp_upper(k, len(check)),
+            "ft_ba_dev": float((t["ba_dev"] > tau).float().mean()),
+            "recall_val": float((t["val_harmful"] > tau).float().mean()),
+            "recall_hb": float((t["hb_dev"] > tau).float().mean()),
+            "ceiling_dev": float(((harmful_dev > tau) | ref).float().mean()),
+            "t_refused_fit": float(t["fit_harmful"][C.refused_rows()].mean()),
+            "tau_conformal": tau_conf, "recall_dev_conformal": float((harmful_dev > tau_conf).float().mean()),
+            "ft_ba_dev_conformal": float((t["ba_dev"] > tau_conf).float().mean()),
         }
-        if effects:
-            directions = {layer: raw}
-            def plan(target=1.0, forced=False):
-                r = C.region(layer, target=target)[0]
-                s = OptionScaler(gate_layers=[layer], gate_regions={layer: r}, regions={layer: r},
-                                 tau=-1e9 if forced else tau, ramp=0.0 if forced else None)
-                return lambda: build_plan(s, directions)
-            for cond, factory in (("mars", plan()), ("push1", plan(1.0, True)), ("pushR", plan("refused", True))):
-                scores = torch.cat([C.refusal_score(proxy(n, factory)) for n in C.DEV["harmful"]])
-                row[f"proxy_harmful_dev_{cond}"] = float((scores > 0).float().mean())
-            logits = [proxy(n, plan()) for n in C.DEV["harmless"]]
-            kls = torch.cat([C.kl(base[n]["logits"], lg) for n, lg in zip(C.DEV["harmless"], logits)])
-            row["kl_harmless_dev_mars"] = float(kls.mean())
-            row["proxy_harmless_dev_mars"] = float((torch.cat([C.refusal_score(l) for l in logits]) > 0).float().mean())
+        if (C.CACHE / f"dose_L{layer}.pt").exists():
+            row["shipped"] = effect(layer, tau, None, 1.0)
+            row["far3_hard"] = effect(layer, tau, 0.0, 3.0)
         rows.append(row)
-        C.log({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
-    unsteered = torch.cat([base[n]["score"] for n in C.DEV["harmful"]])
-    C.save_json("layer_table.json", {"unsteered_proxy_harmful_dev": float((unsteered > 0).float().mean()),
-                                     "unsteered_proxy_harmless_dev": float((torch.cat([base[n]["score"] for n in C.DEV["harmless"]]) > 0).float().mean()),
-                                     "rows": rows})
+    sizes = {f"k={k}": n_needed(0.05, k) for k in range(3)}
+    C.save_json("layer_table.json", {"rows": rows, "check_set_size_for_5pct_cp95": sizes})
+    f = lambda v: f"{v:.2f}"
+    lines = ["| layer | AUROC val | AUROC ext | tau | degenerate | false trig. check (18) [CP95 upper] | false trig. BA dev | recall val / HB dev | gate ceiling dev | t refused fit | shipped: harmful / harmless / KL | hard gate, T=3: harmful / harmless / KL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eff = lambda e: "-" if e is None else f"{f(e['harmful'])} / {f(e['harmless'])} / {e['kl']:.3f}"
+        lines.append(f"| {r['layer']}{'' if r['candidate'] else '*'} | {f(r['auroc_val'])} | {f(r['auroc_ext'])} | {r['tau']:.3f} | "
+                     f"{'yes' if r['degenerate'] else 'no'} | {f(r['ft_check'])} [{f(r['ft_check_cp95'])}] | {f(r['ft_ba_dev'])} | "
+                     f"{f(r['recall_val'])} / {f(r['recall_hb'])} | {f(r['ceiling_dev'])} | {f(r['t_refused_fit'])} | "
+                     f"{eff(r.get('shipped'))} | {eff(r.get('far3_hard'))} |")
+    (C.ROOT / "results" / "layer_table.md").write_text("\n".join(lines) + f"\n\nCheck-set size for a 5% limit (CP95): {sizes}\n")
+    print("\n".join(lines))
+    print(sizes)
 
 
 if __name__ == "__main__":

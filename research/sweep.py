@@ -21,7 +21,7 @@ HARMFUL, HARMLESS = C.DEV["harmful"], C.DEV["harmless"]
 def targets(layer: int) -> dict[str, float]:
     reg, _ = C.region(layer)
     pos = C.states("fit_harmful", layer)
-    out = {"1": 1.0, "1.5": 1.5, "2": 2.0, "2.5": 2.5, "3": 3.0}
+    out = {"1": 1.0, "1.5": 1.5, "2": 2.0, "2.5": 2.5, "3": 3.0, "4": 4.0, "5": 5.0}
     for how in ("score", "judged"):
         try:
             out[f"R_{how}"] = float(reg.t(pos[C.refused_rows(how=how)]).mean())
@@ -66,7 +66,7 @@ def main(layers=(12, 14, 15, 16, 17, 18, 20)):
             continue
         reg, _ = C.region(layer)
         cal = reg.t(C.states("val_harmless", layer))[0::2].double()
-        for q in (0.8, 0.85, 0.9, 0.95, 1.0):
+        for q in (0.7, 0.8, 0.85, 0.9, 0.95, 1.0):
             tau = max(0.0, float(torch.quantile(cal, q)))
             for ramp in (None, 0.5, 0.25, 0.0):
                 for name, T in targets(layer).items():
