@@ -71,7 +71,7 @@ TEST = {"harmful": ("hb_test",), "harmless": ("ba_test",)}
 
 
 def batches(tok, prompts: list[str]):
-    from steerpeft.prompting import encode_prompts
+    from steerpeft.inputs.text import encode_prompts
 
     for start in range(0, len(prompts), BATCH):
         yield encode_prompts(tok, prompts[start:start + BATCH])
