@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Evaluate a saved plan, run folder or PEFT adapter against the unsteered model: "
             "refusal rate on harmful prompts, over-refusal on harmless prompts, first-token scores "
             "and KL, per modality. Prompts: the plan's recipe (or --recipe) with its eval.prompts "
-            "choice, default its validation split; plans without a recipe use the built-in mars "
-            "recipe's. Writes metrics.json, report.md and plots."
+            "choice, by default its test split (held out of the whole fit); plans without a recipe "
+            "use the built-in mars recipe's. Writes metrics.json, report.md and plots."
         ),
         epilog=EXAMPLES["eval"] + "\n" + OVERRIDES_HELP,
     )
