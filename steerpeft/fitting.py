@@ -19,6 +19,7 @@ from steerpeft.architectures import ModelLayout
 
 if TYPE_CHECKING:
     from steerpeft.data import PromptSet
+    from steerpeft.plan import Plan
     from steerpeft.positions import Positions
 
 
@@ -38,6 +39,10 @@ class FitServices(Protocol):
 
     def emit(self, hook: str, **kwargs: Any) -> None:
         """Call callback hook `hook` (e.g. "on_layer_scored") with `kwargs`."""
+        ...
+
+    def plan_for(self, layer: int) -> Plan:
+        """The plan the step makes if `layer` is chosen (to score a candidate by what it does)."""
         ...
 
 

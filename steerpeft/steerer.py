@@ -8,13 +8,14 @@ training loop: components plug in, callbacks watch.  `fit` returns a `Plan`;
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from steerpeft import distributed
-from steerpeft.activations import Activations, check_direction
+from steerpeft.activations import Activations, Directions, check_direction
 from steerpeft.architectures import ModelLayout, resolve_layout, unwrap_model
 from steerpeft.callbacks import Callback, call_hook, stage
 from steerpeft.data import PromptSet
@@ -217,8 +218,17 @@ class Steerer:
             if items
         }
         data = FitData(
-            model, tokenizer, layout, positive_acts, negative_acts, positive_val, negative_val, directions,
-            prompt_sets, _BoundServices(self, model, tokenizer, layout), settings=dict(self.settings),
+            model,
+            tokenizer,
+            layout,
+            positive_acts,
+            negative_acts,
+            positive_val,
+            negative_val,
+            directions,
+            prompt_sets,
+            _BoundServices(self, model, tokenizer, layout, directions),
+            settings=dict(self.settings),
             scaler=self.scaler,
         )
         selection = self.selector.select(data)
@@ -318,9 +328,25 @@ class _BoundServices:
     """The `FitServices` a fit hands its components: the steerer's recording and callbacks, bound to one
     model."""
 
-    def __init__(self, steerer: Steerer, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout) -> None:
+    def __init__(self, steerer: Steerer, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout,
+                 directions: Directions) -> None:
         self._steerer, self._model, self._tokenizer, self._layout = steerer, model, tokenizer, layout
+        self._directions = directions
         self.batch_size = steerer.batch_size
+
+    def plan_for(self, layer: int) -> Plan:
+        """The plan this step makes if `layer` is chosen: its layers, embedding, site, intervention,
+        positions, with the scaler as it stands before calibration."""
+        steerer = self._steerer
+        vectors = steerer._step_directions(self._directions, [layer], self._layout)
+        intervention = copy.deepcopy(steerer.intervention)
+        p_plus, p_minus = self._directions.projections(layer)
+        for target in vectors:
+            intervention.resolve(target, p_plus, p_minus)
+        step = SteeringStep(
+            vectors, intervention, steerer.scaler, steerer.positions, steerer.name, steerer.site
+        )
+        return Plan([step], model_info=model_info(self._model, self._layout, self._tokenizer))
 
     def record(self, batches: Iterable[dict[str, torch.Tensor]], total: int, layers: list[int], split: str,
                positions: Positions | None = None) -> Activations:

@@ -67,7 +67,8 @@ def describe_plan_text(plan: Any, section: dict[str, Any], where: str) -> str:
     table = (main or {}).get("layer_scores") or []
     if table:
         columns = [
-            c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau") if c in table[0]
+            c for c in ("separation", "accuracy", "bypass", "induce", "kl", "false_trigger", "tau")
+            if c in table[0]
         ]
         rows = []
         for row in table:

@@ -158,12 +158,36 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     if "layers" in plots:
         lines += [f"![Per-layer scores]({plots['layers']})", ""]
     if table:
-        columns = [c for c in ("separation", "accuracy", "induce", "kl", "false_trigger", "tau", "target",
-                               "refusal", "t_harmful_mean", "t_harmless_mean") if any(c in r for r in table)]
-        names = {"separation": "separation (AUROC)", "induce": "induce", "kl": "KL (nats)",
-                 "false_trigger": "false-trigger", "tau": "tau", "t_harmful_mean": "mean t harmful",
-                 "t_harmless_mean": "mean t harmless", "accuracy": "accuracy", "target": "target T",
-                 "refusal": "refused (validation harmful)"}
+        columns = [
+            c
+            for c in (
+                "separation",
+                "accuracy",
+                "bypass",
+                "induce",
+                "kl",
+                "false_trigger",
+                "tau",
+                "target",
+                "refusal",
+                "t_harmful_mean",
+                "t_harmless_mean",
+            )
+            if any(c in r for r in table)
+        ]
+        names = {
+            "separation": "separation (AUROC)",
+            "bypass": "bypass",
+            "induce": "induce",
+            "kl": "KL (nats)",
+            "false_trigger": "false-trigger",
+            "tau": "tau",
+            "t_harmful_mean": "mean t harmful",
+            "t_harmless_mean": "mean t harmless",
+            "accuracy": "accuracy",
+            "target": "target T",
+            "refusal": "refused (validation harmful)",
+        }
         gated = any("within_limits" in r for r in table)
         headers = ["layer"] + [names[c] for c in columns] + (["within limits"] if gated else []) + ["chosen"]
         rows = []

@@ -112,6 +112,21 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
                 f"(on_no_layer=best) for the highest separation overall (AUROC {row['separation']:.3f}); it "
                 f"was excluded by: {'; '.join(row.get('excluded_by') or ['?'])}. Treat this direction with "
                 "care: fit on more prompts, or relax the limits (steps.0.selector.limits.*).")
+    if name == "bypass" and row is not None:
+        limits = (f"KL <= {params.get('max_kl', 0.1):g} nats on harmless prompts, "
+                  f"induce > {params.get('min_induce', 0.0):g}")
+        if row.get("within_limits"):
+            eligible = sum(1 for r in table if r.get("within_limits"))
+            return (
+                f"Removing layer {chosen}'s direction lowers refusal on the validation harmful prompts most "
+                f"(bypass {row['bypass']:.2f}) of the {eligible} of {len(table)} candidate layers within the "
+                f"limits ({limits})."
+            )
+        return (
+            f"No candidate layer met every limit ({limits}), so layer {chosen} was taken anyway "
+            f"(on_no_layer=best: the lowest bypass within the KL limit, else the lowest KL); it was excluded "
+            f"by: {'; '.join(row.get('excluded_by') or ['?'])}. Treat this direction with care."
+        )
     if name == "sweep" and row is not None:
         score = params.get("score", "separation")
         better = "highest" if params.get("maximize", True) else "lowest"

@@ -32,6 +32,8 @@ DPI = 120
 LAYER_PANELS: list[tuple[str, str, str | None, str, bool]] = [
     ("separation", "separation: AUROC of t, harmful vs harmless (higher is better)", None, "", False),
     ("accuracy", "accuracy: held-out, midpoint rule (higher is better)", None, "", True),
+    ("bypass", "bypass: refusal log-odds on harmful prompts with the direction removed (lower is better)",
+     None, "", False),
     ("induce",
      "induce: rise of the refusal log-odds when pushed to the harmful centroid (must exceed the limit)",
      "induce", "min", False),
