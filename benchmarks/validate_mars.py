@@ -18,6 +18,7 @@ resumes; with everything cached it only rewrites the report.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -39,6 +40,7 @@ import validation_report as R
 from steerpeft.evaluation import evaluate
 from steerpeft.evaluation.judge import is_refusal
 from steerpeft.evaluation.runs import generate_texts
+from steerpeft.mars.evaluation import without_recentering
 from steerpeft.recipes import EvalOptions, load_recipe
 from steerpeft.run.evaluation import evaluate_plan, media_sets
 
@@ -70,8 +72,12 @@ class ModelSpec:
     harmbench: int | None
     benign: int | None
     mars_ablations: bool
+    """The package's ablation rows through `evaluate_plan` (else only "no re-centering", via reused answers)."""
+    variants: bool
+    """Also fit and evaluate the MARS variants (MARS.md, refused centroid)."""
     ablation_recipe: bool
     shared: Path | None
+    batch_size: int = BATCH
 
 
 def log(message: str) -> None:
@@ -88,9 +94,10 @@ def qwen_specs(args: argparse.Namespace) -> list[ModelSpec]:
         return load_model(f"qwen2.5-vl-shaped:{GGUF}", device="cpu")
 
     specs = [ModelSpec("qwen-text", "Qwen2.5-Coder-0.5B-Instruct (text)", text, None, args.harmbench,
-                       args.benign, True, True, SHARED),
+                       args.benign, True, True, True, SHARED),
              ModelSpec("qwen-vl-shaped", "Qwen2.5-VL-shaped (real Qwen2.5-Coder-0.5B text weights, random vision)",
-                       vl, args.vl_builtin, args.vl_harmbench, args.vl_benign, args.vl_ablations, False, SHARED)]
+                       vl, args.vl_builtin, args.vl_harmbench, args.vl_benign, args.vl_ablations, args.vl_variants,
+                       False, SHARED, args.vl_batch_size)]
     return [s for s in specs if s.key in args.models]
 
 
@@ -104,7 +111,21 @@ def smoke_specs() -> list[ModelSpec]:
         loaded = B.build_tiny_chat(torch.device("cpu"), torch.float32, texts)
         return loaded.model, loaded.tokenizer
 
-    return [ModelSpec("tiny-llama", "tiny random Llama (smoke)", tiny, 6, None, None, True, True, None)]
+    return [ModelSpec("tiny-llama", "tiny random Llama (smoke)", tiny, 6, None, None, True, True, True, None)]
+
+
+def cached_model(spec: ModelSpec, store: V.Store) -> dict[str, Any]:
+    """What `run_model` returns, read back from the results folder alone (`--report-only`)."""
+    read = {path.stem: json.loads(path.read_text()) for path in store.folder.glob("*.json")}
+    if "eval-mars" not in read:
+        raise SystemExit(f"{store.folder} holds no evaluation yet: run without --report-only first.")
+    fits = {key.removeprefix("fit-"): value for key, value in read.items() if key.startswith("fit-")}
+    evals = {value.get("name") or next(iter(value["rows"])): value for key, value in read.items()
+             if key.startswith("eval-") and key != "eval-mars"}
+    evals["mars"] = read["eval-mars"]
+    if "check-reuse" in read:
+        evals["check"] = read["check-reuse"]
+    return {"spec": read["spec"], "prompts": read["prompts"], "fits": fits, "evals": evals}
 
 
 def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict[str, Any]:
@@ -118,7 +139,8 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
                                  benign=spec.benign)
     store.write("prompts", prompts.to_dict())
     media = recipe.section("media")
-    sets, modalities = media_sets(model, processor, prompts.harmful, prompts.harmless, batch_size=BATCH, media=media)
+    sets, modalities = media_sets(model, processor, prompts.harmful, prompts.harmless, batch_size=spec.batch_size,
+                                  media=media)
     fits: dict[str, dict[str, Any]] = {}
     plan, fits["mars"] = V.fit_cached(store, "mars", recipe, extra, model, processor, log)
 
@@ -129,14 +151,19 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
         start = time.perf_counter()
         options = EvalOptions(max_new_tokens=args.max_new_tokens, ablations=spec.mars_ablations)
         report, gate, _, reuse = evaluate_plan(plan, model, processor, prompts.harmful, prompts.harmless, name="mars",
-                                               options=options, batch_size=BATCH, media=media, progress=args.progress)
+                                               options=options, batch_size=spec.batch_size, media=media,
+                                               progress=args.progress)
         main = {"rows": V.report_rows(report), "gate": gate, "reuse": reuse, "eval_s": time.perf_counter() - start}
         store.write("eval-mars", main)
     log(f"mars: evaluated in {main['eval_s']:.0f} s")
     unsteered = {name: row["texts"] for name, row in main["rows"]["unsteered"].items()}
     evals: dict[str, dict[str, Any]] = {"mars": main}
 
-    for condition, overrides in MARS_VARIANTS.items():
+    if not spec.mars_ablations and len(modalities) > 1:
+        # The re-centering ablation is the one that matters with media; gate-closed rows reuse answers.
+        name = "mars (no re-centering)"
+        evals[name] = reused_eval(store, name, without_recentering(plan), model, processor, sets, unsteered, args)
+    for condition, overrides in MARS_VARIANTS.items() if spec.variants else ():
         variant, fits[condition] = V.fit_cached(store, condition, load_recipe("mars", [*overrides, *extra]),
                                                 [*overrides, *extra], model, processor, log)
         evals[condition] = reused_eval(store, condition, variant, model, processor, sets, unsteered, args)
@@ -148,8 +175,9 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
                                                        processor, log)
         evals["ablation"] = ablation_eval(store, ablation_plan, model, processor, sets, args)
     del model
-    return {"spec": {"key": spec.key, "title": spec.title, "modalities": modalities},
-            "prompts": prompts.to_dict(), "fits": fits, "evals": evals}
+    about = {"key": spec.key, "title": spec.title, "modalities": modalities, "batch_size": spec.batch_size}
+    store.write("spec", about)
+    return {"spec": about, "prompts": prompts.to_dict(), "fits": fits, "evals": evals}
 
 
 def reused_eval(store: V.Store, condition: str, plan: Any, model: Any, processor: Any, sets: dict[str, list],
@@ -226,16 +254,24 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random Llama, a handful of prompts, no shared assets")
     parser.add_argument("--fresh", action="store_true", help="recompute everything, ignoring cached results")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the cached results alone (no model is loaded)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for VALIDATION.md and results/ (default: benchmarks/ and benchmarks/results/validation)")
     parser.add_argument("--models", nargs="+", default=["qwen-text", "qwen-vl-shaped"])
     parser.add_argument("--harmbench", type=int, default=80, help="HarmBench lines, evenly spaced (text model)")
     parser.add_argument("--benign", type=int, default=50, help="benign anchors, evenly spaced (text model)")
     parser.add_argument("--vl-builtin", type=int, default=None, help="built-in test prompts per side (VL model)")
-    parser.add_argument("--vl-harmbench", type=int, default=24)
-    parser.add_argument("--vl-benign", type=int, default=24)
+    parser.add_argument("--vl-harmbench", type=int, default=6)
+    parser.add_argument("--vl-benign", type=int, default=6)
+    parser.add_argument("--vl-batch-size", type=int, default=24,
+                        help="one batch per VL set: evaluate_plan cannot reuse answers there, and a wider batch costs "
+                        "little more per generated token on CPU")
     parser.add_argument("--vl-ablations", action=argparse.BooleanOptionalAction, default=False,
-                        help="the package's ablation rows on the VL model too (each is a full generation pass there)")
+                        help="all of the package's ablation rows on the VL model (each a full generation pass there: "
+                        "the model keeps rope state, so evaluate_plan cannot reuse answers); default: no re-centering only")
+    parser.add_argument("--vl-variants", action=argparse.BooleanOptionalAction, default=False,
+                        help="also fit the MARS.md and refused-centroid variants on the VL model (about 10 min of fit each)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-check", dest="check", action="store_false",
@@ -264,13 +300,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
         print(f"{SHARED} is missing: the held-out HarmBench and benign-anchor prompts live there.", file=sys.stderr)
         raise SystemExit(2)
     specs = smoke_specs() if args.smoke else qwen_specs(args)
-    models = [run_model(spec, V.Store(results / spec.key, args.fresh), args) for spec in specs]
+    if args.report_only:
+        models = [cached_model(spec, V.Store(results / spec.key)) for spec in specs
+                  if (results / spec.key / "spec.json").exists()]
+    else:
+        models = [run_model(spec, V.Store(results / spec.key, args.fresh), args) for spec in specs]
     heretic = V.Store(results, False).read("heretic") if not args.smoke else None
     command = " ".join(["python", *([sys.argv[0]] if argv is None else ["benchmarks/validate_mars.py"]),
                         *(sys.argv[1:] if argv is None else argv)])
-    header = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
-              "wall_s": time.perf_counter() - start, "machine": machine(), "smoke": args.smoke,
-              "max_new_tokens": args.max_new_tokens, "batch_size": BATCH}
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    runs = (V.Store(results, False).read("runs") or {"runs": []})["runs"]
+    if args.fresh:
+        runs = []
+    if not args.report_only or not runs:
+        runs.append({"date": date, "command": command, "wall_s": time.perf_counter() - start,
+                     "models": [spec.key for spec in specs]})
+    V.Store(results, False).write("runs", {"runs": runs})
+    header = {"date": date, "command": command, "wall_s": runs[-1]["wall_s"], "runs": runs, "machine": machine(),
+              "smoke": args.smoke, "max_new_tokens": args.max_new_tokens, "batch_size": BATCH}
     V.Store(results, False).write("summary", R.summary(header, models, heretic))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(R.markdown(header, models, heretic))
