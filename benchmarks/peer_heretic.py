@@ -101,9 +101,9 @@ def drive(command: list[str], env: dict[str, str], save_to: Path, timeout: float
             sink.write(chunk)
             sink.flush()
             text += chunk
-            last = text.rstrip().rsplit("\n", 1)[-1]
+            menu = text[menu_start:]  # everything since the last answer: one menu at most
+            last = menu.rstrip().rsplit("\n", 1)[-1]
             if last.endswith("Enter number:") or ("Path to the folder" in last and last.endswith(":")):
-                menu = text[menu_start:]
                 menu_start = len(text)
                 saved = (save_to / "config.json").exists()
                 if "Path to the folder" in last:
@@ -181,6 +181,11 @@ def evaluate(args: argparse.Namespace) -> None:
         result[f"{label}/text"] = {"n": len(texts), "k": sum(refusals), "rate": sum(refusals) / len(texts),
                                    "kl": float(kl.mean()), "texts": texts}
         print(f"heretic {label}: {sum(refusals)}/{len(texts)} refused, KL {float(kl.mean()):.4f}", file=sys.stderr)
+    # The same loading and generation path on the unsteered folder must reproduce validate_mars.py's answers.
+    cached = json.loads((RESULTS / "qwen-text" / "eval-mars.json").read_text())["rows"]["unsteered"]["harmful/text"]
+    first = encode_prompts(tokenizer, prompts["harmful"][:16])
+    record["path_check"] = {"prompts": 16, "same_answers_as_validation_unsteered": sum(
+        a == b for a, b in zip(generate_texts(base, tokenizer, first, args.max_new_tokens), cached["texts"][:16]))}
     record["eval"] = result
     record["eval_s"] = time.perf_counter() - start
     write(record)

@@ -137,7 +137,11 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
     recipe = load_recipe("mars", extra)
     prompts = V.held_out_prompts(recipe, spec.shared, builtin=spec.builtin, harmbench=spec.harmbench,
                                  benign=spec.benign)
-    store.write("prompts", prompts.to_dict())
+    settings = {**prompts.to_dict(), "max_new_tokens": args.max_new_tokens, "batch_size": spec.batch_size}
+    previous = store.read("prompts")
+    if previous is not None and previous.get("max_new_tokens") is not None and previous != settings:
+        raise SystemExit(f"{store.folder} holds results for other prompts or settings: rerun with --fresh.")
+    store.write("prompts", settings)
     media = recipe.section("media")
     sets, modalities = media_sets(model, processor, prompts.harmful, prompts.harmless, batch_size=spec.batch_size,
                                   media=media)
@@ -316,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         runs.append({"date": date, "command": command, "wall_s": time.perf_counter() - start,
                      "models": [spec.key for spec in specs]})
     V.Store(results, False).write("runs", {"runs": runs})
+    if args.report_only:  # the command that computed the results, not the one that rewrote the text
+        command = runs[-1]["command"]
     header = {"date": date, "command": command, "wall_s": runs[-1]["wall_s"], "runs": runs, "machine": machine(),
               "smoke": args.smoke, "max_new_tokens": args.max_new_tokens, "batch_size": BATCH}
     V.Store(results, False).write("summary", R.summary(header, models, heretic))
