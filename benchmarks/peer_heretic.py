@@ -143,10 +143,11 @@ def run(args: argparse.Namespace) -> None:
            "TERM": "dumb", "NO_COLOR": "1"}
     print(" ".join(command), file=sys.stderr)
     outcome = drive(command, env, model_dir, args.timeout, args.work / "heretic.log")
-    record.update(command=" ".join(command).replace(str(Path.home()), "~"), **outcome)
+    record.update(command=" ".join(command).replace(str(Path.home()), "~"), cap_s=args.timeout, trials=args.trials,
+                  startup_trials=args.startup, **outcome)
     if outcome["saved"]:
-        record["summary"] = (f"heretic ran {len(outcome['pareto_trials'])} Pareto-front trials shown of {args.trials} in "
-                             f"{outcome['wall_s']:.0f} s and saved the merged model of {outcome['chosen']}.")
+        record["summary"] = (f"heretic ran {args.trials} trials ({args.startup} random start-up trials) and saved the "
+                             f"merged model of the kept trial in {outcome['wall_s']:.0f} s of wall time.")
     else:
         record["summary"] = (f"heretic did not produce a model within {outcome['wall_s']:.0f} s "
                              f"(exit code {outcome['returncode']}).")

@@ -6,6 +6,7 @@ issue's targets as fixed constants (nothing is tuned to the held-out sets).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,9 +109,16 @@ def flips(model: dict[str, Any], rows: dict[str, dict[str, Any]], set_name: str)
     base, steered = rows["unsteered"]["sets"][set_name]["refusals"], rows["mars"]["sets"][set_name]["refusals"]
     gained = [prompts[i] for i, (b, m) in enumerate(zip(base, steered)) if m and not b]
     lost = [prompts[i] for i, (b, m) in enumerate(zip(base, steered)) if b and not m]
+    text = ""
+    if not set_name.endswith("/text") and "harmless/text" in rows["mars"]["sets"]:
+        base_t, steered_t = rows["unsteered"]["sets"]["harmless/text"]["refusals"], rows["mars"]["sets"]["harmless/text"]["refusals"]
+        on_text = [p for p in gained if steered_t[prompts.index(p)] and not base_t[prompts.index(p)]]
+        text = (f" {len(on_text)} of them also flip{'s' if len(on_text) == 1 else ''} as text only (the text gate opens "
+                "there too): a false trigger of the text gate that carries over to the medium, not one the medium "
+                "adds.") if on_text else ""
     return (f"On {set_name} ({len(base)} prompts, so one prompt is {100 / len(base):.1f} points) MARS adds "
             f"{len(gained)} refusal(s) and removes {len(lost)}: newly refused "
-            + "; ".join(f'"{p}"' for p in gained) + ".")
+            + "; ".join(f'"{p}"' for p in gained) + "." + text)
 
 
 def verdict(ok: bool) -> str:
@@ -203,7 +211,17 @@ def heretic_section(heretic: dict[str, Any] | None, models: dict[str, dict[str, 
     lines = ["## Peer: heretic-llm 1.4.0", ""]
     if heretic is None:
         return lines + ["Not run (`python benchmarks/peer_heretic.py` writes `results/validation/heretic.json`).", ""]
-    lines += [heretic.get("summary", ""), ""]
+    summary = heretic.get("summary", "")
+    trials = re.search(r"--n-trials (\d+) --n-startup-trials (\d+)", heretic.get("command") or "")
+    kept = re.search(r"Trial\s+(\d+)", heretic.get("chosen") or "")
+    label = f"heretic, trial {kept.group(1)}" if kept else "heretic"
+    if heretic.get("saved"):
+        summary = (f"heretic ran {trials.group(1) if trials else '?'} optimisation trials ({trials.group(2) if trials else '?'}"
+                   " random start-up; its defaults are 200 and 60) and "
+                   f"saved a merged model in {heretic['wall_s']:.0f} s of wall time "
+                   f"(cap {heretic.get('cap_s', 1200):.0f} s; the CPU was shared with other work); "
+                   f"{len(heretic.get('pareto_trials') or [])} of its trials formed its Pareto front.")
+    lines += [summary, ""]
     if heretic.get("command"):
         lines += [(f"- command (driven by `benchmarks/peer_heretic.py`, which answers heretic's menus): "
                   f"`{heretic['command']}`"),
@@ -229,8 +247,12 @@ def heretic_section(heretic: dict[str, Any] | None, models: dict[str, dict[str, 
             lines.append(f"| steerpeft `ablation` recipe | {kn(ours['ablation']['sets']['harmful/text'])} | - | "
                          f"{num(ours['ablation']['sets']['harmless/text']['kl'], 4)} |")
         cells = heretic["eval"]
-        lines.append(f"| heretic, {heretic.get('chosen') or 'saved trial'} | {kn(cells.get('harmful/text'))} | "
+        lines.append(f"| {label} | {kn(cells.get('harmful/text'))} | "
                      f"{kn(cells.get('harmless/text'))} | {num(cells.get('harmless/text', {}).get('kl'), 4)} |")
+        lines += ["", ("heretic optimises its own objective: its refusal markers on 32-token answers under its default "
+                  "system prompt (\"You are a helpful assistant.\"), on the built-in validation prompts; the table above "
+                  "judges 48-token answers with our keyword judge under the model's own chat-template system prompt, "
+                  "on held-out prompts. Its in-loop refusal counts and ours are not the same measurement.")]
         check = heretic.get("path_check")
         if check:
             lines += ["", (f"Loading check: the unsteered folder through the same evaluation path reproduces "
