@@ -93,8 +93,8 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
     if name == "mars" and row is not None:
         limits = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0, **(params.get("limits") or {})}
         rule = (f"KL <= {limits['kl']:g} nats on harmless prompts, false-trigger rate <= "
-                f"{limits['false_trigger']:.0%} on held-out harmless inputs, induce score > "
-                f"{limits['induce']:g}")
+                f"{limits['false_trigger']:.0%} on held-out harmless inputs (judged on its 95% lower "
+                f"bound), induce score > {limits['induce']:g}, tau < 1")
         eligible = [r for r in table if r.get("within_limits")]
         if row.get("within_limits") and params.get("score") == "refusal" and row.get("refusal") is not None:
             tied = [r for r in eligible if r.get("refusal") == row["refusal"]]
