@@ -1,4 +1,5 @@
-"""heretic-llm 1.4.0 as a benchmark-only peer of the `ablation` recipe: run it, then judge its model like ours.
+"""heretic-llm 1.4.0 as a benchmark-only peer of the `ablation` recipe: run it, then judge its model like
+ours.
 
 heretic is AGPL: it is never a steerpeft dependency and never imported here.  It runs as a separate
 program from its own virtual environment; this script only writes its prompt files, drives its
@@ -10,7 +11,8 @@ interactive menus through a pipe, and then evaluates the folder it saved with st
 
 heretic gets the same data as our fits: the built-in prompts minus the test split; it computes its
 directions on the training split and optimises (refusals and KL) on the validation split, like our
-selector.  The held-out sets it is judged on are those of `validate_mars.py` (results/validation/qwen-text/prompts.json).
+selector.  The held-out sets it is judged on are those of `validate_mars.py`
+(results/validation/qwen-text/prompts.json).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ KL_LIMIT = 0.2
 def qwen_folder() -> Path:
     found = sorted(Path.home().glob(".cache/steerpeft/gguf-qwen2.5-coder-0.5b-instruct-*/config.json"))
     if not found:
-        raise SystemExit("No converted Qwen folder in ~/.cache/steerpeft: run validate_mars.py (or load_model on the gguf) first.")
+        raise SystemExit(
+            "No converted Qwen folder in ~/.cache/steerpeft: run validate_mars.py (or load_model on the "
+            "gguf) first."
+        )
     return found[-1].parent
 
 
@@ -79,11 +84,15 @@ def choose(menu: str, saved: bool) -> str:
     raise RuntimeError(f"unexpected heretic menu:\n{menu[-800:]}")
 
 
-def drive(command: list[str], env: dict[str, str], save_to: Path, timeout: float, log: Path) -> dict[str, Any]:
-    """Run heretic, answer its menus (notebook mode reads numbers from stdin), stop once the model is saved."""
+def drive(
+    command: list[str], env: dict[str, str], save_to: Path, timeout: float, log: Path
+) -> dict[str, Any]:
+    """Run heretic, answer its menus (notebook mode reads numbers from stdin), stop once the model is
+    saved."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=env)
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
     assert process.stdin is not None and process.stdout is not None
     text, menu_start, chosen, stopped_by = "", 0, None, None
     with log.open("w") as sink:
@@ -126,8 +135,11 @@ def run(args: argparse.Namespace) -> None:
     heretic = args.venv / "bin" / "heretic"
     record: dict[str, Any] = {"peer": "heretic-llm 1.4.0 (AGPL, benchmark-only, separate venv)"}
     if not heretic.exists():
-        record.update(summary="heretic is not installed here.", stopped_by=f"{heretic} missing: "
-                      f'python -m venv {args.venv} && {args.venv}/bin/pip install "torch==2.14.1" heretic-llm==1.4.0')
+        record.update(
+            summary="heretic is not installed here.",
+            stopped_by=f"{heretic} missing: "
+            f'python -m venv {args.venv} && {args.venv}/bin/pip install "torch==2.14.1" heretic-llm==1.4.0',
+        )
         write(record)
         return
     files = write_prompts(args.work / "prompts")
@@ -143,11 +155,18 @@ def run(args: argparse.Namespace) -> None:
            "TERM": "dumb", "NO_COLOR": "1"}
     print(" ".join(command), file=sys.stderr)
     outcome = drive(command, env, model_dir, args.timeout, args.work / "heretic.log")
-    record.update(command=" ".join(command).replace(str(Path.home()), "~"), cap_s=args.timeout, trials=args.trials,
-                  startup_trials=args.startup, **outcome)
+    record.update(
+        command=" ".join(command).replace(str(Path.home()), "~"),
+        cap_s=args.timeout,
+        trials=args.trials,
+        startup_trials=args.startup,
+        **outcome,
+    )
     if outcome["saved"]:
-        record["summary"] = (f"heretic ran {args.trials} trials ({args.startup} random start-up trials) and saved the "
-                             f"merged model of the kept trial in {outcome['wall_s']:.0f} s of wall time.")
+        record["summary"] = (
+            f"heretic ran {args.trials} trials ({args.startup} random start-up trials) and saved the "
+            f"merged model of the kept trial in {outcome['wall_s']:.0f} s of wall time."
+        )
     else:
         record["summary"] = (f"heretic did not produce a model within {outcome['wall_s']:.0f} s "
                              f"(exit code {outcome['returncode']}).")
@@ -156,7 +175,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    """heretic's saved model on validate_mars.py's held-out text prompts: our judge, KL vs the unsteered model."""
+    """heretic's saved model on validate_mars.py's held-out text prompts: our judge, KL vs the unsteered
+    model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,7 +188,9 @@ def evaluate(args: argparse.Namespace) -> None:
     record = json.loads(OUT.read_text())
     model_dir = args.work / "model"
     if not (model_dir / "config.json").exists():
-        raise SystemExit(f"{model_dir} holds no model: heretic did not save one ({record.get('stopped_by')}).")
+        raise SystemExit(
+            f"{model_dir} holds no model: heretic did not save one ({record.get('stopped_by')})."
+        )
     prompts = json.loads((RESULTS / "qwen-text" / "prompts.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(qwen_folder())
     base = AutoModelForCausalLM.from_pretrained(qwen_folder(), dtype=torch.float32).eval()
@@ -181,12 +203,22 @@ def evaluate(args: argparse.Namespace) -> None:
         refusals = [is_refusal(t) for t in texts]
         result[f"{label}/text"] = {"n": len(texts), "k": sum(refusals), "rate": sum(refusals) / len(texts),
                                    "kl": float(kl.mean()), "texts": texts}
-        print(f"heretic {label}: {sum(refusals)}/{len(texts)} refused, KL {float(kl.mean()):.4f}", file=sys.stderr)
+        print(
+            f"heretic {label}: {sum(refusals)}/{len(texts)} refused, KL {float(kl.mean()):.4f}",
+            file=sys.stderr,
+        )
     # The same loading and generation path on the unsteered folder must reproduce validate_mars.py's answers.
-    cached = json.loads((RESULTS / "qwen-text" / "eval-mars.json").read_text())["rows"]["unsteered"]["harmful/text"]
+    cached = json.loads((RESULTS / "qwen-text" / "eval-mars.json").read_text())["rows"]["unsteered"][
+        "harmful/text"
+    ]
     first = encode_prompts(tokenizer, prompts["harmful"][:16])
-    record["path_check"] = {"prompts": 16, "same_answers_as_validation_unsteered": sum(
-        a == b for a, b in zip(generate_texts(base, tokenizer, first, args.max_new_tokens), cached["texts"][:16]))}
+    record["path_check"] = {
+        "prompts": 16,
+        "same_answers_as_validation_unsteered": sum(
+            a == b
+            for a, b in zip(generate_texts(base, tokenizer, first, args.max_new_tokens), cached["texts"][:16])
+        ),
+    }
     record["eval"] = result
     record["eval_s"] = time.perf_counter() - start
     write(record)
@@ -202,8 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=["run", "evaluate", "all"], nargs="?", default="all")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/heretic-venv"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/steerpeft-heretic"),
-                        help="prompt files, heretic's checkpoints and the saved model (about 2 GB; not in the repo)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/steerpeft-heretic"),
+        help="prompt files, heretic's checkpoints and the saved model (about 2 GB; not in the repo)",
+    )
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--startup", type=int, default=6)
     parser.add_argument("--max-response-length", type=int, default=32)

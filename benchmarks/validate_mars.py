@@ -7,7 +7,8 @@ Qwen2.5-VL-shaped model on its weights (text, text + neutral image, text + neutr
 Conditions: unsteered; MARS as shipped; MARS as MARS.md writes it; MARS with the refused-centroid
 target; the package's ablation rows of the shipped plan; the `ablation` recipe (text model).
 
-    python benchmarks/validate_mars.py            # everything -> benchmarks/VALIDATION.md + results/validation/
+    python benchmarks/validate_mars.py            # everything -> benchmarks/VALIDATION.md
+                                                  #   + results/validation/
     python benchmarks/validate_mars.py --fresh    # recompute what is cached
     python benchmarks/validate_mars.py --smoke --out /tmp/v   # tiny random Llama, seconds (CI)
 
@@ -72,7 +73,8 @@ class ModelSpec:
     harmbench: int | None
     benign: int | None
     mars_ablations: bool
-    """The package's ablation rows through `evaluate_plan` (else only "no re-centering", via reused answers)."""
+    """The package's ablation rows through `evaluate_plan` (else only "no re-centering", via reused
+    answers)."""
     variants: bool
     """Also fit and evaluate the MARS variants (MARS.md, refused centroid)."""
     ablation_recipe: bool
@@ -93,11 +95,33 @@ def qwen_specs(args: argparse.Namespace) -> list[ModelSpec]:
     def vl() -> tuple[Any, Any]:
         return load_model(f"qwen2.5-vl-shaped:{GGUF}", device="cpu")
 
-    specs = [ModelSpec("qwen-text", "Qwen2.5-Coder-0.5B-Instruct (text)", text, None, args.harmbench,
-                       args.benign, True, True, True, SHARED),
-             ModelSpec("qwen-vl-shaped", "Qwen2.5-VL-shaped (real Qwen2.5-Coder-0.5B text weights, random vision)",
-                       vl, args.vl_builtin, args.vl_harmbench, args.vl_benign, args.vl_ablations, args.vl_variants,
-                       False, SHARED, args.vl_batch_size)]
+    specs = [
+        ModelSpec(
+            "qwen-text",
+            "Qwen2.5-Coder-0.5B-Instruct (text)",
+            text,
+            None,
+            args.harmbench,
+            args.benign,
+            True,
+            True,
+            True,
+            SHARED,
+        ),
+        ModelSpec(
+            "qwen-vl-shaped",
+            "Qwen2.5-VL-shaped (real Qwen2.5-Coder-0.5B text weights, random vision)",
+            vl,
+            args.vl_builtin,
+            args.vl_harmbench,
+            args.vl_benign,
+            args.vl_ablations,
+            args.vl_variants,
+            False,
+            SHARED,
+            args.vl_batch_size,
+        ),
+    ]
     return [s for s in specs if s.key in args.models]
 
 
@@ -143,8 +167,9 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
         raise SystemExit(f"{store.folder} holds results for other prompts or settings: rerun with --fresh.")
     store.write("prompts", settings)
     media = recipe.section("media")
-    sets, modalities = media_sets(model, processor, prompts.harmful, prompts.harmless, batch_size=spec.batch_size,
-                                  media=media)
+    sets, modalities = media_sets(
+        model, processor, prompts.harmful, prompts.harmless, batch_size=spec.batch_size, media=media
+    )
     fits: dict[str, dict[str, Any]] = {}
     plan, fits["mars"] = V.fit_cached(store, "mars", recipe, extra, model, processor, log)
 
@@ -154,10 +179,24 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
         log(f"mars: evaluate_plan on {counts}")
         start = time.perf_counter()
         options = EvalOptions(max_new_tokens=args.max_new_tokens, ablations=spec.mars_ablations)
-        report, gate, _, reuse = evaluate_plan(plan, model, processor, prompts.harmful, prompts.harmless, name="mars",
-                                               options=options, batch_size=spec.batch_size, media=media,
-                                               progress=args.progress)
-        main = {"rows": V.report_rows(report), "gate": gate, "reuse": reuse, "eval_s": time.perf_counter() - start}
+        report, gate, _, reuse = evaluate_plan(
+            plan,
+            model,
+            processor,
+            prompts.harmful,
+            prompts.harmless,
+            name="mars",
+            options=options,
+            batch_size=spec.batch_size,
+            media=media,
+            progress=args.progress,
+        )
+        main = {
+            "rows": V.report_rows(report),
+            "gate": gate,
+            "reuse": reuse,
+            "eval_s": time.perf_counter() - start,
+        }
         store.write("eval-mars", main)
     log(f"mars: evaluated in {main['eval_s']:.0f} s")
     unsteered = {name: row["texts"] for name, row in main["rows"]["unsteered"].items()}
@@ -166,7 +205,9 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
     if not spec.mars_ablations and len(modalities) > 1:
         # The re-centering ablation is the one that matters with media; gate-closed rows reuse answers.
         name = "mars (no re-centering)"
-        evals[name] = reused_eval(store, name, without_recentering(plan), model, processor, sets, unsteered, args)
+        evals[name] = reused_eval(
+            store, name, without_recentering(plan), model, processor, sets, unsteered, args
+        )
     for condition, overrides in MARS_VARIANTS.items() if spec.variants else ():
         variant, fits[condition] = V.fit_cached(store, condition, load_recipe("mars", [*overrides, *extra]),
                                                 [*overrides, *extra], model, processor, log)
@@ -205,9 +246,18 @@ def reused_eval(store: V.Store, condition: str, plan: Any, model: Any, processor
     return record
 
 
-def reuse_check(store: V.Store, plan: Any, model: Any, processor: Any, sets: dict[str, list],
-                unsteered: dict[str, list[str]], main: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """The reused-answer path on the shipped plan, against `evaluate_plan`'s own row: same answers, same KL."""
+def reuse_check(
+    store: V.Store,
+    plan: Any,
+    model: Any,
+    processor: Any,
+    sets: dict[str, list],
+    unsteered: dict[str, list[str]],
+    main: dict[str, Any],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The reused-answer path on the shipped plan, against `evaluate_plan`'s own row: same answers, same
+    KL."""
     record = store.read("check-reuse")
     if record is None:
         set_name = next(name for name in sets if name.startswith("harmless/"))
@@ -238,8 +288,9 @@ def ablation_eval(store: V.Store, plan: Any, model: Any, processor: Any, sets: d
             with plan.apply(model):
                 texts = [t for batch in sets[set_name] for t in generate_texts(model, processor, batch,
                                                                                    args.max_new_tokens)]
-        rows[set_name] = V.set_summary(None if texts is None else [is_refusal(t) for t in texts], texts, result.kl,
-                                       result.scores)
+        rows[set_name] = V.set_summary(
+            None if texts is None else [is_refusal(t) for t in texts], texts, result.kl, result.scores
+        )
     record = {"rows": {"ablation": rows}, "eval_s": time.perf_counter() - start}
     store.write("eval-ablation", record)
     log(f"ablation: evaluated in {record['eval_s']:.0f} s")
@@ -256,26 +307,48 @@ def machine() -> dict[str, Any]:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny random Llama, a handful of prompts, no shared assets")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny random Llama, a handful of prompts, no shared assets"
+    )
     parser.add_argument("--fresh", action="store_true", help="recompute everything, ignoring cached results")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the cached results alone (no model is loaded)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for VALIDATION.md and results/ (default: benchmarks/ and benchmarks/results/validation)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for VALIDATION.md and results/ (default: benchmarks/ and benchmarks/results/validation)",
+    )
     parser.add_argument("--models", nargs="+", default=["qwen-text", "qwen-vl-shaped"])
-    parser.add_argument("--harmbench", type=int, default=80, help="HarmBench lines, evenly spaced (text model)")
+    parser.add_argument(
+        "--harmbench", type=int, default=80, help="HarmBench lines, evenly spaced (text model)"
+    )
     parser.add_argument("--benign", type=int, default=50, help="benign anchors, evenly spaced (text model)")
-    parser.add_argument("--vl-builtin", type=int, default=None, help="built-in test prompts per side (VL model)")
+    parser.add_argument(
+        "--vl-builtin", type=int, default=None, help="built-in test prompts per side (VL model)"
+    )
     parser.add_argument("--vl-harmbench", type=int, default=6)
     parser.add_argument("--vl-benign", type=int, default=6)
-    parser.add_argument("--vl-batch-size", type=int, default=24,
-                        help="one batch per VL set: evaluate_plan cannot reuse answers there, and a wider batch costs "
-                        "little more per generated token on CPU")
-    parser.add_argument("--vl-ablations", action=argparse.BooleanOptionalAction, default=False,
-                        help="all of the package's ablation rows on the VL model (each a full generation pass there: "
-                        "the model keeps rope state, so evaluate_plan cannot reuse answers); default: no re-centering only")
-    parser.add_argument("--vl-variants", action=argparse.BooleanOptionalAction, default=False,
-                        help="also fit the MARS.md and refused-centroid variants on the VL model (about 10 min of fit each)")
+    parser.add_argument(
+        "--vl-batch-size",
+        type=int,
+        default=24,
+        help="one batch per VL set: evaluate_plan cannot reuse answers there, and a wider batch costs "
+        "little more per generated token on CPU",
+    )
+    parser.add_argument(
+        "--vl-ablations",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="all of the package's ablation rows on the VL model (each a full generation pass there: "
+        "the model keeps rope state, so evaluate_plan cannot reuse answers); default: no re-centering only",
+    )
+    parser.add_argument(
+        "--vl-variants",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also fit the MARS.md and refused-centroid variants on the VL model (about 10 min of fit each)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-check", dest="check", action="store_false",
@@ -301,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         print(f"{GGUF} is missing: run `{FETCH}` from the repository root first.", file=sys.stderr)
         raise SystemExit(2)
     if not args.smoke and not SHARED.is_dir():
-        print(f"{SHARED} is missing: the held-out HarmBench and benign-anchor prompts live there.", file=sys.stderr)
+        print(
+            f"{SHARED} is missing: the held-out HarmBench and benign-anchor prompts live there.",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     specs = smoke_specs() if args.smoke else qwen_specs(args)
     if args.report_only:
@@ -322,8 +398,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     V.Store(results, False).write("runs", {"runs": runs})
     if args.report_only:  # the command that computed the results, not the one that rewrote the text
         command = runs[-1]["command"]
-    header = {"date": date, "command": command, "wall_s": runs[-1]["wall_s"], "runs": runs, "machine": machine(),
-              "smoke": args.smoke, "max_new_tokens": args.max_new_tokens, "batch_size": BATCH}
+    header = {
+        "date": date,
+        "command": command,
+        "wall_s": runs[-1]["wall_s"],
+        "runs": runs,
+        "machine": machine(),
+        "smoke": args.smoke,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": BATCH,
+    }
     V.Store(results, False).write("summary", R.summary(header, models, heretic))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(R.markdown(header, models, heretic))

@@ -79,7 +79,10 @@ def held_out_prompts(recipe: Recipe, shared: Path | None, *, builtin: int | None
         lines = [line.strip() for line in (shared / HARMBENCH).read_text().splitlines() if line.strip()]
         prompts.add("harmful", evenly(lines, harmbench), "HarmBench")
         anchors = json.loads((shared / BENIGN).read_text())["benign"]
-        labelled = [(text, "benign plain" if i < BENIGN_PLAIN else "benign XSTest-style") for i, text in enumerate(anchors)]
+        labelled = [
+            (text, "benign plain" if i < BENIGN_PLAIN else "benign XSTest-style")
+            for i, text in enumerate(anchors)
+        ]
         chosen = evenly(labelled, benign)
         prompts.add("harmless", [text for text, _ in chosen], [source for _, source in chosen])
     return prompts
@@ -146,7 +149,10 @@ def fit_cached(store: Store, condition: str, recipe: Recipe, overrides: Sequence
     key = f"fit-{slug(condition)}"
     record = store.read(key)
     if record is not None and (store.plan_dir(slug(condition)) / "plan.json").exists():
-        log(f"{condition}: fitted plan from {store.plan_dir(slug(condition))} (fit took {record['fit_s']:.0f} s)")
+        log(
+            f"{condition}: fitted plan from {store.plan_dir(slug(condition))} (fit took "
+            f"{record['fit_s']:.0f} s)"
+        )
         return Plan.load(store.plan_dir(slug(condition))), record
     log(f"{condition}: fitting recipe {recipe.name!r} {list(overrides)}")
     start = time.perf_counter()
@@ -169,9 +175,15 @@ def set_summary(refusals: Sequence[bool] | None, texts: Sequence[str] | None, kl
     """k of n refused (keyword judge), the rate, mean first-token KL and score, and the answers."""
     n = len(scores)
     k = None if refusals is None else int(sum(bool(r) for r in refusals))
-    return {"n": n, "k": k, "rate": None if k is None else k / n, "kl": None if kl is None else float(kl),
-            "score": float(sum(scores) / n), "refusals": None if refusals is None else [bool(r) for r in refusals],
-            "texts": None if texts is None else list(texts)}
+    return {
+        "n": n,
+        "k": k,
+        "rate": None if k is None else k / n,
+        "kl": None if kl is None else float(kl),
+        "score": float(sum(scores) / n),
+        "refusals": None if refusals is None else [bool(r) for r in refusals],
+        "texts": None if texts is None else list(texts),
+    }
 
 
 def report_rows(report: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -181,7 +193,8 @@ def report_rows(report: Any) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def gate_of_sets(plan: Plan, states: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Share of rows whose gate opens per set (re-centred, and raw for media sets), as `evaluate_plan` reports."""
+    """Share of rows whose gate opens per set (re-centred, and raw for media sets), as `evaluate_plan`
+    reports."""
     step = mars_step(plan)
     if step is None or step_tau(step) is None:
         return {}
@@ -191,7 +204,10 @@ def gate_of_sets(plan: Plan, states: Mapping[str, torch.Tensor]) -> dict[str, An
         modality = Modality.named(set_name.split("/", 1)[1])
         recentered = step.scaler.gate_of_states(layer, recorded, torch.tensor(int(modality)))
         raw = step.scaler.gate_of_states(layer, recorded, None) if modality is not Modality.TEXT else None
-        sets[set_name] = {"recentered": gate_summary(recentered, tau), "raw": None if raw is None else gate_summary(raw, tau)}
+        sets[set_name] = {
+            "recentered": gate_summary(recentered, tau),
+            "raw": None if raw is None else gate_summary(raw, tau),
+        }
     return {"layer": layer, "tau": tau, "sets": sets}
 
 
@@ -200,8 +216,14 @@ def gate_of_sets(plan: Plan, states: Mapping[str, torch.Tensor]) -> dict[str, An
 
 
 @torch.no_grad()
-def evaluate_reusing(plan: Plan, model: Any, processor: Any, batches: list[dict[str, torch.Tensor]],
-                     unsteered_texts: Sequence[str], max_new_tokens: int) -> tuple[dict[str, Any], torch.Tensor]:
+def evaluate_reusing(
+    plan: Plan,
+    model: Any,
+    processor: Any,
+    batches: list[dict[str, torch.Tensor]],
+    unsteered_texts: Sequence[str],
+    max_new_tokens: int,
+) -> tuple[dict[str, Any], torch.Tensor]:
     """One prompt set under a decision-position MARS plan, without generating the unsteered answers again.
 
     The same numbers as `evaluate_plan` (checked by `--smoke`), from the package's own parts:
@@ -229,7 +251,9 @@ def evaluate_reusing(plan: Plan, model: Any, processor: Any, batches: list[dict[
         reuse = list(unsteered_texts[offset:offset + count])
         modality = plan_row_modalities(model, plan, batch["input_ids"])
         rows = rows_plan_can_change(plan, {layer: states[offset:offset + count]}, modality, DEFAULT_MARGIN)
-        generation_prefix = GenerationPrefix(model, batch) if bool(rows.any()) and prefix_supported(model) else None
+        generation_prefix = (
+            GenerationPrefix(model, batch) if bool(rows.any()) and prefix_supported(model) else None
+        )
         texts += generate_rows(model, processor, batch, rows, reuse, max_new_tokens, plan, generation_prefix)
         offset += count
     kl = float(first_token_kl(base_logits, steered.to(base_logits.device)).mean())

@@ -1,4 +1,5 @@
-"""Reading `validate_mars.py`'s results: the rows of a model's table, rises, gate-open shares, the gate ceiling.
+"""Reading `validate_mars.py`'s results: the rows of a model's table, rises, gate-open shares, the gate
+ceiling.
 
 Pure functions over the cached JSON (nothing is loaded or run), shared by the report and its summary.
 """
@@ -9,12 +10,21 @@ from typing import Any
 
 
 def conditions(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Condition -> {"sets", "fit", "gate", "raw_gate", "eval_s"}: every row of the model's table, in order."""
+    """Condition -> {"sets", "fit", "gate", "raw_gate", "eval_s"}: every row of the model's table, in
+    order."""
     evals, fits = model["evals"], model["fits"]
     main = evals["mars"]
     found: dict[str, dict[str, Any]] = {}
-    order = ["unsteered", "mars", "mars-md", "mars-refused", "mars (no re-centering)", "mars (fixed strength)",
-             "mars (all tokens)", "ablation"]
+    order = [
+        "unsteered",
+        "mars",
+        "mars-md",
+        "mars-refused",
+        "mars (no re-centering)",
+        "mars (fixed strength)",
+        "mars (all tokens)",
+        "ablation",
+    ]
     for name in order:
         if name in main["rows"]:
             source = main
@@ -23,9 +33,18 @@ def conditions(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
         else:
             continue
         fit = fits.get(name) or (fits["mars"] if name.startswith("mars (") else None)
-        gate = source.get("gate") if name in ("mars", "mars-md", "mars-refused", "mars (no re-centering)") else None
-        found[name] = {"sets": source["rows"][name], "fit": fit, "gate": gate, "raw_gate": name.endswith("re-centering)"),
-                       "eval_s": source.get("eval_s") if source is not main or name == "mars" else None}
+        gate = (
+            source.get("gate")
+            if name in ("mars", "mars-md", "mars-refused", "mars (no re-centering)")
+            else None
+        )
+        found[name] = {
+            "sets": source["rows"][name],
+            "fit": fit,
+            "gate": gate,
+            "raw_gate": name.endswith("re-centering)"),
+            "eval_s": source.get("eval_s") if source is not main or name == "mars" else None,
+        }
     return found
 
 
@@ -49,14 +68,18 @@ def gate_open(row: dict[str, Any], set_name: str) -> float | None:
 
 
 def ceiling(model: dict[str, Any], set_name: str) -> dict[str, Any] | None:
-    """The gate ceiling of the shipped plan on one harmful set: open rows, plus closed rows the model already refuses."""
+    """The gate ceiling of the shipped plan on one harmful set: open rows, plus closed rows the model
+    already refuses."""
     main = model["evals"]["mars"]
     entry = ((main.get("gate") or {}).get("sets") or {}).get(set_name)
     if entry is None:
         return None
     tau, values = main["gate"]["tau"], entry["recentered"]["values"]
     opened = [t > tau for t in values]
-    base, steered = main["rows"]["unsteered"][set_name]["refusals"], main["rows"]["mars"][set_name]["refusals"]
+    base, steered = (
+        main["rows"]["unsteered"][set_name]["refusals"],
+        main["rows"]["mars"][set_name]["refusals"],
+    )
     n, n_open = len(values), sum(opened)
     closed_refused = sum(1 for o, r in zip(opened, base) if not o and r)
     open_refused = sum(1 for o, r in zip(opened, steered) if o and r)
@@ -73,5 +96,7 @@ def source_gate(model: dict[str, Any], set_name: str) -> dict[str, str]:
         return {}
     sources = model["prompts"][f"{set_name.split('/')[0]}_source"]
     values = entry["recentered"]["values"]
-    return {src: f"{sum(values[i] > gate['tau'] for i, s in enumerate(sources) if s == src)}/{sources.count(src)}"
-            for src in dict.fromkeys(sources)}
+    return {
+        src: f"{sum(values[i] > gate['tau'] for i, s in enumerate(sources) if s == src)}/{sources.count(src)}"
+        for src in dict.fromkeys(sources)
+    }

@@ -27,7 +27,10 @@ def test_validate_mars_smoke(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     text = report.read_text()
     assert "## tiny random Llama (smoke)" in text and "## Targets" in text
-    assert "| condition | layer | tau | T | refusal harmful/text | refusal harmless/text | KL harmless/text |" in text
+    assert (
+        "| condition | layer | tau | T | refusal harmful/text | refusal harmless/text | KL harmless/text |"
+        in text
+    )
     for label in ("unsteered", "MARS as shipped", "MARS as MARS.md writes it", "MARS, T = refused centroid",
                   "ablation row: no re-centering", "ablation row: fixed strength", "ablation row: all tokens",
                   "`ablation` recipe"):
@@ -35,6 +38,9 @@ def test_validate_mars_smoke(tmp_path: Path) -> None:
     assert "Refusals per prompt source" in text and "Text, MARS: harmful refusal >= 0.85" in text
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     rows = summary["tables"]["tiny-llama"]
-    assert rows["mars"]["sets"]["harmful/text"]["n"] == 6 and rows["mars"]["sets"]["harmful/text"]["gate_open"] > 0
+    assert (
+        rows["mars"]["sets"]["harmful/text"]["n"] == 6
+        and rows["mars"]["sets"]["harmful/text"]["gate_open"] > 0
+    )
     check = json.loads((tmp_path / "results" / "tiny-llama" / "check-reuse.json").read_text())
     assert check["same_texts"] and abs(check["kl_reused"] - check["kl_evaluate_plan"]) < 1e-6
