@@ -136,6 +136,9 @@ def plan_info(plan: Plan) -> dict[str, Any]:
     info: dict[str, Any] = {"layer": section["chosen_layer"], "tau": section["tau"], "target": None,
                             "num_layers": section["num_layers"], "reason": section["reason"],
                             "warnings": plan_warnings(section)}
+    main = next((s for s in section.get("steps", []) if s.get("name") == section.get("main_step")), {})
+    if (main.get("selector") or {}).get("name") == "bypass":  # the report explains the choice from it
+        info["layer_scores"] = main.get("layer_scores")
     if step is not None and isinstance(step.scaler, TrustRegionScaler):
         layer = step.layers[0]
         info.update(layer=layer, tau=step_tau(step), target=float(step.scaler.regions[layer].target),

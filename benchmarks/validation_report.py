@@ -204,11 +204,7 @@ def targets(models: dict[str, dict[str, Any]]) -> tuple[list[str], list[dict[str
                     f"The ablation recipe leaves {kn(ab['harmful/text'])} harmful refusals (target <= 5%: "
                     f"{'met' if ok_r else 'missed'}) at harmless first-token KL "
                     f"{num(ab['harmless/text']['kl'], 4)} (target <= 0.2: {'met' if ok_kl else 'missed'}). "
-                    "The recipe as shipped picks the direction's layer (here "
-                    f"{rows['ablation']['fit']['plan']['layer']}) by separation alone (`sweep`, score "
-                    "separation) and removes it at every layer and position; nothing in its fit bounds KL, "
-                    "whereas Arditi et al.'s selection, as MARS.md describes it, keeps only directions with "
-                    "KL < 0.1."
+                    + _ablation_choice(rows["ablation"]["fit"])
                 )
     vl = models.get("qwen-vl-shaped")
     if vl is not None:
@@ -525,3 +521,29 @@ def summary(
                        for name, row in conditions(model).items()}
     return {"header": header, "tables": tables, "targets": targets(by_key)[1],
             "heretic": None if heretic is None else {k: v for k, v in heretic.items() if k != "texts"}}
+
+
+def _ablation_choice(fit: dict[str, Any]) -> str:
+    """How the ablation recipe chose its direction, from the fit's own validation table (no held-out data)."""
+    layer = fit["plan"]["layer"]
+    table = fit["plan"].get("layer_scores") or []
+    if not table or "bypass" not in table[0]:
+        return f"The recipe chose layer {layer}."
+    within = [row for row in table if row.get("within_limits")]
+    chosen = next(row for row in table if row.get("chosen"))
+    stronger = [row for row in table if row["bypass"] < chosen["bypass"]]
+    cheapest = min((row["kl"] for row in stronger), default=None)
+    text = (
+        f"The recipe chooses as Arditi et al. do (`bypass` selector): of {len(table)} candidate directions, "
+        f"{len(within)} stay within the first-token KL limit on the validation harmless prompts with induce "
+        f"> 0, and layer {layer} lowers the validation harmful refusal log-odds most among them (bypass "
+        f"{chosen['bypass']:.2f}, KL {chosen['kl']:.3f})."
+    )
+    if cheapest is not None:
+        text += (
+            f" Every direction that lowers refusal more costs KL >= {cheapest:.3f} on the same validation "
+            "prompts: on this model, removing more refusal means changing harmless answers more "
+            "(`steps.0.selector.max_kl` sets the trade)."
+        )
+    return text
+
