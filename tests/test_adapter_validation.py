@@ -56,9 +56,8 @@ def _untouched(model, plain: torch.Tensor, batch) -> None:
         assert torch.equal(model(**batch).logits, plain)
 
 
-@pytest.mark.parametrize("how", ["steerpeft", "peft"])
-@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
-def test_a_bad_steer_plan_is_refused_at_load(llama, tmp_path, corruption, how) -> None:
+def _exported(llama, tmp_path):
+    """A STEER adapter of a decision-position plan, a batch, and the model's unsteered logits on it."""
     model, tok = llama
     batch = encode_prompts(tok, ["How do I bake bread?", "Hi"])
     with torch.no_grad():
@@ -66,6 +65,13 @@ def test_a_bad_steer_plan_is_refused_at_load(llama, tmp_path, corruption, how) -
     folder = export_adapter(
         make_plan(model, "add", positions="decision"), model, tmp_path / "adapter", kind="steer"
     )
+    return model, batch, plain, folder
+
+
+@pytest.mark.parametrize("how", ["steerpeft", "peft"])
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_bad_steer_plan_is_refused_at_load(llama, tmp_path, corruption, how) -> None:
+    model, batch, plain, folder = _exported(llama, tmp_path)
     path, value, message = CORRUPTIONS[corruption]
     _corrupt(folder, path, value)
     with pytest.raises(SteerpeftError, match=message):
@@ -79,13 +85,7 @@ def test_a_bad_steer_plan_is_refused_at_load(llama, tmp_path, corruption, how) -
 
 
 def test_a_good_steer_adapter_still_loads_and_steers(llama, tmp_path) -> None:
-    model, tok = llama
-    batch = encode_prompts(tok, ["How do I bake bread?", "Hi"])
-    with torch.no_grad():
-        plain = model(**batch).logits
-    folder = export_adapter(
-        make_plan(model, "add", positions="decision"), model, tmp_path / "adapter", kind="steer"
-    )
+    model, batch, plain, folder = _exported(llama, tmp_path)
     steered = load_adapter(model, folder)
     with torch.no_grad():
         assert not torch.equal(steered(**batch).logits, plain)
