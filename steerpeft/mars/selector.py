@@ -38,7 +38,7 @@ from steerpeft.plan import Plan, SteeringStep
 from steerpeft.provenance import model_info
 from steerpeft.registry import suggest
 from steerpeft.scalers import ConstantScaler
-from steerpeft.selectors.base import SELECTORS, LayerSelector, Selection, layer_range
+from steerpeft.selectors.base import SELECTORS, LayerSelector, Selection, check_on_no_layer, layer_range
 from steerpeft.selectors.scores import auroc, binomial_lower_bound
 
 DEFAULT_LIMITS = {"kl": 0.1, "false_trigger": 0.05, "induce": 0.0}
@@ -47,9 +47,6 @@ LAYERS_PER_STEP = 8
 SCORE_CHOICES = ("separation", "refusal")
 """How the best layer within the limits is chosen: the highest separation (AUROC of t, MARS.md), or the
 highest refusal rate on the validation harmful prompts under the fitted scaler (what MARS is for)."""
-NO_LAYER_CHOICES = ("fail", "best")
-"""What a fit does when no candidate layer is within the limits: stop with the reasons, or take the
-best-separating layer anyway with a `SteeringWarning` (and say so in the table and the report)."""
 
 
 @SELECTORS.register("mars")
@@ -69,11 +66,7 @@ class MarsSelector(LayerSelector):
         if self.score not in SCORE_CHOICES:
             raise ConfigError(f"mars selector score must be one of {', '.join(SCORE_CHOICES)}, got "
                               f"{self.score!r}.{suggest(str(self.score), list(SCORE_CHOICES))}")
-        if self.on_no_layer not in NO_LAYER_CHOICES:
-            raise ConfigError(
-                f"mars selector on_no_layer must be one of {', '.join(NO_LAYER_CHOICES)}, got "
-                f"{self.on_no_layer!r}.{suggest(str(self.on_no_layer), list(NO_LAYER_CHOICES))}"
-            )
+        check_on_no_layer("mars", self.on_no_layer)
         for key in self.limits:
             if key not in DEFAULT_LIMITS:
                 raise ConfigError(f"mars selector limit {key!r} is unknown."
@@ -94,10 +87,9 @@ class MarsSelector(LayerSelector):
         )
         layers = self.candidate_layers(data.layout.num_layers)
         regions = {layer: layer_region(data, stats, layer) for layer in layers}
-        rows = {layer: self._state_scores(data, stats, layer, regions[layer]) for layer in layers}
-        checked = {
-            layer: stats.false_triggers(regions[layer], layer, self.tau_quantile)[1] for layer in layers
-        }
+        rows, checked = {}, {}  # checked: how many held-out harmless inputs the false-trigger count saw
+        for layer in layers:
+            rows[layer], checked[layer] = self._state_scores(data, stats, layer, regions[layer])
         scoring = _GateScoring(data, self, template, regions)
         scoring.induce(rows)
         promising = [layer for layer in layers if not exclusions(rows[layer], self.limits, template.form)]
@@ -133,13 +125,16 @@ class MarsSelector(LayerSelector):
             row["fallback"] = not eligible and row is best
         return Selection([best["layer"]], table)
 
-    def _state_scores(self, data: FitData, stats: Any, layer: int, region: LayerRegion) -> dict[str, Any]:
-        """What the recorded validation states give without a forward: separation, tau, false triggers."""
+    def _state_scores(
+        self, data: FitData, stats: Any, layer: int, region: LayerRegion
+    ) -> tuple[dict[str, Any], int]:
+        """What the recorded validation states give without a forward: separation, tau, false triggers
+        (the row, and how many inputs the false-trigger count checked)."""
         positive, negative = data.validation()
         t_pos = gate_value(positive.prompts(layer) @ region.unit, region)
         t_neg = gate_value(negative.prompts(layer) @ region.unit, region)
         triggers, checked = stats.false_triggers(region, layer, self.tau_quantile)
-        return {
+        row = {
             "layer": layer,
             "separation": auroc(t_pos, t_neg),
             "induce": None,
@@ -151,6 +146,7 @@ class MarsSelector(LayerSelector):
             "t_harmful_mean": float(t_pos.mean()),
             "t_harmless_mean": float(t_neg.mean()),
         }
+        return row, checked
 
     def _finish(self, data: FitData, row: dict[str, Any], template: TrustRegionScaler, checked: int) -> None:
         row["excluded_by"] = exclusions(row, self.limits, template.form, checked)

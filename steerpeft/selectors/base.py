@@ -7,10 +7,23 @@ from typing import TYPE_CHECKING, Any
 
 from steerpeft.component import Component
 from steerpeft.errors import ConfigError
-from steerpeft.registry import Registry
+from steerpeft.registry import Registry, suggest
 
 if TYPE_CHECKING:
     from steerpeft.fitting import FitData
+
+NO_LAYER_CHOICES = ("fail", "best")
+"""What a gated selector does when no candidate layer is within its limits: stop with the reasons, or
+take its fallback layer anyway with a `SteeringWarning` (and say so in the table and the report)."""
+
+
+def check_on_no_layer(selector: str, value: str) -> None:
+    """Refuse an unknown `on_no_layer` choice, with the nearest valid one."""
+    if value not in NO_LAYER_CHOICES:
+        raise ConfigError(
+            f"{selector} selector on_no_layer must be one of {', '.join(NO_LAYER_CHOICES)}, got "
+            f"{value!r}.{suggest(str(value), list(NO_LAYER_CHOICES))}"
+        )
 
 
 @dataclass

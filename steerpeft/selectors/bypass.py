@@ -30,14 +30,12 @@ from steerpeft.evaluation.runs import decision_logits
 from steerpeft.interventions import AddDirection
 from steerpeft.plan import Plan, SteeringStep
 from steerpeft.provenance import model_info
-from steerpeft.registry import suggest
 from steerpeft.scalers import ConstantScaler
-from steerpeft.selectors.base import SELECTORS, LayerSelector, Selection, layer_range
+from steerpeft.selectors.base import SELECTORS, LayerSelector, Selection, check_on_no_layer, layer_range
 
 if TYPE_CHECKING:
     from steerpeft.fitting import FitData
 
-NO_LAYER_CHOICES = ("fail", "best")
 
 
 @SELECTORS.register("bypass")
@@ -51,11 +49,7 @@ class BypassSelector(LayerSelector):
     on_no_layer: str = "best"
 
     def __post_init__(self) -> None:
-        if self.on_no_layer not in NO_LAYER_CHOICES:
-            raise ConfigError(
-                f"bypass selector on_no_layer must be one of {', '.join(NO_LAYER_CHOICES)}, "
-                f"got {self.on_no_layer!r}.{suggest(str(self.on_no_layer), list(NO_LAYER_CHOICES))}"
-            )
+        check_on_no_layer("bypass", self.on_no_layer)
         if not self.max_kl > 0:
             raise ConfigError(
                 f"bypass selector max_kl must be a positive number of nats, got {self.max_kl!r}."
