@@ -60,6 +60,14 @@ SMOKE_OVERRIDES = ["steps.0.scaler.tau=0.0"]
 ABLATION_OVERRIDES = ["fit.test_fraction=0.2"]
 """The ablation recipe holds out no test split as shipped; the same 0.2 (seed 0) holds out exactly
 MARS's test split, so the built-in test prompts stay unseen by every fit."""
+ABLATION_VARIANTS = {
+    "ablation": ABLATION_OVERRIDES,
+    "ablation-kl0.2": [*ABLATION_OVERRIDES, "steps.0.selector.max_kl=0.2"],
+    "ablation-kl1": [*ABLATION_OVERRIDES, "steps.0.selector.max_kl=1.0"],
+}
+"""The refusal-KL trade of the ablation recipe on held-out prompts: the recipe as shipped (Arditi et al.'s
+KL limit 0.1), the issue's KL budget 0.2, and a limit loose enough to admit the strongest bypass. Each
+limit is applied to the fit's own validation prompts; the held-out prompts only measure the result."""
 
 
 @dataclass
@@ -122,7 +130,7 @@ def qwen_specs(args: argparse.Namespace) -> list[ModelSpec]:
             args.vl_batch_size,
         ),
     ]
-    return [s for s in specs if s.key in args.models]
+    return specs
 
 
 def smoke_specs() -> list[ModelSpec]:
@@ -214,11 +222,11 @@ def run_model(spec: ModelSpec, store: V.Store, args: argparse.Namespace) -> dict
         evals[condition] = reused_eval(store, condition, variant, model, processor, sets, unsteered, args)
     if args.check and spec.key != "qwen-vl-shaped":
         evals["check"] = reuse_check(store, plan, model, processor, sets, unsteered, main, args)
-    if spec.ablation_recipe:
-        ablation = load_recipe("ablation", ABLATION_OVERRIDES)
-        ablation_plan, fits["ablation"] = V.fit_cached(store, "ablation", ablation, ABLATION_OVERRIDES, model,
-                                                       processor, log)
-        evals["ablation"] = ablation_eval(store, ablation_plan, model, processor, sets, args)
+    for condition, overrides in ABLATION_VARIANTS.items() if spec.ablation_recipe else ():
+        ablation = load_recipe("ablation", overrides)
+        ablation_plan, fits[condition] = V.fit_cached(store, condition, ablation, overrides, model, processor,
+                                                      log)
+        evals[condition] = ablation_eval(store, condition, ablation_plan, model, processor, sets, args)
     del model
     about = {"key": spec.key, "title": spec.title, "modalities": modalities, "batch_size": spec.batch_size}
     store.write("spec", about)
@@ -271,29 +279,30 @@ def reuse_check(
     return record
 
 
-def ablation_eval(store: V.Store, plan: Any, model: Any, processor: Any, sets: dict[str, list],
-                  args: argparse.Namespace) -> dict[str, Any]:
-    """The ablation recipe: first-token KL and score on every set, greedy answers on the harmful ones."""
-    record = store.read("eval-ablation")
+def ablation_eval(store: V.Store, condition: str, plan: Any, model: Any, processor: Any,
+                  sets: dict[str, list], args: argparse.Namespace) -> dict[str, Any]:
+    """An ablation recipe: first-token KL and score on every set, greedy answers on the harmful ones."""
+    key = f"eval-{V.slug(condition)}"
+    record = store.read(key)
     if record is not None:
         return record
     start = time.perf_counter()
-    report = evaluate(model, processor, sets, {"unsteered": None, "ablation": lambda: plan.apply(model)},
+    report = evaluate(model, processor, sets, {"unsteered": None, condition: lambda: plan.apply(model)},
                       generate=False, progress=args.progress)
     rows = {}
-    for set_name, result in report.rows["ablation"].items():
+    for set_name, result in report.rows[condition].items():
         texts = None
         if set_name.startswith("harmful/"):
-            log(f"ablation: generating {set_name}")
+            log(f"{condition}: generating {set_name}")
             with plan.apply(model):
                 texts = [t for batch in sets[set_name] for t in generate_texts(model, processor, batch,
                                                                                    args.max_new_tokens)]
         rows[set_name] = V.set_summary(
             None if texts is None else [is_refusal(t) for t in texts], texts, result.kl, result.scores
         )
-    record = {"rows": {"ablation": rows}, "eval_s": time.perf_counter() - start}
-    store.write("eval-ablation", record)
-    log(f"ablation: evaluated in {record['eval_s']:.0f} s")
+    record = {"rows": {condition: rows}, "eval_s": time.perf_counter() - start}
+    store.write(key, record)
+    log(f"{condition}: evaluated in {record['eval_s']:.0f} s")
     return record
 
 
@@ -379,12 +388,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    specs = smoke_specs() if args.smoke else qwen_specs(args)
-    if args.report_only:
-        models = [cached_model(spec, V.Store(results / spec.key)) for spec in specs
-                  if (results / spec.key / "spec.json").exists()]
-    else:
-        models = [run_model(spec, V.Store(results / spec.key, args.fresh), args) for spec in specs]
+    every = smoke_specs() if args.smoke else qwen_specs(args)
+    specs = every if args.smoke else [spec for spec in every if spec.key in args.models]
+    models = []
+    for spec in every:  # the report keeps the models this run does not touch, from their cached results
+        store = V.Store(results / spec.key, args.fresh)
+        if spec in specs and not args.report_only:
+            models.append(run_model(spec, store, args))
+        elif (results / spec.key / "spec.json").exists() and (results / spec.key / "eval-mars.json").exists():
+            models.append(cached_model(spec, store))
     heretic = V.Store(results, False).read("heretic") if not args.smoke else None
     command = " ".join(["python", *([sys.argv[0]] if argv is None else ["benchmarks/validate_mars.py"]),
                         *(sys.argv[1:] if argv is None else argv)])

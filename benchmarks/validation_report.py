@@ -23,7 +23,15 @@ LABELS = {
     "mars (fixed strength)": "ablation row: fixed strength (no gate)",
     "mars (all tokens)": "ablation row: all tokens",
     "ablation": "`ablation` recipe (refusal removal, Arditi et al.)",
+    "ablation-kl0.2": "`ablation` recipe, selector max_kl 0.2",
+    "ablation-kl1": "`ablation` recipe, selector max_kl 1.0",
 }
+ABLATION_LIMITS = {
+    "ablation": "max_kl 0.1 (shipped)",
+    "ablation-kl0.2": "max_kl 0.2",
+    "ablation-kl1": "max_kl 1.0",
+}
+ABLATIONS = tuple(ABLATION_LIMITS)
 
 
 # ---------------------------------------------------------------------------
@@ -77,7 +85,7 @@ def table(model: dict[str, Any]) -> list[str]:
             cells.append("-" if a is None else f"{pct(a)} / {pct(b)}")
         fit_s = (
             (row["fit"] or {}).get("fit_s")
-            if name in ("mars", "mars-md", "mars-refused", "ablation")
+            if name in ("mars", "mars-md", "mars-refused", *ABLATIONS)
             else None
         )
         eval_s = row["eval_s"] if name != "unsteered" else None
@@ -205,6 +213,7 @@ def targets(models: dict[str, dict[str, Any]]) -> tuple[list[str], list[dict[str
                     f"{'met' if ok_r else 'missed'}) at harmless first-token KL "
                     f"{num(ab['harmless/text']['kl'], 4)} (target <= 0.2: {'met' if ok_kl else 'missed'}). "
                     + _ablation_choice(rows["ablation"]["fit"])
+                    + _ablation_frontier(rows)
                 )
     vl = models.get("qwen-vl-shaped")
     if vl is not None:
@@ -303,10 +312,10 @@ def heretic_section(heretic: dict[str, Any] | None, models: dict[str, dict[str, 
         if "unsteered" in ours:
             lines.append(f"| unsteered | {kn(ours['unsteered']['sets']['harmful/text'])} | "
                          f"{kn(ours['unsteered']['sets']['harmless/text'])} | - |")
-        if "ablation" in ours:
+        for name in [name for name in ABLATIONS if name in ours]:
             lines.append(
-                f"| steerpeft `ablation` recipe | {kn(ours['ablation']['sets']['harmful/text'])} | - | "
-                f"{num(ours['ablation']['sets']['harmless/text']['kl'], 4)} |"
+                f"| steerpeft {LABELS[name]} | {kn(ours[name]['sets']['harmful/text'])} | - | "
+                f"{num(ours[name]['sets']['harmless/text']['kl'], 4)} |"
             )
         cells = heretic["eval"]
         lines.append(
@@ -545,5 +554,26 @@ def _ablation_choice(fit: dict[str, Any]) -> str:
             "prompts: on this model, removing more refusal means changing harmless answers more "
             "(`steps.0.selector.max_kl` sets the trade)."
         )
+    return text
+
+
+def _ablation_frontier(rows: dict[str, dict[str, Any]]) -> str:
+    """The held-out refusal and KL of the recipe at each KL limit of its selector: the trade on this model."""
+    points = []
+    for name in [name for name in ABLATIONS if name in rows]:
+        cells = rows[name]["sets"]
+        layer = ((rows[name]["fit"] or {}).get("plan") or {}).get("layer", "-")
+        points.append((name, layer, cells["harmful/text"], cells["harmless/text"]["kl"]))
+    if len(points) < 2:
+        return ""
+    text = " Held out, the same recipe at each selector KL limit: " + "; ".join(
+        f"{ABLATION_LIMITS[name]}: layer {layer}, {kn(cell)} refused at KL {num(kl, 3)}"
+        for name, layer, cell, kl in points
+    ) + "."
+    within = [p for p in points if p[3] <= TARGETS["ablation_kl"]]
+    if within:
+        best = min(within, key=lambda p: p[2]["rate"])
+        text += (f" The fewest refusals within the KL budget of 0.2 are {kn(best[2])}: no KL limit of the "
+                 "selector reaches 5% here." if best[2]["rate"] > TARGETS["ablation_refusal"] else "")
     return text
 

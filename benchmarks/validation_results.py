@@ -24,6 +24,8 @@ def conditions(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "mars (fixed strength)",
         "mars (all tokens)",
         "ablation",
+        "ablation-kl0.2",
+        "ablation-kl1",
     ]
     for name in order:
         if name in main["rows"]:
