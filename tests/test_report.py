@@ -16,7 +16,7 @@ from steerpeft.errors import ConfigError
 from steerpeft.evaluation import is_refusal
 from steerpeft.plan import Plan
 from steerpeft.recipes import load_recipe
-from steerpeft.report import plot_gate, plot_layers, plot_refusal, render_report, text_table
+from steerpeft.report import plot_gate, plot_layers, plot_refusal, plot_trade, render_report, text_table
 from steerpeft.report.metrics import selection_reason
 from steerpeft.report.terminal import summary_table
 from steerpeft.run import check_run_dir, run_recipe
@@ -339,3 +339,24 @@ def test_the_reason_names_the_refusal_score_when_the_selector_ranked_by_it() -> 
     assert "2 of 3 candidate layers" in reason and "tied" not in reason
     by_separation = {"selector": {"name": "mars", "params": {"score": "separation"}}, "layer_scores": rows}
     assert selection_reason(by_separation, 3).startswith("Layer 3 has the highest separation (AUROC 0.900)")
+
+
+def test_an_ablation_run_plots_its_refusal_kl_trade(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    """The bypass selector's table is a trade between refusal removed and harmless answers changed: the run
+    draws it (trade.png, linked from the report) with the KL limit the selector applied."""
+    model, tokenizer = tiny
+    out = tmp_path / "run"
+    result = run_recipe("ablation", out_dir=out, model=model, processor=tokenizer, progress=False,
+                        overrides=["data.limit=12", "eval.generate=false", "eval.ablations=false",
+                                   "steps.0.selector.max_kl=0.05", "steps.0.selector.candidates=[1, 2, 3]"])
+    assert result.metrics["plan"]["limits"] == {"kl": 0.05, "induce": 0.0}
+    assert _is_png(out / "trade.png") and result.files["trade"] == out / "trade.png"
+    assert "![Refusal removed against harmless answers changed](trade.png)" in (out / "report.md").read_text()
+    mars_run = run_recipe("mars", out_dir=out, model=model, processor=tokenizer, progress=False,
+                          overrides=[*OVERRIDES, "eval.generate=false", "eval.ablations=false"])
+    assert "trade" not in mars_run.files and not (out / "trade.png").exists()  # a stale trade plot is removed
+
+
+def test_plot_trade_refuses_a_table_without_bypass_and_kl(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'bypass' and 'kl'"):
+        plot_trade([{"layer": 1, "separation": 0.9}], 1, tmp_path / "trade.png")

@@ -43,7 +43,7 @@ examples:
   steerpeft run my_recipe.yaml fit.seed=1 --no-plots
 
 The run folder holds plan/, adapter/, metrics.json, metrics.jsonl, report.md, recipe.yaml and
-layers.png, gate.png, refusal.png.
+layers.png, gate.png, refusal.png (and trade.png for the ablation recipe).
 """,
     "fit": """\
 examples:

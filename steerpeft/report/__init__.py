@@ -7,7 +7,7 @@ report can be re-rendered from a saved `metrics.json` without the model.
 
 from steerpeft.report.markdown import render_report
 from steerpeft.report.metrics import RUN_FORMAT, build_metrics, gate_summary, selection_reason, versions
-from steerpeft.report.plots import plot_gate, plot_layers, plot_refusal, render_plots
+from steerpeft.report.plots import plot_gate, plot_layers, plot_refusal, plot_trade, render_plots
 from steerpeft.report.terminal import summary_table, text_table
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "plot_gate",
     "plot_layers",
     "plot_refusal",
+    "plot_trade",
     "render_plots",
     "render_report",
     "selection_reason",

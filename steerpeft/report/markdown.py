@@ -157,6 +157,8 @@ def _layers(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
              f"(of {plan.get('num_layers', '?')}). {plan.get('reason', '')}"), ""]
     if "layers" in plots:
         lines += [f"![Per-layer scores]({plots['layers']})", ""]
+    if "trade" in plots:
+        lines += [f"![Refusal removed against harmless answers changed]({plots['trade']})", ""]
     if table:
         columns = [
             c

@@ -187,7 +187,7 @@ def plan_section(plan: Plan) -> dict[str, Any]:
         "chosen_layer": chosen,
         "tau": step_tau(main),
         "selector": selector.get("name"),
-        "limits": (selector.get("params") or {}).get("limits") if selector.get("name") == "mars" else None,
+        "limits": selector_limits(selector),
         "reason": selection_reason(meta, chosen),
         "num_layers": plan.model_info.get("num_layers"),
     }
@@ -302,3 +302,14 @@ def modalities_of(sets: Sequence[str]) -> list[str]:
         if modality not in seen:
             seen.append(modality)
     return seen
+
+
+def selector_limits(selector: Mapping[str, Any]) -> dict[str, float] | None:
+    """The limits a selector held each layer to, keyed as the per-layer table's columns (for the plots)."""
+    params = selector.get("params") or {}
+    if selector.get("name") == "mars":
+        return params.get("limits")
+    if selector.get("name") == "bypass":
+        return {"kl": params.get("max_kl", 0.1), "induce": params.get("min_induce", 0.0)}
+    return None
+

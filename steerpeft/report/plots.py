@@ -152,6 +152,49 @@ def plot_layers(table: Sequence[Mapping[str, Any]], chosen: int | None, path: st
 
 
 # ---------------------------------------------------------------------------
+# trade.png
+
+
+def plot_trade(table: Sequence[Mapping[str, Any]], chosen: int | None, path: str | os.PathLike, *,
+               max_kl: float | None = None, title: str = "Refusal removed against harmless answers changed"
+               ) -> Path:
+    """Each candidate direction of a bypass table as a point (harmless KL, harmful refusal log-odds with
+    it removed), the KL limit marked: the trade a user sets with `max_kl`, which the layer axis hides."""
+    rows = [r for r in table if all(isinstance(r.get(key), (int, float)) for key in ("bypass", "kl"))]
+    if not rows:
+        raise ValueError("plot_trade needs a per-layer table with 'bypass' and 'kl' columns.")
+    figure = Figure(figsize=(7.0, 4.6), layout="constrained")
+    ax = figure.subplots()
+    inside = [r for r in rows if r.get("within_limits", True)]
+    outside = [r for r in rows if not r.get("within_limits", True)]
+    ax.scatter([r["kl"] for r in inside], [r["bypass"] for r in inside], s=36, color="#1f4e79", zorder=3,
+               label="within all limits")
+    ax.scatter([r["kl"] for r in outside], [r["bypass"] for r in outside], s=36, facecolors="white",
+               edgecolors="#888888", linewidths=1.2, zorder=3, label="outside a limit")
+    for row in rows:
+        ax.annotate(str(row["layer"]), (row["kl"], row["bypass"]), xytext=(4, 3), textcoords="offset points",
+                    fontsize=7.5, color="#555555")
+    best = next((r for r in rows if r["layer"] == chosen), None)
+    if best is not None:
+        ax.scatter([best["kl"]], [best["bypass"]], s=140, marker="*", color=CHOSEN_COLOUR, zorder=4,
+                   label=f"chosen layer ({chosen})")
+    if max_kl is not None:
+        ax.axvline(max_kl, color="#888888", linestyle="--", linewidth=1.0, zorder=1,
+                   label=f"KL limit {max_kl:g}")
+    ax.set_xscale("symlog", linthresh=0.01)  # linear near 0, logarithmic past 0.01 nats
+    ax.set_xlim(left=0.0, right=max(r["kl"] for r in rows) * 1.6 + 0.01)
+    ax.set_xlabel("KL on harmless prompts with the direction removed (nats, first token; lower is better)",
+                  fontsize=9)
+    ax.set_ylabel("refusal log-odds on harmful prompts\nwith the direction removed (lower is better)",
+                  fontsize=9)
+    ax.grid(color="#e5e5e5", linewidth=0.8)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    figure.suptitle(f"{title} (validation prompts, one point per candidate layer)", fontsize=10)
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------
 # gate.png
 
 
@@ -312,6 +355,10 @@ def render_plots(metrics: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
             title=f"Per-layer scores of step {main['name']!r} on validation prompts",
         )
         made["layers"] = "layers.png"
+        if plan.get("selector") == "bypass":
+            plot_trade(main["layer_scores"], plan.get("chosen_layer"), out / "trade.png",
+                       max_kl=(plan.get("limits") or {}).get("kl"))
+            made["trade"] = "trade.png"
     gate = metrics.get("gate")
     if gate and gate.get("sets"):
         plot_gate(gate, out / "gate.png")

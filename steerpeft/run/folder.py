@@ -11,7 +11,7 @@ from steerpeft.errors import AdapterError, ConfigError
 
 RUN_FILES = (
     "plan", "adapter", "metrics.json", "metrics.jsonl", "report.md", "recipe.yaml", "layers.png", "gate.png",
-    "refusal.png",
+    "refusal.png", "trade.png",
 )
 """What a run folder holds; a folder holding any of these counts as a run folder that may be overwritten."""
 

@@ -88,9 +88,8 @@ def write_outputs(
     """
     tick = time.perf_counter()
     made = render_plots(metrics, out) if plots else {}
-    if not plots:  # plots of an earlier run in this folder would no longer match the report
-        for stale in ("layers.png", "gate.png", "refusal.png"):
-            (out / stale).unlink(missing_ok=True)
+    for stale in {"layers.png", "trade.png", "gate.png", "refusal.png"} - set(made.values()):
+        (out / stale).unlink(missing_ok=True)  # an earlier run's plot here would not match this report
     metrics["files"]["plots"] = made
     metrics["timings"]["report_s"] = round(time.perf_counter() - tick, 3)
     if started is not None:
