@@ -43,6 +43,7 @@ from steerpeft.evaluation.judge import is_refusal
 from steerpeft.evaluation.runs import generate_texts
 from steerpeft.mars.evaluation import without_recentering
 from steerpeft.recipes import EvalOptions, load_recipe
+from steerpeft.report import plot_trade
 from steerpeft.run.evaluation import evaluate_plan, media_sets
 
 SHARED = HERE.parents[1] / "shared"
@@ -306,6 +307,21 @@ def ablation_eval(store: V.Store, condition: str, plan: Any, model: Any, process
     return record
 
 
+def trade_figures(models: Sequence[dict[str, Any]], results: Path, report_dir: Path) -> dict[str, str]:
+    """Draw the ablation recipe's refusal-KL trade for each model that fitted it; {model key: path from the
+    report}."""
+    figures = {}
+    for model in models:
+        plan = (model["fits"].get("ablation") or {}).get("plan") or {}
+        if plan.get("layer_scores"):
+            recipe = load_recipe("ablation", ABLATION_VARIANTS["ablation"])
+            limit = recipe.config["steps"][0]["selector"]["max_kl"]
+            path = results / model["spec"]["key"] / "ablation-trade.png"
+            plot_trade(plan["layer_scores"], plan["layer"], path, max_kl=float(limit))
+            figures[model["spec"]["key"]] = os.path.relpath(path, report_dir)
+    return figures
+
+
 def machine() -> dict[str, Any]:
     import benchlib as B
 
@@ -411,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.report_only:  # the command that computed the results, not the one that rewrote the text
         command = runs[-1]["command"]
     header = {
+        "figures": trade_figures(models, results, report_path.parent),
         "date": date,
         "command": command,
         "wall_s": runs[-1]["wall_s"],

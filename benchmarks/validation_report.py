@@ -403,6 +403,18 @@ def markdown(header: dict[str, Any], models: Sequence[dict[str, Any]], heretic: 
                 "",
             ]
         out += ["Refusals per prompt source (text inputs):", "", *by_source(model), ""]
+        figure = (header.get("figures") or {}).get(model["spec"]["key"])
+        if figure:
+            out += [
+                (
+                    "The `ablation` recipe's choice on its validation prompts, one point per candidate "
+                    "direction (the run's `trade.png`): refusal left on harmful prompts against the change "
+                    "of harmless answers; the selector's KL limit sets where on this trade the recipe lands."
+                ),
+                "",
+                f"![Refusal removed against harmless answers changed]({figure})",
+                "",
+            ]
         check = model["evals"].get("check")
         if check:
             out += [

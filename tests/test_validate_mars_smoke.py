@@ -37,6 +37,8 @@ def test_validate_mars_smoke(tmp_path: Path) -> None:
                   "`ablation` recipe, selector max_kl 1.0"):
         assert f"| {label}" in text, label
     assert "Refusals per prompt source" in text and "Text, MARS: harmful refusal >= 0.85" in text
+    assert "](results/tiny-llama/ablation-trade.png)" in text
+    assert (tmp_path / "results" / "tiny-llama" / "ablation-trade.png").is_file()
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     rows = summary["tables"]["tiny-llama"]
     assert (
