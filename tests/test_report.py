@@ -360,3 +360,15 @@ def test_an_ablation_run_plots_its_refusal_kl_trade(tiny: tuple[Any, Any], tmp_p
 def test_plot_trade_refuses_a_table_without_bypass_and_kl(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'bypass' and 'kl'"):
         plot_trade([{"layer": 1, "separation": 0.9}], 1, tmp_path / "trade.png")
+
+
+def test_the_bypass_reason_says_what_a_looser_kl_limit_would_buy() -> None:
+    rows = [{"layer": 2, "bypass": -1.0, "kl": 0.05, "within_limits": True},
+            {"layer": 4, "bypass": -3.0, "kl": 0.40, "within_limits": False},
+            {"layer": 5, "bypass": -2.0, "kl": 0.02, "within_limits": False},  # excluded by induce, not KL
+            {"layer": 6, "bypass": -0.5, "kl": 0.30, "within_limits": False}]
+    meta = {"selector": {"name": "bypass", "params": {"max_kl": 0.1}}, "layer_scores": rows}
+    reason = selection_reason(meta, 2)
+    assert "1 direction(s) that remove more refusal exceed the KL limit (the cheapest: KL 0.4)" in reason
+    rows[1]["kl"] = 0.08  # nothing stronger is held back by KL: no trade to offer
+    assert "exceed the KL limit" not in selection_reason(meta, 2)

@@ -117,10 +117,19 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
                   f"induce > {params.get('min_induce', 0.0):g}")
         if row.get("within_limits"):
             eligible = sum(1 for r in table if r.get("within_limits"))
+            limit = params.get("max_kl", 0.1)
+            costly = [r["kl"] for r in table
+                      if r.get("bypass", 0.0) < row["bypass"] and r.get("kl", 0.0) > limit]
+            trade = (
+                f" {len(costly)} direction(s) that remove more refusal exceed the KL limit (the cheapest: KL "
+                f"{min(costly):.3g}): raising steps.0.selector.max_kl trades changed harmless answers for "
+                "less refusal (trade.png draws the trade)."
+                if costly else ""
+            )
             return (
                 f"Removing layer {chosen}'s direction lowers refusal on the validation harmful prompts most "
                 f"(bypass {row['bypass']:.2f}) of the {eligible} of {len(table)} candidate layers within the "
-                f"limits ({limits})."
+                f"limits ({limits}).{trade}"
             )
         return (
             f"No candidate layer met every limit ({limits}), so layer {chosen} was taken anyway "
