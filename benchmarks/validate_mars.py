@@ -61,13 +61,18 @@ SMOKE_OVERRIDES = ["steps.0.scaler.tau=0.0"]
 ABLATION_OVERRIDES = ["fit.test_fraction=0.2"]
 """The ablation recipe holds out no test split as shipped; the same 0.2 (seed 0) holds out exactly
 MARS's test split, so the built-in test prompts stay unseen by every fit."""
+SPARED = "steps.0.extractor={name: diff_means, spare_negative_mean: true}"
+"""The direction without its component along the mean harmless activation (biprojection)."""
 ABLATION_VARIANTS = {
     "ablation": ABLATION_OVERRIDES,
     "ablation-kl0.2": [*ABLATION_OVERRIDES, "steps.0.selector.max_kl=0.2"],
     "ablation-kl1": [*ABLATION_OVERRIDES, "steps.0.selector.max_kl=1.0"],
+    "ablation-spared": [*ABLATION_OVERRIDES, SPARED],
+    "ablation-spared-kl0.2": [*ABLATION_OVERRIDES, SPARED, "steps.0.selector.max_kl=0.2"],
 }
 """The refusal-KL trade of the ablation recipe on held-out prompts: the recipe as shipped (Arditi et al.'s
-KL limit 0.1), the issue's KL budget 0.2, and a limit loose enough to admit the strongest bypass. Each
+KL limit 0.1), the issue's KL budget 0.2, and a limit loose enough to admit the strongest bypass, and the
+direction with the harmless mean spared at the first two limits. Each
 limit is applied to the fit's own validation prompts; the held-out prompts only measure the result."""
 
 

@@ -25,11 +25,15 @@ LABELS = {
     "ablation": "`ablation` recipe (refusal removal, Arditi et al.)",
     "ablation-kl0.2": "`ablation` recipe, selector max_kl 0.2",
     "ablation-kl1": "`ablation` recipe, selector max_kl 1.0",
+    "ablation-spared": "`ablation` recipe, harmless mean spared",
+    "ablation-spared-kl0.2": "`ablation` recipe, harmless mean spared, max_kl 0.2",
 }
 ABLATION_LIMITS = {
     "ablation": "max_kl 0.1 (shipped)",
     "ablation-kl0.2": "max_kl 0.2",
     "ablation-kl1": "max_kl 1.0",
+    "ablation-spared": "harmless mean spared, max_kl 0.1",
+    "ablation-spared-kl0.2": "harmless mean spared, max_kl 0.2",
 }
 ABLATIONS = tuple(ABLATION_LIMITS)
 
@@ -578,14 +582,14 @@ def _ablation_frontier(rows: dict[str, dict[str, Any]]) -> str:
         points.append((name, layer, cells["harmful/text"], cells["harmless/text"]["kl"]))
     if len(points) < 2:
         return ""
-    text = " Held out, the same recipe at each selector KL limit: " + "; ".join(
+    text = " Held out, the same recipe at each setting: " + "; ".join(
         f"{ABLATION_LIMITS[name]}: layer {layer}, {kn(cell)} refused at KL {num(kl, 3)}"
         for name, layer, cell, kl in points
     ) + "."
     within = [p for p in points if p[3] <= TARGETS["ablation_kl"]]
     if within:
         best = min(within, key=lambda p: p[2]["rate"])
-        text += (f" The fewest refusals within the KL budget of 0.2 are {kn(best[2])}: no KL limit of the "
-                 "selector reaches 5% here." if best[2]["rate"] > TARGETS["ablation_refusal"] else "")
+        text += (f" The fewest refusals within the KL budget of 0.2 are {kn(best[2])}: no setting "
+                 "reaches 5% here." if best[2]["rate"] > TARGETS["ablation_refusal"] else "")
     return text
 

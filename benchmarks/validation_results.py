@@ -26,6 +26,8 @@ def conditions(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "ablation",
         "ablation-kl0.2",
         "ablation-kl1",
+        "ablation-spared",
+        "ablation-spared-kl0.2",
     ]
     for name in order:
         if name in main["rows"]:
