@@ -62,18 +62,21 @@ ABLATION_OVERRIDES = ["fit.test_fraction=0.2"]
 """The ablation recipe holds out no test split as shipped; the same 0.2 (seed 0) holds out exactly
 MARS's test split, so the built-in test prompts stay unseen by every fit."""
 SPARED = "steps.0.extractor={name: diff_means, spare_negative_mean: true}"
-"""The direction without its component along the mean harmless activation (biprojection)."""
+"""The recipe's direction: the difference of means without its component along the harmless mean."""
+PLAIN = "steps.0.extractor={name: diff_means, spare_negative_mean: false}"
+"""Arditi et al.'s plain difference of means."""
 ABLATION_VARIANTS = {
-    "ablation": ABLATION_OVERRIDES,
-    "ablation-kl0.2": [*ABLATION_OVERRIDES, "steps.0.selector.max_kl=0.2"],
-    "ablation-kl1": [*ABLATION_OVERRIDES, "steps.0.selector.max_kl=1.0"],
-    "ablation-spared": [*ABLATION_OVERRIDES, SPARED],
-    "ablation-spared-kl0.2": [*ABLATION_OVERRIDES, SPARED, "steps.0.selector.max_kl=0.2"],
+    "ablation": [*ABLATION_OVERRIDES, SPARED],
+    "ablation-kl0.2": [*ABLATION_OVERRIDES, SPARED, "steps.0.selector.max_kl=0.2"],
+    "ablation-arditi": [*ABLATION_OVERRIDES, PLAIN],
+    "ablation-arditi-kl0.2": [*ABLATION_OVERRIDES, PLAIN, "steps.0.selector.max_kl=0.2"],
+    "ablation-arditi-kl1": [*ABLATION_OVERRIDES, PLAIN, "steps.0.selector.max_kl=1.0"],
 }
-"""The refusal-KL trade of the ablation recipe on held-out prompts: the recipe as shipped (Arditi et al.'s
-KL limit 0.1), the issue's KL budget 0.2, and a limit loose enough to admit the strongest bypass, and the
-direction with the harmless mean spared at the first two limits. Each
-limit is applied to the fit's own validation prompts; the held-out prompts only measure the result."""
+"""The refusal-KL trade of the ablation recipe on held-out prompts: as shipped (harmless mean spared, KL
+limit 0.1) and at the issue's KL budget 0.2; Arditi et al.'s plain direction at 0.1, 0.2 and a limit loose
+enough to admit the strongest bypass. Every extractor setting is explicit, so a cached fit never stands
+for another configuration. Each limit is applied to the fit's own validation prompts; the held-out prompts
+only measure the result."""
 
 
 @dataclass

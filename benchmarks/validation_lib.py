@@ -151,6 +151,9 @@ def fit_cached(store: Store, condition: str, recipe: Recipe, overrides: Sequence
     """`recipe.fit(model, processor)` once; later runs load the saved plan and its recorded fit time."""
     key = f"fit-{slug(condition)}"
     record = store.read(key)
+    if record is not None and record.get("overrides") != list(overrides):
+        log(f"{condition}: the cached fit used {record.get('overrides')}, not {list(overrides)}: refitting")
+        record = None
     if record is not None and (store.plan_dir(slug(condition)) / "plan.json").exists():
         log(
             f"{condition}: fitted plan from {store.plan_dir(slug(condition))} (fit took "

@@ -22,18 +22,18 @@ LABELS = {
     "mars (no re-centering)": "ablation row: no re-centering",
     "mars (fixed strength)": "ablation row: fixed strength (no gate)",
     "mars (all tokens)": "ablation row: all tokens",
-    "ablation": "`ablation` recipe (refusal removal, Arditi et al.)",
-    "ablation-kl0.2": "`ablation` recipe, selector max_kl 0.2",
-    "ablation-kl1": "`ablation` recipe, selector max_kl 1.0",
-    "ablation-spared": "`ablation` recipe, harmless mean spared",
-    "ablation-spared-kl0.2": "`ablation` recipe, harmless mean spared, max_kl 0.2",
+    "ablation": "`ablation` recipe as shipped (harmless mean spared)",
+    "ablation-kl0.2": "`ablation` recipe, max_kl 0.2",
+    "ablation-arditi": "`ablation` recipe, Arditi et al.'s plain direction",
+    "ablation-arditi-kl0.2": "`ablation` recipe, plain direction, max_kl 0.2",
+    "ablation-arditi-kl1": "`ablation` recipe, plain direction, max_kl 1.0",
 }
 ABLATION_LIMITS = {
-    "ablation": "max_kl 0.1 (shipped)",
-    "ablation-kl0.2": "max_kl 0.2",
-    "ablation-kl1": "max_kl 1.0",
-    "ablation-spared": "harmless mean spared, max_kl 0.1",
-    "ablation-spared-kl0.2": "harmless mean spared, max_kl 0.2",
+    "ablation": "shipped (harmless mean spared, max_kl 0.1)",
+    "ablation-kl0.2": "harmless mean spared, max_kl 0.2",
+    "ablation-arditi": "plain direction, max_kl 0.1",
+    "ablation-arditi-kl0.2": "plain direction, max_kl 0.2",
+    "ablation-arditi-kl1": "plain direction, max_kl 1.0",
 }
 ABLATIONS = tuple(ABLATION_LIMITS)
 

@@ -25,9 +25,9 @@ def conditions(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "mars (all tokens)",
         "ablation",
         "ablation-kl0.2",
-        "ablation-kl1",
-        "ablation-spared",
-        "ablation-spared-kl0.2",
+        "ablation-arditi",
+        "ablation-arditi-kl0.2",
+        "ablation-arditi-kl1",
     ]
     for name in order:
         if name in main["rows"]:

@@ -33,8 +33,9 @@ def test_validate_mars_smoke(tmp_path: Path) -> None:
     )
     for label in ("unsteered", "MARS as shipped", "MARS as MARS.md writes it", "MARS, T = refused centroid",
                   "ablation row: no re-centering", "ablation row: fixed strength", "ablation row: all tokens",
-                  "`ablation` recipe (refusal removal", "`ablation` recipe, selector max_kl 0.2",
-                  "`ablation` recipe, selector max_kl 1.0", "`ablation` recipe, harmless mean spared"):
+                  "`ablation` recipe as shipped", "`ablation` recipe, max_kl 0.2",
+                  "`ablation` recipe, Arditi et al.'s plain direction",
+                  "`ablation` recipe, plain direction, max_kl 1.0"):
         assert f"| {label}" in text, label
     assert "Refusals per prompt source" in text and "Text, MARS: harmful refusal >= 0.85" in text
     assert "](results/tiny-llama/ablation-trade.png)" in text
