@@ -233,16 +233,10 @@ class Steerer:
         )
         selection = self.selector.select(data)
         self.call("on_layer_selected", selection=selection)
-        step_directions = self._step_directions(directions, selection.layers, layout)
-        chosen = selection.layers[0]
-        p_plus, p_minus = directions.projections(chosen)
-        for layer in step_directions:
-            self.intervention.resolve(layer, p_plus, p_minus)
+        step = self._step_for(directions, selection.layers, layout, self.intervention)
+        p_plus, p_minus = directions.projections(selection.layers[0])
         self.scaler.calibrate(data, selection.layers)
         self.call("on_scaler_calibrated", scaler=self.scaler)
-        step = SteeringStep(
-            step_directions, self.intervention, self.scaler, self.positions, self.name, self.site
-        )
         plan = Plan(
             [step],
             model_info=model_info(model, layout, tokenizer),
@@ -263,6 +257,16 @@ class Steerer:
         self.last_fit = data
         self.call("on_fit_end", plan=plan)
         return plan
+
+    def _step_for(self, directions: Directions, layers: list[int], layout: ModelLayout,
+                 intervention: Intervention) -> SteeringStep:
+        """The step this steerer makes when `layers` are chosen, `intervention` resolved against the first
+        one's centroids (the scaler goes in as it stands; `fit` calibrates it afterwards)."""
+        vectors = self._step_directions(directions, layers, layout)
+        p_plus, p_minus = directions.projections(layers[0])
+        for target in vectors:
+            intervention.resolve(target, p_plus, p_minus)
+        return SteeringStep(vectors, intervention, self.scaler, self.positions, self.name, self.site)
 
     def _check_before_recording(
         self, model: torch.nn.Module, tokenizer: Any, layout: ModelLayout, prompts: dict[str, list[str]],
@@ -337,15 +341,8 @@ class _BoundServices:
     def plan_for(self, layer: int) -> Plan:
         """The plan this step makes if `layer` is chosen: its layers, embedding, site, intervention,
         positions, with the scaler as it stands before calibration."""
-        steerer = self._steerer
-        vectors = steerer._step_directions(self._directions, [layer], self._layout)
-        intervention = copy.deepcopy(steerer.intervention)
-        p_plus, p_minus = self._directions.projections(layer)
-        for target in vectors:
-            intervention.resolve(target, p_plus, p_minus)
-        step = SteeringStep(
-            vectors, intervention, steerer.scaler, steerer.positions, steerer.name, steerer.site
-        )
+        intervention = copy.deepcopy(self._steerer.intervention)  # the steerer's own is resolved once chosen
+        step = self._steerer._step_for(self._directions, [layer], self._layout, intervention)
         return Plan([step], model_info=model_info(self._model, self._layout, self._tokenizer))
 
     def record(self, batches: Iterable[dict[str, torch.Tensor]], total: int, layers: list[int], split: str,

@@ -113,13 +113,12 @@ def selection_reason(step_meta: Mapping[str, Any], chosen: int | None) -> str:
                 f"was excluded by: {'; '.join(row.get('excluded_by') or ['?'])}. Treat this direction with "
                 "care: fit on more prompts, or relax the limits (steps.0.selector.limits.*).")
     if name == "bypass" and row is not None:
-        limits = (f"KL <= {params.get('max_kl', 0.1):g} nats on harmless prompts, "
-                  f"induce > {params.get('min_induce', 0.0):g}")
+        bounds = selector_limits(selector) or {}
+        limits = f"KL <= {bounds['kl']:g} nats on harmless prompts, induce > {bounds['induce']:g}"
         if row.get("within_limits"):
             eligible = sum(1 for r in table if r.get("within_limits"))
-            limit = params.get("max_kl", 0.1)
             costly = [r["kl"] for r in table
-                      if r.get("bypass", 0.0) < row["bypass"] and r.get("kl", 0.0) > limit]
+                      if r.get("bypass", 0.0) < row["bypass"] and r.get("kl", 0.0) > bounds["kl"]]
             trade = (
                 f" {len(costly)} direction(s) that remove more refusal exceed the KL limit (the cheapest: KL "
                 f"{min(costly):.3g}): raising steps.0.selector.max_kl trades changed harmless answers for "

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from steerpeft.errors import AdapterError, ConfigError
 
-RUN_FILES = (
-    "plan", "adapter", "metrics.json", "metrics.jsonl", "report.md", "recipe.yaml", "layers.png", "gate.png",
-    "refusal.png", "trade.png",
-)
+PLOT_FILES = ("layers.png", "trade.png", "gate.png", "refusal.png")
+"""Every plot a run may draw; a rerun into the folder removes those it does not redraw."""
+RUN_FILES = ("plan", "adapter", "metrics.json", "metrics.jsonl", "report.md", "recipe.yaml", *PLOT_FILES)
 """What a run folder holds; a folder holding any of these counts as a run folder that may be overwritten."""
 
 

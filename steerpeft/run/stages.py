@@ -26,7 +26,7 @@ from steerpeft.plan import Plan
 from steerpeft.report.markdown import render_report
 from steerpeft.report.metrics import build_metrics
 from steerpeft.report.plots import render_plots
-from steerpeft.run.folder import say
+from steerpeft.run.folder import PLOT_FILES, say
 from steerpeft.run.state import RunState
 
 
@@ -88,7 +88,7 @@ def write_outputs(
     """
     tick = time.perf_counter()
     made = render_plots(metrics, out) if plots else {}
-    for stale in {"layers.png", "trade.png", "gate.png", "refusal.png"} - set(made.values()):
+    for stale in set(PLOT_FILES) - set(made.values()):
         (out / stale).unlink(missing_ok=True)  # an earlier run's plot here would not match this report
     metrics["files"]["plots"] = made
     metrics["timings"]["report_s"] = round(time.perf_counter() - tick, 3)
